@@ -1,0 +1,1 @@
+"""Assemble stage: series completion and head-CT eligibility."""

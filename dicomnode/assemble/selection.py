@@ -1,0 +1,83 @@
+"""Declarative head-CT eligibility: rules are data (``[eligibility]`` in the TOML).
+
+``evaluate`` returns None for an eligible series, or the first reason it is not; every rejected
+series records that reason. The reconstruction kernel is a preference, not a filter: a bone-kernel
+series is passed over only when its study also has a soft-tissue series.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from dicomnode.config import EligibilitySettings
+
+
+@dataclass(frozen=True)
+class Sibling:
+    """Another series of the same study, as far as kernel preference needs it."""
+
+    series_instance_uid: str
+    kernel: str
+    state: str
+
+
+def _is_head(attrs: dict[str, Any], geometry: dict[str, Any], rules: EligibilitySettings) -> bool:
+    if attrs.get("body_part", "").upper() in rules.head_body_parts:
+        return True
+    text = " ".join(str(attrs.get(k, "")) for k in
+                    ("series_description", "study_description", "protocol_name"))
+    if re.search(rules.head_description_regex, text):
+        return True
+    extent = geometry.get("extent_mm")
+    spacing = attrs.get("pixel_spacing_mm") or [0.0, 0.0]
+    fov = float(attrs.get("columns") or 0) * float(spacing[1])
+    lo_e, hi_e = rules.head_extent_mm
+    lo_f, hi_f = rules.head_fov_mm
+    return extent is not None and lo_e <= extent <= hi_e and lo_f <= fov <= hi_f
+
+
+def evaluate(attrs: dict[str, Any], geometry: dict[str, Any], n_instances: int,
+             rules: EligibilitySettings, siblings: Iterable[Sibling] = ()) -> str | None:
+    """Return None when the series is an eligible axial head CT, else the reason it is not."""
+    modality = attrs.get("modality", "")
+    if modality not in rules.modalities:
+        return f"modality {modality or 'missing'} not in {list(rules.modalities)}"
+    image_type = [str(v).upper() for v in attrs.get("image_type") or []]
+    prefix = [v.upper() for v in rules.image_type_prefix]
+    if image_type[: len(prefix)] != prefix:
+        return f"image type {'/'.join(image_type) or 'missing'} does not start with " \
+               f"{'/'.join(prefix)}"
+    excluded = set(v.upper() for v in rules.excluded_image_type_values) & set(image_type)
+    if excluded:
+        return f"image type marks a {sorted(excluded)[0].lower()} (not a diagnostic series)"
+    if rules.require_axial_when_present and len(image_type) > 2 and image_type[2] != "AXIAL":
+        return f"image type value 3 is {image_type[2]}, not AXIAL"
+    description = attrs.get("series_description", "")
+    if re.search(rules.excluded_description_regex, description):
+        return f"series description {description!r} matches the excluded pattern"
+    thickness = attrs.get("slice_thickness_mm")
+    if thickness is not None and not (rules.min_slice_thickness_mm <= thickness
+                                      <= rules.max_slice_thickness_mm):
+        return (f"slice thickness {thickness:g} mm outside {rules.min_slice_thickness_mm:g} to "
+                f"{rules.max_slice_thickness_mm:g} mm")
+    if n_instances < rules.min_instances and geometry.get("n_frames", 0) < rules.min_instances:
+        return f"{n_instances} instances, fewer than {rules.min_instances}"
+    if geometry.get("missing_geometry"):
+        return f"{geometry['missing_geometry']} frames lack position or orientation"
+    if not geometry.get("orientation_consistent", False):
+        return "mixed or invalid image orientations in one series"
+    if geometry.get("axial_angle_deg", 90.0) > 45.0:
+        return f"not axial (slice normal {geometry['axial_angle_deg']:.0f} degrees from head-foot)"
+    if not _is_head(attrs, geometry, rules):
+        return "not recognised as head CT (body part, descriptions and extent)"
+    kernel = attrs.get("kernel", "")
+    if kernel and re.search(rules.bone_kernel_regex, kernel):
+        for s in siblings:
+            if s.state != "rejected" and s.kernel and not re.search(rules.bone_kernel_regex,
+                                                                    s.kernel):
+                return (f"bone kernel {kernel!r}; soft-tissue series {s.series_instance_uid} "
+                        "of the same study is preferred")
+    return None

@@ -1,0 +1,152 @@
+"""Command line: ``dicomnode serve | status | echo | send | synth``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from dicomnode import __version__
+from dicomnode.config import Settings, load_settings, parse_peer
+from dicomnode.errors import ConfigError, DeliveryError
+from dicomnode.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def _add_config_options(p: argparse.ArgumentParser, *, node: bool) -> None:
+    p.add_argument("--config", metavar="F", help="configuration file (default: lookup order)")
+    p.add_argument("--storage", metavar="DIR",
+                   help="root of received files and of the default SQLite database")
+    if node:
+        p.add_argument("--port", type=int, metavar="N", help="TCP port to listen on (0: any)")
+        p.add_argument("--ae-title", metavar="X", help="our AE title")
+        p.add_argument("--settle-s", type=float, metavar="S",
+                       help="quiet seconds after which a series is complete")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {"storage.path": args.storage,
+                 "node.port": getattr(args, "port", None),
+                 "node.ae_title": getattr(args, "ae_title", None),
+                 "assembly.settle_s": getattr(args, "settle_s", None)}
+    return load_settings(args.config, overrides=overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicomnode.service import Node
+
+    settings = _settings(args)
+    setup_logging(settings.logging.level)
+    log.info("dicomnode %s starting (config: %s, storage: %s)", __version__,
+             settings.source or "embedded defaults", settings.storage.path)
+    return Node(settings).run_forever()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dicomnode.db.queries import counters, series_status
+    from dicomnode.db.session import make_sessions
+
+    settings = _settings(args)
+    sessions = make_sessions(settings.database_url)
+    rows = series_status(sessions, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"dicomnode: {len(rows)} most recent series")
+    for col in ("series", "description", "instances", "state", "job", "tilt", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        tilt = f"{r['tilt_deg']:.1f}°" if r["tilt_deg"] is not None else ""
+        table.add_row("…" + r["series_instance_uid"][-20:], r["description"], str(r["instances"]),
+                      r["state"], str(r["job_id"] or ""), tilt, r["reason"])
+    console = Console()
+    console.print(table)
+    c = counters(sessions)
+    if c["discarded"] or c["refused"]:
+        console.print(f"acknowledged but not processed: {sum(c['discarded'].values())} instances "
+                      f"of other classes; refused: {c['refused']}")
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from dicomnode.send.scu import echo
+
+    aet, host, port = parse_peer(args.peer)
+    status = echo(aet, host, port, calling_aet=args.calling_aet)
+    print(f"C-ECHO {args.peer}: status 0x{status:04X}")
+    return 0 if status == 0 else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from dicomnode.send.scu import iter_files, send_files
+
+    aet, host, port = parse_peer(args.to)
+    files = list(iter_files(args.paths))
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"C-STORE to {args.to}", total=len(files))
+        report = send_files(files, aet, host, port, calling_aet=args.calling_aet,
+                            progress=lambda _p, _s: progress.advance(task))
+    print(f"sent {report.sent}, failed {report.failed}, skipped {len(report.skipped)} "
+          f"non-DICOM files; statuses {report.statuses}")
+    return 0 if report.failed == 0 and report.sent > 0 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the DICOM node (C-STORE/C-ECHO SCP)")
+    _add_config_options(p, node=True)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="recent series with state and reasons")
+    _add_config_options(p, node=True)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("echo", help="C-ECHO a peer: dicomnode echo AET@HOST:PORT")
+    p.add_argument("peer", metavar="AET@HOST:PORT")
+    p.add_argument("--calling-aet", default="DICOMNODE")
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser("send", help="C-STORE files or folders to a peer")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--to", required=True, metavar="AET@HOST:PORT")
+    p.add_argument("--calling-aet", default="DICOMNODE")
+    p.set_defaults(func=cmd_send)
+
+    try:
+        from dicomnode.synth.cli import register as register_synth
+    except ImportError:  # the synthetic-data package is optional at this stage
+        pass
+    else:
+        register_synth(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"dicomnode: {exc}", file=sys.stderr)
+        return 2
+    except (DeliveryError, ValueError, FileNotFoundError) as exc:
+        print(f"dicomnode: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,50 @@
+"""Read-only queries for ``dicomnode status`` and monitoring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from dicomnode.db.models import DiscardedClass, Job, ReceiveError, Series, Study
+from dicomnode.db.session import SessionFactory
+
+
+def series_status(sessions: SessionFactory, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Most recently updated series first, as JSON-ready dicts (no patient identifiers)."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Series, Study.study_instance_uid)
+            .join(Study, Series.study_id == Study.id)
+            .order_by(Series.updated_at.desc(), Series.id.desc()).limit(limit)).all()
+        jobs = {}
+        if rows:
+            for job in session.scalars(select(Job).where(
+                    Job.series_id.in_([s.id for s, _ in rows])).order_by(Job.id)):
+                jobs[(job.series_id, job.version)] = job
+        out = []
+        for series, study_uid in rows:
+            job = jobs.get((series.id, series.version))
+            geometry = series.geometry or {}
+            out.append({
+                "series_instance_uid": series.series_instance_uid,
+                "study_instance_uid": study_uid,
+                "description": series.attributes.get("series_description", ""),
+                "instances": series.instance_count,
+                "state": series.state,
+                "reason": series.reason,
+                "version": series.version,
+                "job_id": job.id if job else None,
+                "tilt_deg": geometry.get("tilt_deg"),
+                "spacing_mm": geometry.get("spacing_mm"),
+                "updated_at": series.updated_at.isoformat(timespec="seconds") + "Z",
+            })
+        return out
+
+
+def counters(sessions: SessionFactory) -> dict[str, Any]:
+    """Discarded instances per SOP class and the number of refused instances."""
+    with sessions() as session:
+        discarded = {c.sop_class_uid: c.count for c in session.scalars(select(DiscardedClass))}
+        refused = session.scalar(select(func.count(ReceiveError.id))) or 0
+    return {"discarded": discarded, "refused": refused}

@@ -1,0 +1,40 @@
+"""Exception hierarchy. Specific errors rise to the one place that records them."""
+
+
+class DicomnodeError(Exception):
+    """Base class of every error dicomnode raises on purpose."""
+
+
+class ConfigError(DicomnodeError):
+    """The configuration file is missing or invalid; the message lists every problem."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid configuration {path}:\n{lines}")
+
+
+class InstanceRejected(DicomnodeError):
+    """An incoming instance cannot be stored; carries the DIMSE status to return."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"0x{status:04X}: {reason}")
+
+
+class SeriesRejected(DicomnodeError):
+    """A series is not eligible for processing; the reason is recorded."""
+
+
+class VolumeError(DicomnodeError):
+    """Stored instances cannot be turned into a consistent volume."""
+
+
+class ModelError(DicomnodeError):
+    """A model bundle is missing, incompatible or fails."""
+
+
+class DeliveryError(DicomnodeError):
+    """A result could not be delivered to a destination."""

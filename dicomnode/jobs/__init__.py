@@ -1,0 +1,1 @@
+"""Scheduled jobs (completion sweep, retention) and the processing job queue."""

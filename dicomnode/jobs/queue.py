@@ -1,0 +1,96 @@
+"""The processing job queue in the database: claim, finish, requeue.
+
+A claim is a conditional UPDATE (``... WHERE state = 'queued'``), so two workers, even on two hosts
+sharing a PostgreSQL database, never run the same job. Jobs left ``processing`` by a worker that
+died are re-queued at start-up (``requeue_stale``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select, update
+
+from dicomnode.db.models import Instance, Job, JobState, Series, SeriesState, Study, utcnow
+from dicomnode.db.session import SessionFactory
+from dicomnode.domain import SeriesRef
+
+log = logging.getLogger(__name__)
+
+
+def claim_next(sessions: SessionFactory, storage_root, worker: str) -> SeriesRef | None:
+    """Claim the oldest queued job; returns None when the queue is empty."""
+    while True:
+        with sessions.begin() as session:
+            job_id = session.scalar(select(Job.id).where(Job.state == JobState.QUEUED)
+                                    .order_by(Job.id).limit(1))
+            if job_id is None:
+                return None
+            now = utcnow()
+            claimed = session.execute(
+                update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
+                .values(state=JobState.PROCESSING, worker=worker, claimed_at=now,
+                        attempts=Job.attempts + 1)
+                .execution_options(synchronize_session=False)).rowcount
+            if not claimed:
+                continue  # another worker was faster; try the next one
+            job = session.get(Job, job_id)
+            series = session.get(Series, job.series_id)
+            study = session.get(Study, series.study_id)
+            if series.version == job.version:
+                series.state = SeriesState.PROCESSING
+            paths = tuple(storage_root / p for p in session.scalars(
+                select(Instance.path).where(Instance.series_id == series.id)
+                .order_by(Instance.id)))
+            return SeriesRef(job_id=job.id, series_instance_uid=series.series_instance_uid,
+                             study_instance_uid=study.study_instance_uid, version=job.version,
+                             instance_paths=paths)
+
+
+def finish(sessions: SessionFactory, job_id: int, *, error: str = "",
+           timings_s: dict[str, Any] | None = None) -> None:
+    """Mark a claimed job done (``error`` empty) or failed (``error`` is ``Type: message``)."""
+    with sessions.begin() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise KeyError(f"job {job_id} does not exist")
+        job.state = JobState.FAILED if error else JobState.DONE
+        job.error = error
+        job.timings_s = dict(timings_s or {})
+        job.finished_at = utcnow()
+        series = session.get(Series, job.series_id)
+        # An older version finishing must not overwrite the state of a newer, reopened version.
+        if series is not None and series.version == job.version:
+            series.state = SeriesState.FAILED if error else SeriesState.DONE
+            series.reason = error
+            series.updated_at = utcnow()
+
+
+def requeue(sessions: SessionFactory, job_id: int) -> None:
+    """Put a finished or failed job back in the queue (``dicomnode resend``/retries)."""
+    with sessions.begin() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise KeyError(f"job {job_id} does not exist")
+        job.state = JobState.QUEUED
+        job.error = ""
+        series = session.get(Series, job.series_id)
+        if series is not None and series.version == job.version:
+            series.state = SeriesState.QUEUED
+            series.reason = ""
+
+
+def requeue_stale(sessions: SessionFactory) -> int:
+    """Re-queue jobs left ``processing`` by a worker that died; returns how many."""
+    with sessions.begin() as session:
+        stale = list(session.scalars(select(Job).where(Job.state == JobState.PROCESSING)))
+        for job in stale:
+            job.state = JobState.QUEUED
+            job.worker = None
+            series = session.get(Series, job.series_id)
+            if series is not None and series.version == job.version:
+                series.state = SeriesState.QUEUED
+    if stale:
+        log.warning("re-queued %d jobs left processing by a stopped worker", len(stale))
+    return len(stale)

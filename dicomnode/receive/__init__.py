@@ -1,0 +1,1 @@
+"""Receive stage: the DICOM SCP, durable instance storage and access control."""

@@ -1,0 +1,125 @@
+"""Thin pynetdicom event handlers: store durably, record, return a named status."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+from dicomnode.config import AccessSettings
+from dicomnode.db.models import AssociationEvent
+from dicomnode.db.session import SessionFactory
+from dicomnode.errors import InstanceRejected
+from dicomnode.logs import log_context
+from dicomnode.receive import status
+from dicomnode.receive.storage import InstanceStore
+
+log = logging.getLogger(__name__)
+
+
+def _peer(event: Event) -> tuple[str, str]:
+    req = event.assoc.requestor
+    return str(req.ae_title or "").strip(), f"{req.address}:{req.port}"
+
+
+def handle_echo(event: Event) -> int:
+    """C-ECHO: always success once the association is accepted."""
+    return status.SUCCESS
+
+
+def handle_store(event: Event, store: InstanceStore) -> int:
+    """C-STORE: acknowledge only once the instance is on disk and in the database."""
+    calling_ae, peer = _peer(event)
+    request = event.request
+    sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+    try:
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
+            raise InstanceRejected(status.CANNOT_UNDERSTAND,
+                                   f"dataset cannot be decoded: {type(exc).__name__}: {exc}") from exc
+        series_uid = str(ds.get("SeriesInstanceUID", ""))[:64]
+        with log_context(series_uid=series_uid):
+            outcome = store.store(event.encoded_dataset(), ds,
+                                  sop_class_uid=str(request.AffectedSOPClassUID),
+                                  sop_instance_uid=sop_instance_uid,
+                                  transfer_syntax=str(event.context.transfer_syntax))
+            log.debug("C-STORE %s from %s: %s", sop_instance_uid, calling_ae, outcome.action)
+        return status.SUCCESS
+    except InstanceRejected as exc:
+        log.warning("C-STORE refused (0x%04X) from %s@%s: %s", exc.status, calling_ae, peer,
+                    exc.reason)
+        store.record_error(status_code=exc.status, reason=exc.reason, calling_ae=calling_ae,
+                           peer=peer, sop_instance_uid=sop_instance_uid)
+        return exc.status
+    except Exception as exc:  # noqa: BLE001 - the node keeps serving; the cause is recorded
+        log.exception("C-STORE failed unexpectedly from %s@%s", calling_ae, peer)
+        store.record_error(status_code=status.PROCESSING_FAILURE,
+                           reason=f"{type(exc).__name__}: {exc}", calling_ae=calling_ae,
+                           peer=peer, sop_instance_uid=sop_instance_uid)
+        return status.PROCESSING_FAILURE
+
+
+def handle_requested(event: Event, access: AccessSettings, sessions: SessionFactory) -> None:
+    """A-ASSOCIATE-RQ: refuse peers outside the allowed IP networks (pynetdicom has no IP list).
+
+    Calling and called AE titles are checked by pynetdicom itself (``require_calling_aet``,
+    ``require_called_aet``); this adds the network check and records every refusal.
+    """
+    req = event.assoc.requestor
+    primitive = req.primitive
+    calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+    called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+    address = str(req.address)
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        allowed = any(ip in ipaddress.ip_network(n) for n in access.allowed_networks)
+    except ValueError:
+        allowed = False
+    if allowed:
+        return
+    log.warning("association from %s (calling %s) rejected: address not in allowed networks",
+                address, calling)
+    record_association(sessions, calling, called, address, "rejected",
+                       "peer address not in allowed networks")
+    event.assoc.acse.send_reject(status.RJ_PERMANENT, status.RJ_SOURCE_SERVICE_USER,
+                                 status.RJ_NO_REASON)
+
+
+def handle_rejected(event: Event, sessions: SessionFactory) -> None:
+    """Record associations pynetdicom rejected (unknown calling AE, wrong called AE, limits)."""
+    req = event.assoc.requestor
+    primitive = req.primitive
+    calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+    called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+    log.warning("association from %s (calling %s, called %s) rejected", req.address, calling,
+                called)
+    record_association(sessions, calling, called, str(req.address), "rejected",
+                       "AE title not recognised or association limit reached")
+
+
+def record_association(sessions: SessionFactory, calling: str, called: str, address: str,
+                       outcome: str, reason: str) -> None:
+    try:
+        with sessions.begin() as session:
+            session.add(AssociationEvent(calling_ae_title=calling[:16], called_ae_title=called[:16],
+                                         peer_address=address[:64], outcome=outcome,
+                                         reason=reason))
+    except Exception:  # noqa: BLE001 - recording must never break the rejection itself
+        log.exception("could not record association event")
+
+
+def bindings(store: InstanceStore, access: AccessSettings,
+             sessions: SessionFactory) -> list[tuple]:
+    """Event handlers bound to their dependencies, for ``AE.start_server(evt_handlers=...)``."""
+    return [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [store]),
+        (evt.EVT_REQUESTED, handle_requested, [access, sessions]),
+        (evt.EVT_REJECTED, handle_rejected, [sessions]),
+    ]

@@ -1,0 +1,1 @@
+"""Send stage: C-STORE and C-ECHO as a service class user."""
