@@ -89,6 +89,9 @@ def handle_requested(event: Event, access: AccessSettings, sessions: SessionFact
                        "peer address not in allowed networks")
     event.assoc.acse.send_reject(status.RJ_PERMANENT, status.RJ_SOURCE_SERVICE_USER,
                                  status.RJ_NO_REASON)
+    # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ has been sent
+    # before the socket is closed, or the peer sees an abort instead of the reason.
+    event.assoc.kill()
 
 
 def handle_rejected(event: Event, sessions: SessionFactory) -> None:

@@ -1,0 +1,357 @@
+"""Analytic head anatomy in Hounsfield units (the non-lesion part of the phantom).
+
+Each structure is an approximate signed distance function in a *canonical* head frame (the
+physical head frame divided by the per-patient head scale), painted back to front: a later
+structure replaces an earlier one by its occupancy (partial volume), so nested structures mix at
+their boundaries as they do in a real voxel. Intracranial structures may be sampled through a
+mass-effect warp; skull and scalp never move.
+
+Tissue classes and HU values are documented in docs/synthetic-data.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from .lattice import (
+    F32,
+    Lattice,
+    Waves,
+    capsule_sdf,
+    ellipsoid_sdf,
+    occupancy,
+    rotation,
+    smooth_min,
+)
+
+Warp = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+class Tissue(IntEnum):
+    """Tissue class of a sample (the structure painted last with occupancy > 0.5)."""
+
+    AIR = 0
+    SOFT = 1  # scalp, muscle, face
+    FAT = 2
+    CORTICAL_BONE = 3
+    DIPLOE = 4
+    CSF = 5  # subarachnoid space, sulci, fissures, cisterns
+    CORTEX = 6  # cortical grey matter
+    WHITE_MATTER = 7
+    DEEP_GREY = 8  # caudate, lentiform nucleus, thalamus
+    VENTRICLE = 9
+    DURA = 10  # falx, tentorium
+    CALCIFICATION = 11  # pineal, choroid plexus, falx, basal ganglia
+    CEREBELLUM = 12
+    BRAINSTEM = 13
+    SINUS_AIR = 14
+    GLOBE = 15
+    CHOROID = 16
+
+
+PARENCHYMA = (Tissue.CORTEX, Tissue.WHITE_MATTER, Tissue.DEEP_GREY, Tissue.CEREBELLUM,
+              Tissue.BRAINSTEM)
+
+
+@dataclass(frozen=True)
+class Calcification:
+    """A physiological calcification (a false-positive trap for haemorrhage detectors)."""
+
+    name: str
+    centre: tuple[float, float, float]  # canonical head frame, mm
+    radius_mm: float
+    hu: float
+
+
+@dataclass(frozen=True)
+class AnatomyParams:
+    """Per-patient anatomy: drawn once from the seed, shared by baseline and follow-up."""
+
+    scale: tuple[float, float, float]  # head size and asymmetry, per axis
+    atrophy: float  # 0 (young) to about 1 (old): widens sulci, gaps and ventricles
+    ventricle_scale: float
+    csf_gap_mm: float
+    sulcal_depth_mm: float
+    sulcal_width: float  # in units of the unit-variance folding field
+    gm_thickness_mm: float
+    skull_thickness_mm: float
+    scalp_thickness_mm: float
+    midline_bend_mm: float
+    hu: dict[str, float]
+    calcifications: tuple[Calcification, ...]
+    gyri: Waves
+    skull_waves: Waves
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, *, age_y: float, sex: str) -> AnatomyParams:
+        """Draw an anatomy; older patients get more atrophy (wider CSF spaces)."""
+        s = rng.normal(1.0, 0.035) * (1.03 if sex == "M" else 0.98)
+        scale = (s * rng.uniform(0.96, 1.03), s * rng.uniform(0.97, 1.03), s * rng.uniform(0.97, 1.03))
+        atrophy = float(np.clip((age_y - 45.0) / 45.0 * rng.uniform(0.6, 1.3), 0.0, 1.2))
+        hu = {
+            "cortex": rng.uniform(37.0, 42.0),
+            "white_matter": rng.uniform(24.0, 28.5),
+            "deep_grey": rng.uniform(35.5, 40.0),
+            "csf": rng.uniform(3.0, 10.0),
+            "cortical_bone": rng.uniform(1550.0, 1750.0),
+            "diploe": rng.uniform(750.0, 950.0),
+            "soft": rng.uniform(30.0, 45.0),
+            "fat": rng.uniform(-100.0, -70.0),
+            "dura": rng.uniform(42.0, 50.0),
+            "cerebellum": rng.uniform(36.0, 41.0),
+            "brainstem": rng.uniform(30.0, 35.0),
+        }
+        calcs: list[Calcification] = []
+        if rng.random() < 0.65:
+            calcs.append(Calcification("pineal", (0.0, 22.0, -3.0), rng.uniform(2.5, 3.5),
+                                       rng.uniform(250, 450)))
+        if rng.random() < 0.7:  # choroid plexus glomus, usually bilateral
+            r, h = rng.uniform(2.5, 3.5), rng.uniform(180, 350)
+            for side in (-1, 1):
+                calcs.append(Calcification(f"choroid_plexus_{'R' if side < 0 else 'L'}",
+                                           (side * 19.0, 27.0, 10.0), r, h))
+        if rng.random() < 0.15:
+            calcs.append(Calcification("falx", (0.0, rng.uniform(-30, 30), 45.0), 2.5,
+                                       rng.uniform(300, 600)))
+        if rng.random() < 0.08:
+            for side in (-1, 1):
+                calcs.append(Calcification(f"globus_pallidus_{'R' if side < 0 else 'L'}",
+                                           (side * 18.0, -2.0, -2.0), 2.5, rng.uniform(140, 220)))
+        return cls(
+            scale=tuple(float(v) for v in scale),  # type: ignore[arg-type]
+            atrophy=atrophy,
+            ventricle_scale=float((1.0 + 0.7 * atrophy) * rng.uniform(0.85, 1.2)),
+            csf_gap_mm=float(1.0 + 2.5 * atrophy),
+            sulcal_depth_mm=float(9.0 + 4.0 * atrophy),
+            sulcal_width=float(0.12 + 0.12 * atrophy),
+            gm_thickness_mm=float(rng.uniform(2.4, 3.0)),
+            skull_thickness_mm=float(rng.uniform(5.5, 7.5)),
+            scalp_thickness_mm=float(rng.uniform(4.0, 6.0)),
+            midline_bend_mm=float(rng.uniform(-2.0, 2.0)),
+            hu={k: float(v) for k, v in hu.items()},
+            calcifications=tuple(calcs),
+            gyri=Waves.random(rng, 14, 26.0),
+            skull_waves=Waves.random(rng, 6, 70.0),
+        )
+
+
+def lateral_ventricle_parts(vs: float, side: int):
+    """Ellipsoids (centre, semi-axes; canonical mm) of one lateral ventricle (side -1 = right)."""
+    s = side
+    return [((s * (1.5 + 5 * vs), -8, 16), (5 * vs, 30, 7 * vs)),
+            ((s * (8 + 4 * vs), 12, 14), (6 * vs, 14, 7 * vs)),
+            ((s * (16 + 3 * vs), 26, 10), (7 * vs, 11, 9 * vs)),
+            ((s * 20, 40, 6), (4 * vs, 12, 5 * vs)),
+            ((s * 30, 0, -16), (3 * vs, 14, 3 * vs))]
+
+
+def floor_z(y: np.ndarray) -> np.ndarray:
+    """Height of the middle-fossa floor / tentorium: higher anteriorly (canonical mm)."""
+    return F32(-22.0) - F32(0.14) * y
+
+
+def cavity_sdf(x, y, z) -> np.ndarray:
+    """Inner table of the skull (canonical mm): smooth union of cerebrum, cerebellum, brainstem."""
+    fz = floor_z(y)
+    cerebrum = np.maximum(ellipsoid_sdf(x, y, z, (0, 0, 5), (68, 85, 59)), fz - z)
+    cerebellum = np.maximum(ellipsoid_sdf(x, y, z, (0, 50, -46), (51, 31, 21)), z - (fz - 2.5))
+    stem = np.minimum(capsule_sdf(x, y, z, (0, 14, -14), (0, 26, -80), 12.5),
+                      ellipsoid_sdf(x, y, z, (0, 19, -40), (18, 15, 15)))
+    return smooth_min(smooth_min(cerebrum, cerebellum, 8.0), stem, 8.0)
+
+
+def in_parenchyma(p: AnatomyParams, x, y, z) -> np.ndarray:
+    """Whether physical head-frame points lie in brain (not outside it, not in a ventricle).
+
+    Used to size a haematoma before rendering; rendering itself clips by the painted tissue.
+    """
+    cx, cy, cz = x / F32(p.scale[0]), y / F32(p.scale[1]), z / F32(p.scale[2])
+    inside = cavity_sdf(cx, cy, cz) + F32(p.csf_gap_mm) < 0
+    for s in (-1, 1):
+        for c, r in lateral_ventricle_parts(p.ventricle_scale, s):
+            inside &= ellipsoid_sdf(cx, cy, cz, c, r) > 0
+    return inside
+
+
+class Painter:
+    """Paints the anatomy onto a lattice: ``hu`` (float32) and ``tissue`` (int8)."""
+
+    def __init__(self, p: AnatomyParams, lat: Lattice, *, ramp_mm: float,
+                 warp: Warp | None = None, want_hu: bool = True) -> None:
+        self.p, self.lat, self.ramp = p, lat, ramp_mm
+        self.want_hu = want_hu
+        self.S = np.asarray(p.scale, dtype=float)
+        x, y, z = lat.xyz()
+        self.u = (x / F32(self.S[0]), y / F32(self.S[1]), z / F32(self.S[2]))
+        if warp is None:
+            self.w = self.u
+        else:
+            wx, wy, wz = warp(x, y, z)
+            self.w = (wx / F32(self.S[0]), wy / F32(self.S[1]), wz / F32(self.S[2]))
+        self.hu = np.full(lat.shape, -1000.0, dtype=F32) if want_hu else None
+        self.tissue = np.zeros(lat.shape, dtype=np.int8)
+
+    # -- primitives -------------------------------------------------------------------------
+    def box(self, centre, radius_mm: float):
+        c = np.asarray(centre, dtype=float) * self.S
+        return self.lat.region(c, radius_mm * float(self.S.max()) + 2.0 * self.ramp + 12.0)
+
+    def coords(self, box, warped: bool):
+        src = self.w if warped else self.u
+        return src if box is None else tuple(a[box] for a in src)
+
+    def put(self, box, sdf: np.ndarray, tissue: Tissue, value: float | np.ndarray) -> None:
+        """Replace what is below by ``value`` in proportion to occupancy (partial volume)."""
+        b = box if box is not None else (slice(None),) * 3
+        occ = occupancy(sdf, self.ramp)
+        if self.want_hu:
+            h = self.hu[b]
+            h += (F32(value) - h) * occ if np.isscalar(value) else (value - h) * occ
+        t = self.tissue[b]
+        t[occ > 0.5] = int(tissue)
+
+    def ellipsoid(self, tissue, value, centre, semi, *, rot=None, warped=True) -> None:
+        box = self.box(centre, max(semi))
+        if box is None:
+            return
+        x, y, z = self.coords(box, warped)
+        self.put(box, ellipsoid_sdf(x, y, z, centre, semi, rot), tissue, value)
+
+    # -- anatomy ----------------------------------------------------------------------------
+    def paint(self, *, beam_hardening_hu: float = 0.0) -> tuple[np.ndarray | None, np.ndarray]:
+        """Paint every structure; returns ``(hu, tissue)`` on the lattice."""
+        p, hu = self.p, self.p.hu
+        ux, uy, uz = self.u
+        cav_u = cavity_sdf(ux, uy, uz)
+        cav_w = cav_u if self.w is self.u else cavity_sdf(*self.w)
+        t_skull = F32(p.skull_thickness_mm) * (F32(1.0) + F32(0.12) * p.skull_waves(ux, uy, uz))
+        t_skull = t_skull + F32(2.5) * (uz < F32(-20.0))  # thicker occiput and skull base
+        temporalis = F32(6.0) * np.clip(1 - ((uz + 5) / 30) ** 2, 0, 1) * (np.abs(ux) / 70) ** 4
+        outer = t_skull + F32(p.scalp_thickness_mm) + temporalis
+        # scalp and the lower face / skull-base block
+        self.put(None, cav_u - outer, Tissue.SOFT, hu["soft"])
+        self.ellipsoid(Tissue.SOFT, hu["soft"], (0, -12, -58), (66, 92, 36), warped=False)
+        self.put(None, np.maximum(cav_u - t_skull - 2.4, t_skull + 1.0 - cav_u), Tissue.FAT,
+                 hu["fat"])
+        # skull: cortical tables with diploe between; thick mixed bone at the skull base
+        self.put(None, np.maximum(-cav_u, cav_u - t_skull), Tissue.CORTICAL_BONE,
+                 hu["cortical_bone"])
+        base = np.maximum(ellipsoid_sdf(ux, uy, uz, (0, -12, -58), (60, 84, 30)), -cav_u)
+        self.put(None, np.maximum(base, cav_u - t_skull - 8.0), Tissue.CORTICAL_BONE,
+                 hu["cortical_bone"] * 0.8)
+        self.put(None, np.maximum(F32(1.6) - cav_u, cav_u - (t_skull - F32(1.6))), Tissue.DIPLOE,
+                 hu["diploe"])
+        self._face()
+        # intracranial CSF, then brain parenchyma with gyral folding
+        self.put(None, cav_u, Tissue.CSF, hu["csf"])
+        self._cortex(cav_w, cav_u)
+        self._deep_structures()
+        self._csf_spaces(cav_w)
+        self._calcifications()
+        self._petrous()
+        if self.want_hu and beam_hardening_hu:
+            # residual beam hardening: a faint hyperdense band along the inner table
+            inside = occupancy(cav_u, self.ramp)
+            self.hu += F32(beam_hardening_hu) * np.exp(np.minimum(cav_u, 0) / F32(4.0)) * inside
+        return self.hu, self.tissue
+
+    def _cortex(self, cav_w, cav_u) -> None:
+        p, hu = self.p, self.p.hu
+        brain = cav_w + F32(p.csf_gap_mm)
+        band = brain > F32(-(p.sulcal_depth_mm + p.gm_thickness_mm + 3.0))
+        fold = np.zeros_like(brain)
+        wx, wy, wz = (a[band] for a in self.w)
+        n = p.gyri(wx, wy, wz)
+        fold[band] = F32(p.sulcal_depth_mm) * np.exp(-((n / F32(p.sulcal_width)) ** 2))
+        depth = -brain - fold  # depth below the folded cortical surface
+        # intersect with the unwarped cavity: mass effect must not push brain into the skull
+        self.put(None, np.maximum(-depth, cav_u), Tissue.CORTEX, hu["cortex"])
+        self.put(None, np.maximum(F32(p.gm_thickness_mm) - depth, cav_u), Tissue.WHITE_MATTER,
+                 hu["white_matter"])
+
+    def _deep_structures(self) -> None:
+        p, hu, vs = self.p, self.p.hu, self.p.ventricle_scale
+        for s in (-1, 1):
+            self.ellipsoid(Tissue.DEEP_GREY, hu["deep_grey"], (s * (8 + 5 * vs), -14, 10), (5, 9, 8))
+            self.ellipsoid(Tissue.DEEP_GREY, hu["deep_grey"], (s * 23, -2, -2), (6, 15, 10))
+            self.ellipsoid(Tissue.DEEP_GREY, hu["deep_grey"], (s * 11, 10, 0), (9, 14, 9))
+        # cerebellum (mostly grey, white core) and brainstem
+        c = (0, 50, -46)
+        box = self.box(c, 52)
+        if box is not None:
+            x, y, z = self.coords(box, True)
+            sdf = np.maximum(ellipsoid_sdf(x, y, z, c, (51, 31, 21)), z - (floor_z(y) - 2.5))
+            self.put(box, sdf + F32(p.csf_gap_mm + 2.5), Tissue.CEREBELLUM, hu["cerebellum"])
+        self.ellipsoid(Tissue.WHITE_MATTER, hu["white_matter"] + 2, (0, 46, -44), (17, 12, 9))
+        box = self.box((0, 20, -45), 40)
+        if box is not None:
+            x, y, z = self.coords(box, True)
+            stem = np.minimum(capsule_sdf(x, y, z, (0, 14, -14), (0, 26, -80), 12.5),
+                              ellipsoid_sdf(x, y, z, (0, 19, -40), (18, 15, 15)))
+            self.put(box, stem + F32(p.csf_gap_mm), Tissue.BRAINSTEM, hu["brainstem"])
+            # perimesencephalic and prepontine cisterns hug the brainstem
+            ring = np.maximum.reduce([stem - F32(2.5 + 2 * p.atrophy), -stem - F32(0.5),
+                                      np.abs(z + F32(22)) - F32(10)])
+            self.put(box, ring, Tissue.CSF, hu["csf"])
+
+    def _csf_spaces(self, cav_w) -> None:
+        p, hu, vs, a = self.p, self.p.hu, self.p.ventricle_scale, self.p.atrophy
+        wx, wy, wz = self.w
+        # interhemispheric fissure and falx, down to the corpus callosum in the middle
+        xm = F32(p.midline_bend_mm) * (1 - (wy / F32(90)) ** 2)
+        floor = F32(24.0) - F32(54.0) / (1 + np.exp(-(np.abs(wy) - F32(40)) / F32(4)))
+        dx = np.abs(wx - xm)
+        self.put(None, np.maximum.reduce([dx - F32(1.2 + 2 * a), floor - wz, cav_w]), Tissue.CSF,
+                 hu["csf"])
+        self.put(None, np.maximum.reduce([dx - F32(0.5), floor + 2 - wz, cav_w]), Tissue.DURA,
+                 hu["dura"])
+        # tentorium: a dural sheet between cerebrum and cerebellum
+        box = self.box((0, 45, -30), 60)
+        if box is not None:
+            x, y, z = self.coords(box, True)
+            sheet = np.maximum.reduce([np.abs(z - (floor_z(y) - F32(1.2))) - F32(0.6),
+                                       F32(-2.0) - y, cav_w[box]])
+            self.put(box, sheet, Tissue.DURA, hu["dura"])
+        for s in (-1, 1):  # Sylvian fissures
+            self.ellipsoid(Tissue.CSF, hu["csf"], (s * 47, -8, -6), (16, 24, 2.5 + 2 * a),
+                           rot=rotation(pitch_deg=-15, yaw_deg=s * 10))
+        self.ellipsoid(Tissue.CSF, hu["csf"], (0, -8, -24), (12, 8, 5))  # suprasellar
+        self.ellipsoid(Tissue.CSF, hu["csf"], (0, 30, -12), (8, 6, 6))  # quadrigeminal
+        # ventricles: lateral (frontal horn+body, atrium, occipital and temporal horns), 3rd, 4th
+        for s in (-1, 1):
+            parts = lateral_ventricle_parts(vs, s)
+            box = self.box((s * 15, 10, 2), 45)
+            if box is not None:
+                x, y, z = self.coords(box, True)
+                sdf = np.minimum.reduce([ellipsoid_sdf(x, y, z, c, r) for c, r in parts])
+                self.put(box, sdf, Tissue.VENTRICLE, hu["csf"] - 2)
+            self.ellipsoid(Tissue.CHOROID, 32.0, (s * 19, 27, 10), (4, 5, 3))
+        self.ellipsoid(Tissue.VENTRICLE, hu["csf"] - 2, (0, 6, -6), (1.5 * vs + 0.5, 13, 9))
+        self.ellipsoid(Tissue.VENTRICLE, hu["csf"] - 2, (0, 30, -44), (6, 4, 6))
+
+    def _calcifications(self) -> None:
+        for c in self.p.calcifications:
+            r = c.radius_mm
+            semi = (0.8, 6.0, 3.0) if c.name == "falx" else (r, r, r)
+            self.ellipsoid(Tissue.CALCIFICATION, c.hu, c.centre, semi)
+
+    def _face(self) -> None:
+        hu = self.p.hu
+        self.ellipsoid(Tissue.SINUS_AIR, -950, (0, -22, -54), (13, 11, 9), warped=False)
+        self.ellipsoid(Tissue.SINUS_AIR, -950, (0, -84, -8), (12, 5, 9), warped=False)
+        for s in (-1, 1):
+            self.ellipsoid(Tissue.FAT, hu["fat"], (s * 30, -66, -40), (16, 22, 15), warped=False)
+            self.ellipsoid(Tissue.GLOBE, 12.0, (s * 32, -79, -40), (12, 12, 12), warped=False)
+            self.ellipsoid(Tissue.SINUS_AIR, -950, (s * 10, -52, -46), (5, 14, 8), warped=False)
+
+    def _petrous(self) -> None:
+        hu = self.p.hu
+        for s in (-1, 1):
+            rot = rotation(yaw_deg=s * 40)
+            self.ellipsoid(Tissue.CORTICAL_BONE, hu["cortical_bone"] + 150, (s * 30, 16, -44),
+                           (24, 8, 8), rot=rot, warped=False)
+            self.ellipsoid(Tissue.SINUS_AIR, -700, (s * 48, 26, -52), (9, 11, 9), warped=False)

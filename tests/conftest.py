@@ -1,0 +1,103 @@
+"""Shared fixtures: settings on temp storage, a running node on port 0, small CT series."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from dicomnode.config import Settings, load_settings
+from dicomnode.service import Node
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GE_DIR = SHARED / "data" / "ge-head-ct-tilt"
+EMPTY_CONFIG = REPO / "tests" / "data" / "empty.toml"
+
+
+def requires(tool: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(storage: Path, **overrides: object) -> Settings:
+    """Embedded defaults (not the repo's file) on temp storage, fast sweeps, no disk watermark."""
+    values: dict[str, object] = {"storage.path": str(storage), "node.port": 0,
+                                 "assembly.settle_s": 0.5, "assembly.sweep_interval_s": 0.1,
+                                 "storage.min_free_disk_mb": 0}
+    values.update(overrides)
+    return load_settings(EMPTY_CONFIG, overrides=values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "storage")
+
+
+@pytest.fixture
+def node(settings: Settings) -> Iterator[Node]:
+    n = Node(settings).start()
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
+@pytest.fixture(scope="session")
+def ct_template() -> Dataset:
+    """A small real CT slice (pydicom's CT_small, 128 x 128) made to look like head CT."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.BodyPartExamined = "HEAD"
+    ds.SeriesDescription = "Head 5mm"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [1.8, 1.8]  # 230 mm field of view, head-sized
+    ds.SliceThickness = 5.0
+    return ds
+
+
+def make_series(template: Dataset, n: int = 12, *, spacing_mm: float = 5.0,
+                study_uid: str | None = None, series_uid: str | None = None,
+                images_in_acquisition: int | None = None, **attrs: object) -> list[Dataset]:
+    """n slices of one series with fresh UIDs, positions along z and instance numbers."""
+    study_uid = study_uid or generate_uid()
+    series_uid = series_uid or generate_uid()
+    out = []
+    for i in range(n):
+        ds = copy.deepcopy(template)
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [-115.0, -115.0, float(i) * spacing_mm]
+        ds.SliceLocation = float(i) * spacing_mm
+        if images_in_acquisition is not None:
+            ds.ImagesInAcquisition = images_in_acquisition
+        for key, value in attrs.items():
+            setattr(ds, key, value)
+        out.append(ds)
+    return out
+
+
+def write_series(datasets: list[Dataset], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        p = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
