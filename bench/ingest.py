@@ -313,7 +313,7 @@ def stage_timers(timer: StageTimer) -> Iterator[None]:
         yield
 
 
-def profile_node(n: int, work: Path, files: list[Path], cprofile: bool) -> None:
+def profile_node(n: int, work: Path, files: list[Path], cprofile: bool, assocs: int = 1) -> None:
     """Run the node in this process, send with storescu, report per-instance stage costs."""
     import cProfile
     import pstats
@@ -347,7 +347,9 @@ def profile_node(n: int, work: Path, files: list[Path], cprofile: bool) -> None:
             if cprofile:
                 threading.setprofile(thread_profiler)
             cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-            seconds = send([files[0].parent], node.port, run_dir)
+            parts = ([files[0].parent] if assocs == 1 else
+                     split_into(files, run_dir / "split", assocs))
+            seconds = send(parts, node.port, run_dir)
             cpu1 = resource.getrusage(resource.RUSAGE_SELF)
             threading.setprofile(None)  # type: ignore[arg-type]
             _verify_node(folder, n)
@@ -360,7 +362,7 @@ def profile_node(n: int, work: Path, files: list[Path], cprofile: bool) -> None:
     per = 1000.0 / n
     user = cpu1.ru_utime - cpu0.ru_utime
     system = cpu1.ru_stime - cpu0.ru_stime
-    title = ("node in-process, 1 association, storescu sender" +
+    title = (f"node in-process, {assocs} association(s), storescu sender" +
              (", cProfile on (slower)" if cprofile else ", stage timers"))
     console.print(f"[bold]{title}[/]: {n} images in {seconds:.2f} s = {n / seconds:.1f} img/s; "
                   f"wall {seconds * per:.2f} ms/img, node process CPU user {user * per:.2f} + "
@@ -371,6 +373,7 @@ def profile_node(n: int, work: Path, files: list[Path], cprofile: bool) -> None:
         table.add_column("ms/img", justify="right")
         table.add_column("calls/img", justify="right")
         table.add_column("% of wall", justify="right")
+        # With several associations, stage times add up across threads (can exceed the wall).
         for name, total in timer.total.items():
             table.add_row(name, f"{total * per:.3f}", f"{timer.calls[name] / n:.1f}",
                           f"{100 * total / seconds:.0f}%")
@@ -447,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"K associations = K storescu processes sharing the {args.n} images; "
                       f"{args.repeats} repeat(s), median shown")
         if args.profile:
-            profile_node(args.n, work, files, cprofile=False)
+            for assocs in assoc_counts:
+                profile_node(args.n, work, files, cprofile=False, assocs=assocs)
             profile_node(args.n, work, files, cprofile=True)
             return 0
 

@@ -23,14 +23,15 @@ from dicomnode.receive.storage import InstanceStore
 log = logging.getLogger(__name__)
 
 # Transfer syntaxes we accept, each decodable later by pydicom with the installed plugins
-# (pylibjpeg-openjpeg, pyjpegls, python-gdcm; RLE and Deflate natively).
+# (pylibjpeg-openjpeg, pyjpegls, python-gdcm; RLE and Deflate natively). JPEG Extended
+# (Process 2/4) is not offered: no permissively licensed decoder here handles its 12-bit form, and
+# accepting what we cannot decode would fail later; senders then fall back to another syntax.
 TRANSFER_SYNTAXES = [
     uid.ExplicitVRLittleEndian,
     uid.ImplicitVRLittleEndian,
     uid.DeflatedExplicitVRLittleEndian,
     uid.ExplicitVRBigEndian,
     uid.JPEGBaseline8Bit,
-    uid.JPEGExtended12Bit,
     uid.JPEGLosslessSV1,
     uid.JPEGLossless,
     uid.JPEGLSLossless,

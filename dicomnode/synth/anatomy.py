@@ -230,7 +230,7 @@ class Painter:
         cav_w = cav_u if self.w is self.u else cavity_sdf(*self.w)
         t_skull = F32(p.skull_thickness_mm) * (F32(1.0) + F32(0.12) * p.skull_waves(ux, uy, uz))
         t_skull = t_skull + F32(2.5) * (uz < F32(-20.0))  # thicker occiput and skull base
-        temporalis = F32(6.0) * np.clip(1 - ((uz + 5) / 30) ** 2, 0, 1) * (np.abs(ux) / 70) ** 4
+        temporalis = F32(6.0) * np.clip(1 - ((uz + 5) / 30) ** 2, 0, 1) * np.minimum(np.abs(ux) / 70, 1) ** 4
         outer = t_skull + F32(p.scalp_thickness_mm) + temporalis
         # scalp and the lower face / skull-base block
         self.put(None, cav_u - outer, Tissue.SOFT, hu["soft"])

@@ -18,10 +18,10 @@ SITE_MEDIAN_ML = {"basal_ganglia": 14.0, "thalamus": 8.0, "lobar": 22.0, "lobar_
                   "cerebellar": 9.0, "brainstem": 3.5}
 
 # logit P(HE) = intercept + sum(coef * feature); features defined in he_features().
-HE_COEFS = {"intercept": -2.05, "log2_volume_per_10ml": 0.45, "heterogeneity": 1.60,
+HE_COEFS = {"intercept": -2.77, "log2_volume_per_10ml": 0.45, "heterogeneity": 1.60,
             "irregularity": 1.20, "log2_onset_to_ct_per_3h": -0.45, "anticoagulation": 1.00}
 # logit P(PSE) = intercept + sum(coef * feature); the CAVE items with log-odds weights.
-PSE_COEFS = {"intercept": -4.20, "cortical_involvement": 1.50, "volume_over_10ml": 0.90,
+PSE_COEFS = {"intercept": -4.66, "cortical_involvement": 1.50, "volume_over_10ml": 0.90,
              "age_under_65": 0.80, "early_seizure": 1.70}
 # logit P(early seizure within 7 days)
 SEIZURE_COEFS = {"intercept": -3.40, "cortical_involvement": 1.60, "log2_volume_per_10ml": 0.30}

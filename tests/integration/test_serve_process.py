@@ -1,0 +1,153 @@
+"""``dicomnode serve`` as a real process: the new user's path, and SIGKILL in mid-transfer."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+from sqlalchemy import select
+
+from dicomnode.db.models import Instance
+from dicomnode.db.session import make_sessions
+from tests.conftest import EMPTY_CONFIG, GE_DIR, free_port, make_series, requires, write_series
+
+
+class ServeProcess:
+    """Runs ``dicomnode serve`` on a free port; stop() sends SIGTERM, kill() SIGKILL."""
+
+    def __init__(self, storage: Path, port: int, settle_s: float = 1.0) -> None:
+        self.storage, self.port = storage, port
+        self.log = storage.parent / f"serve-{port}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(EMPTY_CONFIG),
+                 "--storage", str(storage), "--port", str(port), "--settle-s", str(settle_s)],
+                stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited: {self.log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("serve did not start listening")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+def status_json(storage: Path) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--json", "--config",
+                          str(EMPTY_CONFIG), "--storage", str(storage)],
+                         check=True, capture_output=True, text=True, timeout=60)
+    return json.loads(out.stdout)
+
+
+def wait_for_state(storage: Path, state: str, timeout_s: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    rows: list[dict] = []
+    while time.monotonic() < deadline:
+        rows = status_json(storage)
+        if rows and all(r["state"] == state for r in rows):
+            return rows
+        time.sleep(0.5)
+    raise AssertionError(f"series did not reach {state}: {rows}")
+
+
+@requires("storescu")
+def test_new_user_sends_ge_series_and_status_shows_queued_job(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    node = ServeProcess(storage, free_port())
+    try:
+        folder = tmp_path / "in"
+        shutil.copytree(GE_DIR, folder)
+        (folder / "notes.txt").write_text("not DICOM")
+        subprocess.run(["storescu", "-R", "+sd", "+sp", "*.dcm", "-aec", "DICOMNODE", "127.0.0.1",
+                        str(node.port), f"{folder}/"], env={**os.environ, "TCP_NODELAY": "1"},
+                       check=True, capture_output=True, timeout=120)
+        rows = wait_for_state(storage, "queued")
+        assert len(rows) == 1
+        row = rows[0]
+        assert row["instances"] == 28 and row["job_id"] == 1 and row["reason"] == ""
+        assert row["tilt_deg"] == pytest.approx(18.5, abs=0.1)
+        for key in ("series_instance_uid", "study_instance_uid", "updated_at"):
+            assert row[key]
+        # echo and send through our own CLI as well
+        cli = [sys.executable, "-m", "dicomnode.cli"]
+        peer = f"DICOMNODE@127.0.0.1:{node.port}"
+        subprocess.run([*cli, "echo", peer], check=True, capture_output=True, timeout=60)
+        sent = subprocess.run([*cli, "send", str(folder), "--to", peer], check=True,
+                              capture_output=True, text=True, timeout=120)
+        assert "sent 28, failed 0, skipped 2" in sent.stdout  # LICENSE and notes.txt
+    finally:
+        assert node.stop() == 0
+
+
+def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path,
+                                                            ct_template: Dataset) -> None:
+    storage = tmp_path / "storage"
+    port = free_port()
+    series = make_series(ct_template, 80)
+    files = write_series(series, tmp_path / "in")
+    node = ServeProcess(storage, port)
+    acked: list[str] = []
+    ae = AE(ae_title="CRASHTEST")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    killer = threading.Timer(0.0, node.kill)
+    for ds, path in zip(series, files, strict=True):
+        if len(acked) == 25 and not killer.is_alive() and node.proc.poll() is None:
+            killer.start()  # kill while the next instances are in flight
+        try:
+            rsp = assoc.send_c_store(path)
+        except Exception:  # noqa: BLE001 - the association dies with the server
+            break
+        if not assoc.is_established or rsp is None or "Status" not in rsp:
+            break
+        if rsp.Status == 0:
+            acked.append(ds.SOPInstanceUID)
+    killer.join()
+    assert node.proc.poll() is not None, "server was not killed"
+    assert 25 <= len(acked) < len(series)
+    # Restart at once on the same port: nothing orphaned holds it.
+    node = ServeProcess(storage, port)
+    try:
+        sessions = make_sessions(f"sqlite:///{storage / 'dicomnode.db'}")
+        with sessions() as s:
+            rows = {i.sop_instance_uid: i.path for i in s.scalars(select(Instance))}
+        for uid in acked:
+            assert uid in rows, "acknowledged instance missing from the database"
+            assert (storage / rows[uid]).is_file(), "acknowledged instance missing from disk"
+        assert not list((storage / ".tmp").iterdir())
+        # The sender retries everything; re-sent instances are idempotent and the series completes.
+        ae2 = AE(ae_title="CRASHTEST")
+        ae2.add_requested_context(CTImageStorage)
+        assoc = ae2.associate("127.0.0.1", port, ae_title="DICOMNODE")
+        assert [assoc.send_c_store(p).Status for p in files] == [0] * len(files)
+        assoc.release()
+        rows_status = wait_for_state(storage, "queued")
+        assert rows_status[0]["instances"] == len(series)
+    finally:
+        node.stop()
