@@ -149,14 +149,14 @@ def lateral_ventricle_parts(vs: float, side: int):
             ((s * 30, 0, -16), (3 * vs, 14, 3 * vs))]
 
 
-def floor_z(y: np.ndarray) -> np.ndarray:
-    """Height of the middle-fossa floor / tentorium: higher anteriorly (canonical mm)."""
-    return F32(-22.0) - F32(0.14) * y
+def floor_z(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Height of the cranial-fossa floor / tentorium: higher anteriorly and at the midline."""
+    return F32(-20.0) - F32(0.14) * y - F32(0.003) * x * x
 
 
 def cavity_sdf(x, y, z) -> np.ndarray:
     """Inner table of the skull (canonical mm): smooth union of cerebrum, cerebellum, brainstem."""
-    fz = floor_z(y)
+    fz = floor_z(x, y)
     cerebrum = np.maximum(ellipsoid_sdf(x, y, z, (0, 0, 5), (68, 85, 59)), fz - z)
     cerebellum = np.maximum(ellipsoid_sdf(x, y, z, (0, 50, -46), (51, 31, 21)), z - (fz - 2.5))
     stem = np.minimum(capsule_sdf(x, y, z, (0, 14, -14), (0, 26, -80), 12.5),
@@ -177,6 +177,19 @@ def in_parenchyma(p: AnatomyParams, x, y, z) -> np.ndarray:
     return inside
 
 
+def _interp2(sub: np.ndarray, axis: int, n: int) -> np.ndarray:
+    """Linear interpolation of samples taken at even indices back to ``n`` samples."""
+    sub = np.moveaxis(sub, axis, -1)
+    out = np.empty(sub.shape[:-1] + (n,), dtype=sub.dtype)
+    out[..., 0::2] = sub
+    m = n // 2  # odd indices 1, 3, ..., up to n - 1
+    right = sub[..., 1:m + 1]
+    if right.shape[-1] < m:  # last odd sample lies past the last even one: extrapolate
+        right = np.concatenate([right, 2 * sub[..., -1:] - sub[..., -2:-1]], axis=-1)
+    out[..., 1::2] = F32(0.5) * (sub[..., :m] + right)
+    return np.moveaxis(out, -1, axis)
+
+
 class Painter:
     """Paints the anatomy onto a lattice: ``hu`` (float32) and ``tissue`` (int8)."""
 
@@ -187,13 +200,29 @@ class Painter:
         self.S = np.asarray(p.scale, dtype=float)
         x, y, z = lat.xyz()
         self.u = (x / F32(self.S[0]), y / F32(self.S[1]), z / F32(self.S[2]))
-        if warp is None:
-            self.w = self.u
-        else:
-            wx, wy, wz = warp(x, y, z)
-            self.w = (wx / F32(self.S[0]), wy / F32(self.S[1]), wz / F32(self.S[2]))
+        self.w, self.warp_box = self.u, None
+        wbox = lat.region(warp.centre_mm, 3 * warp.radius_mm) if warp is not None else None
+        if wbox is not None:  # tissue moves only within 3 radii of the clot
+            self.warp_box = wbox
+            moved = warp(x[wbox], y[wbox], z[wbox])
+            self.w = tuple(a.copy() for a in self.u)
+            for a in range(3):
+                self.w[a][wbox] = moved[a] / F32(self.S[a])
         self.hu = np.full(lat.shape, -1000.0, dtype=F32) if want_hu else None
         self.tissue = np.zeros(lat.shape, dtype=np.int8)
+
+    def smooth(self, fn, warped: bool) -> np.ndarray:
+        """Evaluate a smooth field at every other in-plane sample and interpolate linearly.
+
+        Distance fields of large structures and the folding field vary slowly, so this costs a
+        quarter of a full evaluation while edges stay sharp (the ramp is applied afterwards).
+        """
+        src = self.w if warped else self.u
+        _, nj, ni = self.lat.shape
+        if nj < 48 or ni < 48:
+            return fn(*src)
+        sub = fn(*(a[:, ::2, ::2] for a in src))
+        return _interp2(_interp2(sub, 1, nj), 2, ni)
 
     # -- primitives -------------------------------------------------------------------------
     def box(self, centre, radius_mm: float):
@@ -226,9 +255,13 @@ class Painter:
         """Paint every structure; returns ``(hu, tissue)`` on the lattice."""
         p, hu = self.p, self.p.hu
         ux, uy, uz = self.u
-        cav_u = cavity_sdf(ux, uy, uz)
-        cav_w = cav_u if self.w is self.u else cavity_sdf(*self.w)
-        t_skull = F32(p.skull_thickness_mm) * (F32(1.0) + F32(0.12) * p.skull_waves(ux, uy, uz))
+        cav_u = self.smooth(cavity_sdf, warped=False)
+        cav_w = cav_u
+        if self.warp_box is not None:
+            cav_w = cav_u.copy()
+            cav_w[self.warp_box] = cavity_sdf(*(a[self.warp_box] for a in self.w))
+        t_skull = F32(p.skull_thickness_mm) * (F32(1.0) + F32(0.12) * self.smooth(
+            p.skull_waves, warped=False))
         t_skull = t_skull + F32(2.5) * (uz < F32(-20.0))  # thicker occiput and skull base
         temporalis = F32(6.0) * np.clip(1 - ((uz + 5) / 30) ** 2, 0, 1) * np.minimum(np.abs(ux) / 70, 1) ** 4
         outer = t_skull + F32(p.scalp_thickness_mm) + temporalis
@@ -262,11 +295,8 @@ class Painter:
     def _cortex(self, cav_w, cav_u) -> None:
         p, hu = self.p, self.p.hu
         brain = cav_w + F32(p.csf_gap_mm)
-        band = brain > F32(-(p.sulcal_depth_mm + p.gm_thickness_mm + 3.0))
-        fold = np.zeros_like(brain)
-        wx, wy, wz = (a[band] for a in self.w)
-        n = p.gyri(wx, wy, wz)
-        fold[band] = F32(p.sulcal_depth_mm) * np.exp(-((n / F32(p.sulcal_width)) ** 2))
+        n = self.smooth(p.gyri, warped=True)
+        fold = F32(p.sulcal_depth_mm) * np.exp(-((n / F32(p.sulcal_width)) ** 2))
         depth = -brain - fold  # depth below the folded cortical surface
         # intersect with the unwarped cavity: mass effect must not push brain into the skull
         self.put(None, np.maximum(-depth, cav_u), Tissue.CORTEX, hu["cortex"])
@@ -284,7 +314,7 @@ class Painter:
         box = self.box(c, 52)
         if box is not None:
             x, y, z = self.coords(box, True)
-            sdf = np.maximum(ellipsoid_sdf(x, y, z, c, (51, 31, 21)), z - (floor_z(y) - 2.5))
+            sdf = np.maximum(ellipsoid_sdf(x, y, z, c, (51, 31, 21)), z - (floor_z(x, y) - 2.5))
             self.put(box, sdf + F32(p.csf_gap_mm + 2.5), Tissue.CEREBELLUM, hu["cerebellum"])
         self.ellipsoid(Tissue.WHITE_MATTER, hu["white_matter"] + 2, (0, 46, -44), (17, 12, 9))
         box = self.box((0, 20, -45), 40)
@@ -313,7 +343,7 @@ class Painter:
         box = self.box((0, 45, -30), 60)
         if box is not None:
             x, y, z = self.coords(box, True)
-            sheet = np.maximum.reduce([np.abs(z - (floor_z(y) - F32(1.2))) - F32(0.6),
+            sheet = np.maximum.reduce([np.abs(z - (floor_z(x, y) - F32(1.2))) - F32(0.6),
                                        F32(-2.0) - y, cav_w[box]])
             self.put(box, sheet, Tissue.DURA, hu["dura"])
         for s in (-1, 1):  # Sylvian fissures

@@ -156,9 +156,12 @@ def render_anatomy(anat: AnatomyParams, geom: ScanGeometry, pose: Pose, *,
     m, px = geom.matrix, geom.pixel_spacing_mm
     n_sub = max(1, int(np.ceil(geom.thickness_mm / 1.25 - 1e-6)))
     up = px < 0.75  # 512-class matrices: paint at half resolution, upsample
-    n_w = m // 2 if up else 2 * m
-    step = px * 2 if up else px / 2
-    offset = px / 2 if up else -px / 4  # centre of working sample 0 relative to pixel 0
+    ss = 2 if px > 2.5 else 1  # very coarse matrices: 2x2 supersampling
+    if up and m % 2:
+        raise ValueError(f"matrix must be even when pixels are under 0.75 mm, got {m}")
+    n_w = m // 2 if up else ss * m
+    step = px * 2 if up else px / ss
+    offset = px / 2 if up else (0.5 / ss - 0.5) * px  # working sample 0 relative to pixel 0
     lat = _plane_lattice(geom, pose, n_sub=n_sub, spacing_mm=step, first_offset_mm=offset,
                          shape_ji=(n_w, n_w), slices=range(geom.n_slices))
     painter = Painter(anat, lat, ramp_mm=step, warp=warp)
@@ -172,10 +175,10 @@ def render_anatomy(anat: AnatomyParams, geom: ScanGeometry, pose: Pose, *,
             t = np.where((tissue == tissue[:, :1]).all(axis=1), tissue[:, 0], -1)
             pure = np.repeat(np.repeat(t, 2, axis=1), 2, axis=2)
         return hu, pure
-    hu = hu.reshape(geom.n_slices, m, 2, m, 2).mean(axis=(2, 4))
+    hu = hu.reshape(geom.n_slices, m, ss, m, ss).mean(axis=(2, 4))
     pure = None
     if want_tissue:
-        blocks = tissue.reshape(geom.n_slices, n_sub, m, 2, m, 2)
+        blocks = tissue.reshape(geom.n_slices, n_sub, m, ss, m, ss)
         first = blocks[:, :1, :, :1, :, :1]
         same = (blocks == first).all(axis=(1, 3, 5))
         pure = np.where(same, first[:, 0, :, 0, :, 0], -1).astype(np.int8)
@@ -206,8 +209,8 @@ def paint_lesion(hu: np.ndarray, anat: AnatomyParams, spec: LesionSpec, geom: Sc
     box = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes))
                 for a in range(3))
     nk, nj, ni = (s.stop - s.start for s in box)
-    ss = int(min(4, max(1, round(px / 0.5))))
-    n_sub = max(2, int(np.ceil(geom.thickness_mm / 0.75 - 1e-6)))
+    ss = 1 if px < 1.5 else (2 if px < 3.0 else 4)
+    n_sub = max(2, int(np.ceil(geom.thickness_mm / 1.25 - 1e-6)))
     step = px / ss
     lat = _plane_lattice(geom, pose, n_sub=n_sub, spacing_mm=step,
                          first_offset_mm=(0.5 / ss - 0.5) * px, shape_ji=(nj * ss, ni * ss),
