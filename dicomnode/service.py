@@ -58,6 +58,7 @@ class Node:
             self.server = None
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.store.close()
         self._stopped.set()
 
     def run_forever(self) -> int:

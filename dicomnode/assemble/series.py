@@ -81,11 +81,12 @@ def _complete(session: Session, series_id: int, assembly: AssemblySettings,
                         Series.study_id == series.study_id, Series.id != series.id,
                         Series.state.in_(_JUDGED_ELIGIBLE)))]
         reason = evaluate(series.attributes, geometry, count, rules, siblings)
-        # Conditional update: if an instance arrived meanwhile, the series is no longer this
-        # version in state receiving, and nothing is completed twice.
+        # Conditional update: if an instance arrived meanwhile (count or version changed), this
+        # sweep leaves the series alone and a later one completes it with every instance.
         changed = session.execute(
             update(Series).where(Series.id == series_id, Series.version == series.version,
-                                 Series.state == SeriesState.RECEIVING)
+                                 Series.state == SeriesState.RECEIVING,
+                                 Series.instance_count == count)
             .values(state=SeriesState.REJECTED if reason else SeriesState.QUEUED,
                     reason=reason or geometry.get("warning", ""), geometry=geometry,
                     completed_at=now, updated_at=now)

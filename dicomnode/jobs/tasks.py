@@ -37,7 +37,7 @@ def retention(sessions: SessionFactory, storage_root: Path, retention_days: int)
             select(Series.id, Series.series_instance_uid, Study.study_instance_uid)
             .join(Study, Series.study_id == Study.id)
             .where(Series.state.in_(_FINISHED), Series.last_received_at < cutoff,
-                   Series.instance_count > 0)).tuples())
+                   Series.instance_count > 0)).all())
     for series_id, series_uid, study_uid in old:
         with sessions.begin() as session:
             series = session.get(Series, series_id)

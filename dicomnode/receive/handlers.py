@@ -6,6 +6,7 @@ import ipaddress
 import logging
 
 from pynetdicom import evt
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
 from dicomnode.config import AccessSettings
@@ -22,6 +23,12 @@ log = logging.getLogger(__name__)
 def _peer(event: Event) -> tuple[str, str]:
     req = event.assoc.requestor
     return str(req.ae_title or "").strip(), f"{req.address}:{req.port}"
+
+
+def _file_parts(event: Event) -> tuple[bytes, memoryview]:
+    """The DICOM file as received: preamble and meta, then the data set buffer (not copied)."""
+    head = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+    return head, event.request.DataSet.getbuffer()  # type: ignore[union-attr]
 
 
 def handle_echo(event: Event) -> int:
@@ -43,7 +50,7 @@ def handle_store(event: Event, store: InstanceStore) -> int:
                                    f"dataset cannot be decoded: {type(exc).__name__}: {exc}") from exc
         series_uid = str(ds.get("SeriesInstanceUID", ""))[:64]
         with log_context(series_uid=series_uid):
-            outcome = store.store(event.encoded_dataset(), ds,
+            outcome = store.store(_file_parts(event), ds,
                                   sop_class_uid=str(request.AffectedSOPClassUID),
                                   sop_instance_uid=sop_instance_uid,
                                   transfer_syntax=str(event.context.transfer_syntax))

@@ -11,28 +11,27 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from dicomnode.db.models import (
     DiscardedClass,
     Instance,
     ReceiveError,
-    Series,
-    SeriesState,
-    Study,
     utcnow,
 )
 from dicomnode.db.session import SessionFactory
 from dicomnode.errors import InstanceRejected
 from dicomnode.receive import status
 from dicomnode.receive.header import STORED_CLASSES, check_image, check_uid, read_header
+from dicomnode.receive.recorder import Record, Recorder
 
 log = logging.getLogger(__name__)
 TMP_DIR = ".tmp"
@@ -69,11 +68,23 @@ class InstanceStore:
         self.fsync = fsync
         self.tmp = self.root / TMP_DIR
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self.recorder = Recorder(sessions.kw["bind"], fsync_dir=fsync_dir if fsync else None)
+        self._disk_checked_at = -1.0
+        self._disk_ok = True
+
+    def close(self) -> None:
+        """Stop the writer thread (after the SCP has stopped)."""
+        self.recorder.close()
 
     # -- public -------------------------------------------------------------------------
-    def store(self, encoded: bytes, ds: Dataset, *, sop_class_uid: str, sop_instance_uid: str,
-              transfer_syntax: str) -> StoreOutcome:
-        """Validate, write durably and record one instance. Raises InstanceRejected."""
+    def store(self, encoded: bytes | Sequence[bytes | memoryview], ds: Dataset, *,
+              sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> StoreOutcome:
+        """Validate, write durably and record one instance. Raises InstanceRejected.
+
+        ``encoded`` is the file as bytes, or its parts (preamble and meta, then the data set)
+        so the received buffer is written without another copy.
+        """
+        parts = [encoded] if isinstance(encoded, bytes | bytearray | memoryview) else encoded
         self._check_disk()
         ds_class = str(ds.get("SOPClassUID", ""))
         ds_instance = str(ds.get("SOPInstanceUID", ""))
@@ -91,38 +102,29 @@ class InstanceStore:
         series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         if sop_class_uid not in STORED_CLASSES:
             rel = Path(OTHER_DIR) / study_uid / series_uid / f"{sop_uid}.dcm"
-            self._write(encoded, rel)
+            self._write(parts, rel)
+            if self.fsync:
+                fsync_dir((self.root / rel).parent)
             self._count_discarded(sop_class_uid)
             return StoreOutcome("discarded", series_uid, self.root / rel)
         check_image(ds, transfer_syntax)
         series_attrs, geometry = read_header(ds)
         rel = Path(study_uid) / series_uid / f"{sop_uid}.dcm"
-        digest = hashlib.sha256(encoded).hexdigest()
-        with self.sessions() as session:
-            existing = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
-            if existing is not None:
-                if existing.sha256 != digest:
-                    # Like Orthanc's default: the first version of an instance wins.
-                    log.warning("instance re-sent with different content; kept the first copy",
-                                extra={"series_uid": series_uid})
-                return StoreOutcome("duplicate", series_uid, self.root / existing.path)
-        self._write(encoded, rel)
-        for attempt in range(3):
-            try:
-                with self.sessions.begin() as session:
-                    self._record(session, ds, study_uid, series_uid, sop_uid, sop_class_uid,
-                                 transfer_syntax, rel, len(encoded), digest, series_attrs,
-                                 geometry)
-                break
-            except IntegrityError:
-                # Another association created the same study/series/instance row first.
-                if attempt == 2:
-                    raise
-                with self.sessions() as session:
-                    if session.scalar(select(Instance.id).where(
-                            Instance.sop_instance_uid == sop_uid)) is not None:
-                        return StoreOutcome("duplicate", series_uid, self.root / rel)
-        return StoreOutcome("stored", series_uid, self.root / rel)
+        final = self.root / rel
+        existed = final.exists()
+        if existed and self._known(sop_uid):
+            # Like Orthanc's default: the first copy of an instance wins; a re-send is a no-op.
+            return StoreOutcome("duplicate", series_uid, final)
+        digest = self._write(parts, rel)
+        new = self.recorder.submit(Record(
+            study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
+            sop_class_uid=sop_class_uid, transfer_syntax=transfer_syntax,
+            rel_path=rel.as_posix(), folder=final.parent, size_bytes=sum(len(p) for p in parts),
+            sha256=digest, series_attrs=series_attrs, geometry=geometry,
+            patient_id=str(ds.get("PatientID", ""))[:64] or None,
+            accession_number=str(ds.get("AccessionNumber", ""))[:16] or None,
+            maybe_known=existed))
+        return StoreOutcome("stored" if new else "duplicate", series_uid, final)
 
     def record_existing(self, path: Path, ds: Dataset, *, encoded_size: int, digest: str) -> None:
         """Record a file already in its final place (start-up reconciliation)."""
@@ -130,11 +132,14 @@ class InstanceStore:
         series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
         series_attrs, geometry = read_header(ds)
-        rel = path.relative_to(self.root)
-        with self.sessions.begin() as session:
-            self._record(session, ds, study_uid, series_uid, sop_uid, str(ds.SOPClassUID),
-                         str(ds.file_meta.TransferSyntaxUID), rel, encoded_size, digest,
-                         series_attrs, geometry)
+        self.recorder.submit(Record(
+            study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+            rel_path=path.relative_to(self.root).as_posix(), folder=path.parent,
+            size_bytes=encoded_size, sha256=digest, series_attrs=series_attrs,
+            geometry=geometry, patient_id=str(ds.get("PatientID", ""))[:64] or None,
+            accession_number=str(ds.get("AccessionNumber", ""))[:16] or None, maybe_known=True))
 
     def record_error(self, *, status_code: int, reason: str, calling_ae: str = "",
                      peer: str = "", sop_instance_uid: str = "") -> None:
@@ -151,19 +156,37 @@ class InstanceStore:
     def _check_disk(self) -> None:
         if self.min_free_disk_mb <= 0:
             return
-        free_mb = shutil.disk_usage(self.root).free / 2**20
-        if free_mb < self.min_free_disk_mb:
+        # statvfs once a second is enough: a single instance cannot fill the watermark.
+        now = time.monotonic()
+        if now - self._disk_checked_at >= 1.0:
+            free_mb = shutil.disk_usage(self.root).free / 2**20
+            self._disk_ok = free_mb >= self.min_free_disk_mb
+            self._free_mb = free_mb
+            self._disk_checked_at = now
+        if not self._disk_ok:
             raise InstanceRejected(status.OUT_OF_RESOURCES,
-                                   f"free disk {free_mb:.0f} MB below watermark "
+                                   f"free disk {self._free_mb:.0f} MB below watermark "
                                    f"{self.min_free_disk_mb} MB")
 
-    def _write(self, encoded: bytes, rel: Path) -> None:
-        """Temporary file, fsync, rename into place, fsync the folder (POSIX durable rename)."""
+    def _known(self, sop_uid: str) -> bool:
+        with self.sessions() as session:
+            return session.scalar(select(Instance.id).where(
+                Instance.sop_instance_uid == sop_uid)) is not None
+
+    def _write(self, parts: Sequence[bytes | bytearray | memoryview], rel: Path) -> str:
+        """Temporary file, fsync, rename into place; returns the SHA-256 of the content.
+
+        The folder fsync that makes the rename durable is done by the recorder, once per batch,
+        before the rows are committed.
+        """
         final = self.root / rel
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        digest = hashlib.sha256()
         try:
             with open(tmp, "wb") as fh:
-                fh.write(encoded)
+                for part in parts:
+                    fh.write(part)
+                    digest.update(part)
                 fh.flush()
                 if self.fsync:
                     os.fsync(fh.fileno())
@@ -172,8 +195,7 @@ class InstanceStore:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise InstanceRejected(status.OUT_OF_RESOURCES, f"cannot write instance: {exc}") from exc
-        if self.fsync:
-            fsync_dir(final.parent)
+        return digest.hexdigest()
 
     def _make_dirs(self, folder: Path) -> None:
         if folder.is_dir():
@@ -187,41 +209,6 @@ class InstanceStore:
         if self.fsync:
             for created in reversed(missing):
                 fsync_dir(created.parent)
-
-    def _record(self, session: Session, ds: Dataset, study_uid: str, series_uid: str,
-                sop_uid: str, sop_class_uid: str, transfer_syntax: str, rel: Path,
-                size: int, digest: str, series_attrs: dict, geometry: dict) -> None:
-        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-        if study is None:
-            study = Study(study_instance_uid=study_uid,
-                          patient_id=str(ds.get("PatientID", ""))[:64] or None,
-                          accession_number=str(ds.get("AccessionNumber", ""))[:16] or None)
-            session.add(study)
-            session.flush()
-        series = session.scalar(select(Series).where(Series.series_instance_uid == series_uid))
-        now = utcnow()
-        if series is None:
-            series = Series(series_instance_uid=series_uid, study_id=study.id,
-                            attributes=series_attrs, state=SeriesState.RECEIVING, version=1,
-                            first_received_at=now)
-            session.add(series)
-        elif series.state != SeriesState.RECEIVING:
-            # A late instance never merges silently: the series reopens as a new version.
-            series.version += 1
-            series.state = SeriesState.RECEIVING
-            series.reason = f"reopened: instance arrived after completion (version {series.version})"
-            log.warning("late instance reopens series as version %d", series.version,
-                        extra={"series_uid": series_uid})
-        series.last_received_at = now
-        series.instance_count = (series.instance_count or 0) + 1
-        session.flush()
-        session.add(Instance(sop_instance_uid=sop_uid, series_id=series.id,
-                             sop_class_uid=sop_class_uid, transfer_syntax_uid=transfer_syntax,
-                             path=rel.as_posix(), size_bytes=size, sha256=digest,
-                             instance_number=(int(geometry["instance_number"])
-                                              if geometry.get("instance_number") is not None
-                                              else None),
-                             geometry=geometry, series_version=series.version))
 
     def _count_discarded(self, sop_class_uid: str) -> None:
         for attempt in range(3):

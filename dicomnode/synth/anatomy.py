@@ -53,8 +53,7 @@ class Tissue(IntEnum):
     CHOROID = 16
 
 
-PARENCHYMA = (Tissue.CORTEX, Tissue.WHITE_MATTER, Tissue.DEEP_GREY, Tissue.CEREBELLUM,
-              Tissue.BRAINSTEM)
+PARENCHYMA = (Tissue.CORTEX, Tissue.WHITE_MATTER, Tissue.DEEP_GREY, Tissue.CEREBELLUM, Tissue.BRAINSTEM)
 
 
 @dataclass(frozen=True)
@@ -107,20 +106,29 @@ class AnatomyParams:
         }
         calcs: list[Calcification] = []
         if rng.random() < 0.65:
-            calcs.append(Calcification("pineal", (0.0, 22.0, -3.0), rng.uniform(2.5, 3.5),
-                                       rng.uniform(250, 450)))
+            calcs.append(
+                Calcification("pineal", (0.0, 22.0, -3.0), rng.uniform(2.5, 3.5), rng.uniform(250, 450))
+            )
         if rng.random() < 0.7:  # choroid plexus glomus, usually bilateral
             r, h = rng.uniform(2.5, 3.5), rng.uniform(180, 350)
             for side in (-1, 1):
-                calcs.append(Calcification(f"choroid_plexus_{'R' if side < 0 else 'L'}",
-                                           (side * 19.0, 27.0, 10.0), r, h))
+                calcs.append(
+                    Calcification(
+                        f"choroid_plexus_{'R' if side < 0 else 'L'}", (side * 19.0, 27.0, 10.0), r, h
+                    )
+                )
         if rng.random() < 0.15:
-            calcs.append(Calcification("falx", (0.0, rng.uniform(-30, 30), 45.0), 2.5,
-                                       rng.uniform(300, 600)))
+            calcs.append(Calcification("falx", (0.0, rng.uniform(-30, 30), 45.0), 2.5, rng.uniform(300, 600)))
         if rng.random() < 0.08:
             for side in (-1, 1):
-                calcs.append(Calcification(f"globus_pallidus_{'R' if side < 0 else 'L'}",
-                                           (side * 18.0, -2.0, -2.0), 2.5, rng.uniform(140, 220)))
+                calcs.append(
+                    Calcification(
+                        f"globus_pallidus_{'R' if side < 0 else 'L'}",
+                        (side * 18.0, -2.0, -2.0),
+                        2.5,
+                        rng.uniform(140, 220),
+                    )
+                )
         return cls(
             scale=tuple(float(v) for v in scale),  # type: ignore[arg-type]
             atrophy=atrophy,
@@ -134,7 +142,7 @@ class AnatomyParams:
             midline_bend_mm=float(rng.uniform(-2.0, 2.0)),
             hu={k: float(v) for k, v in hu.items()},
             calcifications=tuple(calcs),
-            gyri=Waves.random(rng, 14, 26.0),
+            gyri=Waves.random(rng, 12, 26.0),
             skull_waves=Waves.random(rng, 6, 70.0),
         )
 
@@ -142,25 +150,29 @@ class AnatomyParams:
 def lateral_ventricle_parts(vs: float, side: int):
     """Ellipsoids (centre, semi-axes; canonical mm) of one lateral ventricle (side -1 = right)."""
     s = side
-    return [((s * (1.5 + 5 * vs), -8, 16), (5 * vs, 30, 7 * vs)),
-            ((s * (8 + 4 * vs), 12, 14), (6 * vs, 14, 7 * vs)),
-            ((s * (16 + 3 * vs), 26, 10), (7 * vs, 11, 9 * vs)),
-            ((s * 20, 40, 6), (4 * vs, 12, 5 * vs)),
-            ((s * 30, 0, -16), (3 * vs, 14, 3 * vs))]
+    return [
+        ((s * (1.5 + 5 * vs), -8, 16), (5 * vs, 30, 7 * vs)),
+        ((s * (8 + 4 * vs), 12, 14), (6 * vs, 14, 7 * vs)),
+        ((s * (16 + 3 * vs), 26, 10), (7 * vs, 11, 9 * vs)),
+        ((s * 20, 40, 6), (4 * vs, 12, 5 * vs)),
+        ((s * 30, 0, -16), (3 * vs, 14, 3 * vs)),
+    ]
 
 
 def floor_z(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Height of the cranial-fossa floor / tentorium: higher anteriorly and at the midline."""
-    return F32(-20.0) - F32(0.14) * y - F32(0.003) * x * x
+    return F32(-28.0) - F32(0.14) * y - F32(0.003) * x * x
 
 
 def cavity_sdf(x, y, z) -> np.ndarray:
     """Inner table of the skull (canonical mm): smooth union of cerebrum, cerebellum, brainstem."""
     fz = floor_z(x, y)
     cerebrum = np.maximum(ellipsoid_sdf(x, y, z, (0, 0, 5), (68, 85, 59)), fz - z)
-    cerebellum = np.maximum(ellipsoid_sdf(x, y, z, (0, 50, -46), (51, 31, 21)), z - (fz - 2.5))
-    stem = np.minimum(capsule_sdf(x, y, z, (0, 14, -14), (0, 26, -80), 12.5),
-                      ellipsoid_sdf(x, y, z, (0, 19, -40), (18, 15, 15)))
+    cerebellum = np.maximum(ellipsoid_sdf(x, y, z, (0, 50, -54), (51, 31, 22)), z - (fz - 2.5))
+    stem = np.minimum(
+        capsule_sdf(x, y, z, (0, 14, -14), (0, 26, -80), 12.5),
+        ellipsoid_sdf(x, y, z, (0, 19, -40), (18, 15, 15)),
+    )
     return smooth_min(smooth_min(cerebrum, cerebellum, 8.0), stem, 8.0)
 
 
@@ -183,7 +195,7 @@ def _interp2(sub: np.ndarray, axis: int, n: int) -> np.ndarray:
     out = np.empty(sub.shape[:-1] + (n,), dtype=sub.dtype)
     out[..., 0::2] = sub
     m = n // 2  # odd indices 1, 3, ..., up to n - 1
-    right = sub[..., 1:m + 1]
+    right = sub[..., 1 : m + 1]
     if right.shape[-1] < m:  # last odd sample lies past the last even one: extrapolate
         right = np.concatenate([right, 2 * sub[..., -1:] - sub[..., -2:-1]], axis=-1)
     out[..., 1::2] = F32(0.5) * (sub[..., :m] + right)
@@ -193,8 +205,15 @@ def _interp2(sub: np.ndarray, axis: int, n: int) -> np.ndarray:
 class Painter:
     """Paints the anatomy onto a lattice: ``hu`` (float32) and ``tissue`` (int8)."""
 
-    def __init__(self, p: AnatomyParams, lat: Lattice, *, ramp_mm: float,
-                 warp: Warp | None = None, want_hu: bool = True) -> None:
+    def __init__(
+        self,
+        p: AnatomyParams,
+        lat: Lattice,
+        *,
+        ramp_mm: float,
+        warp: Warp | None = None,
+        want_hu: bool = True,
+    ) -> None:
         self.p, self.lat, self.ramp = p, lat, ramp_mm
         self.want_hu = want_hu
         self.S = np.asarray(p.scale, dtype=float)
@@ -225,9 +244,12 @@ class Painter:
         return _interp2(_interp2(sub, 1, nj), 2, ni)
 
     # -- primitives -------------------------------------------------------------------------
-    def box(self, centre, radius_mm: float):
+    def box(self, centre, radius_mm):
+        """Lattice box around a canonical box (half-sides ``radius_mm``), with margins for the
+        ramp and for mass-effect displacement."""
         c = np.asarray(centre, dtype=float) * self.S
-        return self.lat.region(c, radius_mm * float(self.S.max()) + 2.0 * self.ramp + 12.0)
+        margin = 2.0 * self.ramp + (12.0 if self.warp_box is not None else 1.0)
+        return self.lat.region(c, np.asarray(radius_mm, dtype=float) * self.S + margin)
 
     def coords(self, box, warped: bool):
         src = self.w if warped else self.u
@@ -244,53 +266,71 @@ class Painter:
         t[occ > 0.5] = int(tissue)
 
     def ellipsoid(self, tissue, value, centre, semi, *, rot=None, warped=True) -> None:
-        box = self.box(centre, max(semi))
+        box = self.box(centre, max(semi) if rot is not None else semi)
         if box is None:
             return
         x, y, z = self.coords(box, warped)
         self.put(box, ellipsoid_sdf(x, y, z, centre, semi, rot), tissue, value)
 
     # -- anatomy ----------------------------------------------------------------------------
-    def paint(self, *, beam_hardening_hu: float = 0.0) -> tuple[np.ndarray | None, np.ndarray]:
-        """Paint every structure; returns ``(hu, tissue)`` on the lattice."""
-        p, hu = self.p, self.p.hu
-        ux, uy, uz = self.u
+    def paint(
+        self, *, beam_hardening_hu: float = 0.0, intracranial_only: bool = False
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Paint every structure; returns ``(hu, tissue)`` on the lattice.
+
+        ``intracranial_only`` skips scalp, skull and face (outside stays AIR): enough to know
+        which tissue a haematoma sample replaces.
+        """
+        hu = self.p.hu
         cav_u = self.smooth(cavity_sdf, warped=False)
         cav_w = cav_u
         if self.warp_box is not None:
             cav_w = cav_u.copy()
             cav_w[self.warp_box] = cavity_sdf(*(a[self.warp_box] for a in self.w))
-        t_skull = F32(p.skull_thickness_mm) * (F32(1.0) + F32(0.12) * self.smooth(
-            p.skull_waves, warped=False))
-        t_skull = t_skull + F32(2.5) * (uz < F32(-20.0))  # thicker occiput and skull base
-        temporalis = F32(6.0) * np.clip(1 - ((uz + 5) / 30) ** 2, 0, 1) * np.minimum(np.abs(ux) / 70, 1) ** 4
-        outer = t_skull + F32(p.scalp_thickness_mm) + temporalis
-        # scalp and the lower face / skull-base block
-        self.put(None, cav_u - outer, Tissue.SOFT, hu["soft"])
-        self.ellipsoid(Tissue.SOFT, hu["soft"], (0, -12, -58), (66, 92, 36), warped=False)
-        self.put(None, np.maximum(cav_u - t_skull - 2.4, t_skull + 1.0 - cav_u), Tissue.FAT,
-                 hu["fat"])
-        # skull: cortical tables with diploe between; thick mixed bone at the skull base
-        self.put(None, np.maximum(-cav_u, cav_u - t_skull), Tissue.CORTICAL_BONE,
-                 hu["cortical_bone"])
-        base = np.maximum(ellipsoid_sdf(ux, uy, uz, (0, -12, -58), (60, 84, 30)), -cav_u)
-        self.put(None, np.maximum(base, cav_u - t_skull - 8.0), Tissue.CORTICAL_BONE,
-                 hu["cortical_bone"] * 0.8)
-        self.put(None, np.maximum(F32(1.6) - cav_u, cav_u - (t_skull - F32(1.6))), Tissue.DIPLOE,
-                 hu["diploe"])
-        self._face()
+        if not intracranial_only:
+            self._extracranial(cav_u)
         # intracranial CSF, then brain parenchyma with gyral folding
         self.put(None, cav_u, Tissue.CSF, hu["csf"])
         self._cortex(cav_w, cav_u)
         self._deep_structures()
         self._csf_spaces(cav_w)
         self._calcifications()
-        self._petrous()
+        if not intracranial_only:
+            self._petrous()
         if self.want_hu and beam_hardening_hu:
             # residual beam hardening: a faint hyperdense band along the inner table
             inside = occupancy(cav_u, self.ramp)
             self.hu += F32(beam_hardening_hu) * np.exp(np.minimum(cav_u, 0) / F32(4.0)) * inside
         return self.hu, self.tissue
+
+    def _extracranial(self, cav_u) -> None:
+        p, hu = self.p, self.p.hu
+        ux, uy, uz = self.u
+        t_skull = F32(p.skull_thickness_mm) * (
+            F32(1.0) + F32(0.12) * self.smooth(p.skull_waves, warped=False)
+        )
+        t_skull = t_skull + F32(2.5) * (uz < F32(-20.0))  # thicker occiput and skull base
+        temporalis = F32(6.0) * np.clip(1 - ((uz + 5) / 30) ** 2, 0, 1) * np.minimum(np.abs(ux) / 70, 1) ** 4
+        outer = t_skull + F32(p.scalp_thickness_mm) + temporalis
+        # scalp and the lower face / skull-base block
+        self.put(None, cav_u - outer, Tissue.SOFT, hu["soft"])
+        self.ellipsoid(Tissue.SOFT, hu["soft"], (0, -12, -58), (66, 92, 36), warped=False)
+        self.put(None, np.maximum(cav_u - t_skull - 2.4, t_skull + 1.0 - cav_u), Tissue.FAT, hu["fat"])
+        # skull: cortical tables with diploe between; thick mixed bone at the skull base
+        self.put(None, np.maximum(-cav_u, cav_u - t_skull), Tissue.CORTICAL_BONE, hu["cortical_bone"])
+        bb = self.box((0, -12, -58), (60, 84, 30))
+        if bb is not None:
+            base = np.maximum(ellipsoid_sdf(*self.coords(bb, False), (0, -12, -58), (60, 84, 30)), -cav_u[bb])
+            self.put(
+                bb,
+                np.maximum(base, cav_u[bb] - t_skull[bb] - 4.0),
+                Tissue.CORTICAL_BONE,
+                hu["cortical_bone"] * 0.8,
+            )
+        self.put(
+            None, np.maximum(F32(1.6) - cav_u, cav_u - (t_skull - F32(1.6))), Tissue.DIPLOE, hu["diploe"]
+        )
+        self._face()
 
     def _cortex(self, cav_w, cav_u) -> None:
         p, hu = self.p, self.p.hu
@@ -300,8 +340,9 @@ class Painter:
         depth = -brain - fold  # depth below the folded cortical surface
         # intersect with the unwarped cavity: mass effect must not push brain into the skull
         self.put(None, np.maximum(-depth, cav_u), Tissue.CORTEX, hu["cortex"])
-        self.put(None, np.maximum(F32(p.gm_thickness_mm) - depth, cav_u), Tissue.WHITE_MATTER,
-                 hu["white_matter"])
+        self.put(
+            None, np.maximum(F32(p.gm_thickness_mm) - depth, cav_u), Tissue.WHITE_MATTER, hu["white_matter"]
+        )
 
     def _deep_structures(self) -> None:
         p, hu, vs = self.p, self.p.hu, self.p.ventricle_scale
@@ -310,22 +351,25 @@ class Painter:
             self.ellipsoid(Tissue.DEEP_GREY, hu["deep_grey"], (s * 23, -2, -2), (6, 15, 10))
             self.ellipsoid(Tissue.DEEP_GREY, hu["deep_grey"], (s * 11, 10, 0), (9, 14, 9))
         # cerebellum (mostly grey, white core) and brainstem
-        c = (0, 50, -46)
-        box = self.box(c, 52)
+        c = (0, 50, -54)
+        box = self.box(c, (51, 31, 22))
         if box is not None:
             x, y, z = self.coords(box, True)
-            sdf = np.maximum(ellipsoid_sdf(x, y, z, c, (51, 31, 21)), z - (floor_z(x, y) - 2.5))
+            sdf = np.maximum(ellipsoid_sdf(x, y, z, c, (51, 31, 22)), z - (floor_z(x, y) - 2.5))
             self.put(box, sdf + F32(p.csf_gap_mm + 2.5), Tissue.CEREBELLUM, hu["cerebellum"])
-        self.ellipsoid(Tissue.WHITE_MATTER, hu["white_matter"] + 2, (0, 46, -44), (17, 12, 9))
-        box = self.box((0, 20, -45), 40)
+        self.ellipsoid(Tissue.WHITE_MATTER, hu["white_matter"] + 2, (0, 46, -54), (17, 12, 9))
+        box = self.box((0, 20, -47), (18, 15, 34))
         if box is not None:
             x, y, z = self.coords(box, True)
-            stem = np.minimum(capsule_sdf(x, y, z, (0, 14, -14), (0, 26, -80), 12.5),
-                              ellipsoid_sdf(x, y, z, (0, 19, -40), (18, 15, 15)))
+            stem = np.minimum(
+                capsule_sdf(x, y, z, (0, 14, -14), (0, 26, -80), 12.5),
+                ellipsoid_sdf(x, y, z, (0, 19, -40), (18, 15, 15)),
+            )
             self.put(box, stem + F32(p.csf_gap_mm), Tissue.BRAINSTEM, hu["brainstem"])
             # perimesencephalic and prepontine cisterns hug the brainstem
-            ring = np.maximum.reduce([stem - F32(2.5 + 2 * p.atrophy), -stem - F32(0.5),
-                                      np.abs(z + F32(22)) - F32(10)])
+            ring = np.maximum.reduce(
+                [stem - F32(2.5 + 2 * p.atrophy), -stem - F32(0.5), np.abs(z + F32(22)) - F32(10)]
+            )
             self.put(box, ring, Tissue.CSF, hu["csf"])
 
     def _csf_spaces(self, cav_w) -> None:
@@ -335,33 +379,37 @@ class Painter:
         xm = F32(p.midline_bend_mm) * (1 - (wy / F32(90)) ** 2)
         floor = F32(24.0) - F32(54.0) / (1 + np.exp(-(np.abs(wy) - F32(40)) / F32(4)))
         dx = np.abs(wx - xm)
-        self.put(None, np.maximum.reduce([dx - F32(1.2 + 2 * a), floor - wz, cav_w]), Tissue.CSF,
-                 hu["csf"])
-        self.put(None, np.maximum.reduce([dx - F32(0.5), floor + 2 - wz, cav_w]), Tissue.DURA,
-                 hu["dura"])
+        self.put(None, np.maximum.reduce([dx - F32(1.2 + 2 * a), floor - wz, cav_w]), Tissue.CSF, hu["csf"])
+        self.put(None, np.maximum.reduce([dx - F32(0.5), floor + 2 - wz, cav_w]), Tissue.DURA, hu["dura"])
         # tentorium: a dural sheet between cerebrum and cerebellum
-        box = self.box((0, 45, -30), 60)
+        box = self.box((0, 45, -40), (65, 45, 25))
         if box is not None:
             x, y, z = self.coords(box, True)
-            sheet = np.maximum.reduce([np.abs(z - (floor_z(x, y) - F32(1.2))) - F32(0.6),
-                                       F32(-2.0) - y, cav_w[box]])
+            sheet = np.maximum.reduce(
+                [np.abs(z - (floor_z(x, y) - F32(1.2))) - F32(0.6), F32(-2.0) - y, cav_w[box]]
+            )
             self.put(box, sheet, Tissue.DURA, hu["dura"])
         for s in (-1, 1):  # Sylvian fissures
-            self.ellipsoid(Tissue.CSF, hu["csf"], (s * 47, -8, -6), (16, 24, 2.5 + 2 * a),
-                           rot=rotation(pitch_deg=-15, yaw_deg=s * 10))
-        self.ellipsoid(Tissue.CSF, hu["csf"], (0, -8, -24), (12, 8, 5))  # suprasellar
+            self.ellipsoid(
+                Tissue.CSF,
+                hu["csf"],
+                (s * 47, -8, -6),
+                (16, 24, 2.5 + 2 * a),
+                rot=rotation(pitch_deg=-15, yaw_deg=s * 10),
+            )
+        self.ellipsoid(Tissue.CSF, hu["csf"], (0, -8, -28), (12, 8, 5))  # suprasellar
         self.ellipsoid(Tissue.CSF, hu["csf"], (0, 30, -12), (8, 6, 6))  # quadrigeminal
         # ventricles: lateral (frontal horn+body, atrium, occipital and temporal horns), 3rd, 4th
         for s in (-1, 1):
             parts = lateral_ventricle_parts(vs, s)
-            box = self.box((s * 15, 10, 2), 45)
+            box = self.box((s * 17, 10, 0), (17, 45, 25))
             if box is not None:
                 x, y, z = self.coords(box, True)
                 sdf = np.minimum.reduce([ellipsoid_sdf(x, y, z, c, r) for c, r in parts])
                 self.put(box, sdf, Tissue.VENTRICLE, hu["csf"] - 2)
             self.ellipsoid(Tissue.CHOROID, 32.0, (s * 19, 27, 10), (4, 5, 3))
         self.ellipsoid(Tissue.VENTRICLE, hu["csf"] - 2, (0, 6, -6), (1.5 * vs + 0.5, 13, 9))
-        self.ellipsoid(Tissue.VENTRICLE, hu["csf"] - 2, (0, 30, -44), (6, 4, 6))
+        self.ellipsoid(Tissue.VENTRICLE, hu["csf"] - 2, (0, 32, -50), (6, 4, 6))
 
     def _calcifications(self) -> None:
         for c in self.p.calcifications:
@@ -382,6 +430,12 @@ class Painter:
         hu = self.p.hu
         for s in (-1, 1):
             rot = rotation(yaw_deg=s * 40)
-            self.ellipsoid(Tissue.CORTICAL_BONE, hu["cortical_bone"] + 150, (s * 30, 16, -44),
-                           (24, 8, 8), rot=rot, warped=False)
-            self.ellipsoid(Tissue.SINUS_AIR, -700, (s * 48, 26, -52), (9, 11, 9), warped=False)
+            self.ellipsoid(
+                Tissue.CORTICAL_BONE,
+                hu["cortical_bone"] + 150,
+                (s * 30, 16, -50),
+                (24, 8, 8),
+                rot=rot,
+                warped=False,
+            )
+            self.ellipsoid(Tissue.SINUS_AIR, -700, (s * 48, 26, -56), (9, 11, 9), warped=False)

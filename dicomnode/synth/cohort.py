@@ -12,17 +12,40 @@ import numpy as np
 
 from .lesion import SITE_MAX_ML
 
-SITE_PROBS = {"basal_ganglia": 0.36, "thalamus": 0.14, "lobar": 0.26, "lobar_subcortical": 0.09,
-              "cerebellar": 0.10, "brainstem": 0.05}
-SITE_MEDIAN_ML = {"basal_ganglia": 14.0, "thalamus": 8.0, "lobar": 22.0, "lobar_subcortical": 9.0,
-                  "cerebellar": 9.0, "brainstem": 3.5}
+SITE_PROBS = {
+    "basal_ganglia": 0.36,
+    "thalamus": 0.14,
+    "lobar": 0.26,
+    "lobar_subcortical": 0.09,
+    "cerebellar": 0.10,
+    "brainstem": 0.05,
+}
+SITE_MEDIAN_ML = {
+    "basal_ganglia": 14.0,
+    "thalamus": 8.0,
+    "lobar": 22.0,
+    "lobar_subcortical": 9.0,
+    "cerebellar": 9.0,
+    "brainstem": 3.5,
+}
 
 # logit P(HE) = intercept + sum(coef * feature); features defined in he_features().
-HE_COEFS = {"intercept": -2.77, "log2_volume_per_10ml": 0.45, "heterogeneity": 1.60,
-            "irregularity": 1.20, "log2_onset_to_ct_per_3h": -0.45, "anticoagulation": 1.00}
+HE_COEFS = {
+    "intercept": -2.77,
+    "log2_volume_per_10ml": 0.45,
+    "heterogeneity": 1.60,
+    "irregularity": 1.20,
+    "log2_onset_to_ct_per_3h": -0.45,
+    "anticoagulation": 1.00,
+}
 # logit P(PSE) = intercept + sum(coef * feature); the CAVE items with log-odds weights.
-PSE_COEFS = {"intercept": -4.66, "cortical_involvement": 1.50, "volume_over_10ml": 0.90,
-             "age_under_65": 0.80, "early_seizure": 1.70}
+PSE_COEFS = {
+    "intercept": -4.66,
+    "cortical_involvement": 1.50,
+    "volume_over_10ml": 0.90,
+    "age_under_65": 0.80,
+    "early_seizure": 1.70,
+}
 # logit P(early seizure within 7 days)
 SEIZURE_COEFS = {"intercept": -3.40, "cortical_involvement": 1.60, "log2_volume_per_10ml": 0.30}
 HE_ABS_ML, HE_REL = 6.0, 0.33  # clinical definition: growth > 6 mL or > 33 %
@@ -38,18 +61,23 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def he_features(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Features of the HE model, in the order of HE_COEFS (without the intercept)."""
-    return {"log2_volume_per_10ml": np.log2(t["volume_ml"] / 10.0),
-            "heterogeneity": t["heterogeneity"], "irregularity": t["irregularity"],
-            "log2_onset_to_ct_per_3h": np.log2(t["onset_to_ct_h"] / 3.0),
-            "anticoagulation": t["anticoagulation"].astype(float)}
+    return {
+        "log2_volume_per_10ml": np.log2(t["volume_ml"] / 10.0),
+        "heterogeneity": t["heterogeneity"],
+        "irregularity": t["irregularity"],
+        "log2_onset_to_ct_per_3h": np.log2(t["onset_to_ct_h"] / 3.0),
+        "anticoagulation": t["anticoagulation"].astype(float),
+    }
 
 
 def pse_features(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Features of the PSE model, in the order of PSE_COEFS (without the intercept)."""
-    return {"cortical_involvement": t["cortical_involvement"].astype(float),
-            "volume_over_10ml": (t["volume_ml"] > 10.0).astype(float),
-            "age_under_65": (t["age_y"] < 65).astype(float),
-            "early_seizure": t["early_seizure"].astype(float)}
+    return {
+        "cortical_involvement": t["cortical_involvement"].astype(float),
+        "volume_over_10ml": (t["volume_ml"] > 10.0).astype(float),
+        "age_under_65": (t["age_y"] < 65).astype(float),
+        "early_seizure": t["early_seizure"].astype(float),
+    }
 
 
 def _linear(coefs: dict[str, float], feats: dict[str, np.ndarray]) -> np.ndarray:
@@ -96,22 +124,35 @@ def sample_cohort_arrays(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     irr = _sigmoid(_logit(np.clip(rng.beta(2.0, 3.0, n), 1e-3, 1 - 1e-3)) + 0.35 * lv)
     t: dict[str, np.ndarray] = {
         "patient_index": np.arange(n),
-        "age_y": age, "sex": sex, "site": site, "cortical_involvement": cortical,
-        "volume_ml": volume, "heterogeneity": het, "irregularity": irr,
+        "age_y": age,
+        "sex": sex,
+        "site": site,
+        "cortical_involvement": cortical,
+        "volume_ml": volume,
+        "heterogeneity": het,
+        "irregularity": irr,
         "blend_sign": rng.random(n) < _sigmoid(-3.0 + 3.0 * het),
         "black_hole_sign": rng.random(n) < _sigmoid(-3.4 + 3.0 * het),
         "swirl_sign": rng.random(n) < _sigmoid(-2.6 + 3.0 * het),
-        "ivh": rng.random(n) < _sigmoid(-2.2 + 0.6 * lv + 1.0 * np.isin(site, ["thalamus",
-                                                                             "basal_ganglia"])),
+        "ivh": rng.random(n) < _sigmoid(-2.2 + 0.6 * lv + 1.0 * np.isin(site, ["thalamus", "basal_ganglia"])),
         "onset_to_ct_h": np.clip(3.0 * np.exp(rng.normal(0, 0.7, n)), 0.5, 24.0),
         "sbp_mmhg": np.clip(rng.normal(172, 26, n), 95, 260).round(),
         "anticoagulation": rng.random(n) < 0.15,
     }
-    t["gcs"] = np.clip(np.rint(15 - 1.2 * np.maximum(lv + 1, 0) - 2.0 * t["ivh"]
-                               - 2.0 * (site == "brainstem") + rng.normal(0, 1.5, n)), 3, 15)
+    t["gcs"] = np.clip(
+        np.rint(
+            15
+            - 1.2 * np.maximum(lv + 1, 0)
+            - 2.0 * t["ivh"]
+            - 2.0 * (site == "brainstem")
+            + rng.normal(0, 1.5, n)
+        ),
+        3,
+        15,
+    )
     t["early_seizure"] = rng.random(n) < _sigmoid(
-        _linear(SEIZURE_COEFS, {"cortical_involvement": cortical.astype(float),
-                                "log2_volume_per_10ml": lv}))
+        _linear(SEIZURE_COEFS, {"cortical_involvement": cortical.astype(float), "log2_volume_per_10ml": lv})
+    )
     t["p_he"] = he_risk(t)
     t["he"] = rng.random(n) < t["p_he"]
     t["p_pse"] = pse_risk(t)

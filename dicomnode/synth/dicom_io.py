@@ -17,11 +17,11 @@ import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
-    UID,
     generate_uid,
 )
 
@@ -35,8 +35,11 @@ SYNTHETIC_NOTE = "SYNTHETIC phantom from dicomnode.synth - not patient data"
 
 
 def make_uid(*parts: object) -> UID:
-    """A deterministic 2.25 UID from the given parts (same parts, same UID)."""
-    return generate_uid(prefix=None, entropy_srcs=["dicomnode.synth", *map(str, parts)])
+    """A deterministic UID from the given parts (same parts, same UID).
+
+    pydicom's own root with entropy sources (a 2.25 UID, prefix None, would ignore them).
+    """
+    return generate_uid(entropy_srcs=["dicomnode.synth", *map(str, parts)])
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def _ds(v: float) -> str:
     return "0" if s in ("-0", "") else s[:16]
 
 
-def series_template(meta: SeriesMeta, geom: ScanGeometry, compress: str) -> Dataset:
+def series_template(meta: SeriesMeta, geom: ScanGeometry) -> Dataset:
     """Attributes shared by every image of the series."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -141,14 +144,15 @@ def series_template(meta: SeriesMeta, geom: ScanGeometry, compress: str) -> Data
     return ds
 
 
-def write_series(dicom_dir: Path, hu: np.ndarray, geom: ScanGeometry, meta: SeriesMeta, *,
-                 compress: str = "none") -> list[Path]:
+def write_series(
+    dicom_dir: Path, hu: np.ndarray, geom: ScanGeometry, meta: SeriesMeta, *, compress: str = "none"
+) -> list[Path]:
     """Write one file per slice, ``IM000001.dcm`` upwards (lossless only: the truth is exact)."""
     if compress not in COMPRESSIONS:
         raise ValueError(f"compress must be one of {sorted(COMPRESSIONS)}, got {compress!r}")
     dicom_dir.mkdir(parents=True, exist_ok=True)
     stored = np.clip(np.rint(hu) - RESCALE_INTERCEPT, 0, 4095).astype(np.uint16)
-    template = series_template(meta, geom, compress)
+    template = series_template(meta, geom)
     positions = geom.positions()
     paths = []
     for k in range(geom.n_slices):

@@ -44,18 +44,20 @@ class Lattice:
     shape: tuple[int, int, int]
     _xyz: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
-    def region(self, centre: np.ndarray, radius_mm: float) -> tuple[slice, slice, slice] | None:
-        """Index box that holds every sample within ``radius_mm`` of ``centre`` (or None)."""
+    def region(self, centre: np.ndarray, radius_mm) -> tuple[slice, slice, slice] | None:
+        """Index box holding an axis-aligned box of half-sides ``radius_mm`` (scalar or 3)."""
         rel = np.asarray(centre, dtype=float)[None, :] - self.origins
+        half = np.broadcast_to(np.asarray(radius_mm, dtype=float), (3,))
         dist = rel @ self.normal
-        planes = np.nonzero(np.abs(dist) <= radius_mm)[0]
+        planes = np.nonzero(np.abs(dist) <= np.abs(self.normal) @ half)[0]
         if planes.size == 0:
             return None
         ic = rel[planes] @ self.row / self.spacing_mm
         jc = rel[planes] @ self.col / self.spacing_mm
-        r = radius_mm / self.spacing_mm
-        i0, i1 = int(np.floor(ic.min() - r)), int(np.ceil(ic.max() + r)) + 1
-        j0, j1 = int(np.floor(jc.min() - r)), int(np.ceil(jc.max() + r)) + 1
+        ri = np.abs(self.row) @ half / self.spacing_mm
+        rj = np.abs(self.col) @ half / self.spacing_mm
+        i0, i1 = int(np.floor(ic.min() - ri)), int(np.ceil(ic.max() + ri)) + 1
+        j0, j1 = int(np.floor(jc.min() - rj)), int(np.ceil(jc.max() + rj)) + 1
         _, nj, ni = self.shape
         i0, i1, j0, j1 = max(i0, 0), min(i1, ni), max(j0, 0), min(j1, nj)
         if i0 >= i1 or j0 >= j1:

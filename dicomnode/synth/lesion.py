@@ -8,7 +8,7 @@ which is also how the follow-up scan grows the same clot.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -16,14 +16,29 @@ from .anatomy import AnatomyParams, in_parenchyma
 from .lattice import F32, Waves, ellipsoid_sdf, rotation, smooth_min
 
 SITES = ("basal_ganglia", "thalamus", "lobar", "lobar_subcortical", "cerebellar", "brainstem")
-SITE_ALIASES = {"deep": "basal_ganglia", "lobar_cortical": "lobar", "putamen": "basal_ganglia",
-                "pons": "brainstem", "cerebellum": "cerebellar"}
+SITE_ALIASES = {
+    "deep": "basal_ganglia",
+    "lobar_cortical": "lobar",
+    "putamen": "basal_ganglia",
+    "pons": "brainstem",
+    "cerebellum": "cerebellar",
+}
 # Largest volume each site can hold while staying anatomically plausible (mL).
-SITE_MAX_ML = {"basal_ganglia": 120.0, "thalamus": 45.0, "lobar": 120.0,
-               "lobar_subcortical": 30.0, "cerebellar": 40.0, "brainstem": 15.0}
+SITE_MAX_ML = {
+    "basal_ganglia": 120.0,
+    "thalamus": 45.0,
+    "lobar": 120.0,
+    "lobar_subcortical": 30.0,
+    "cerebellar": 40.0,
+    "brainstem": 15.0,
+}
 # Directions (canonical frame, left side) from the brain centre towards each lobe's surface.
-LOBES = {"frontal": (0.45, -0.8, 0.35), "parietal": (0.55, 0.25, 0.8),
-         "temporal": (0.97, -0.15, -0.1), "occipital": (0.35, 0.9, 0.2)}
+LOBES = {
+    "frontal": (0.45, -0.8, 0.35),
+    "parietal": (0.55, 0.25, 0.8),
+    "temporal": (0.97, -0.15, -0.1),
+    "occipital": (0.35, 0.9, 0.2),
+}
 
 
 def canonical_site(site: str) -> str:
@@ -95,12 +110,13 @@ class LesionSpec:
 
     def to_unit(self, x, y, z):
         """Physical head-frame coordinates to the unit frame."""
-        dx, dy, dz = (x - F32(self.centre_mm[0]), y - F32(self.centre_mm[1]),
-                      z - F32(self.centre_mm[2]))
+        dx, dy, dz = (x - F32(self.centre_mm[0]), y - F32(self.centre_mm[1]), z - F32(self.centre_mm[2]))
         r, s = self.rot, F32(1.0 / self.scale_mm)
-        return ((F32(r[0, 0]) * dx + F32(r[1, 0]) * dy + F32(r[2, 0]) * dz) * s,
-                (F32(r[0, 1]) * dx + F32(r[1, 1]) * dy + F32(r[2, 1]) * dz) * s,
-                (F32(r[0, 2]) * dx + F32(r[1, 2]) * dy + F32(r[2, 2]) * dz) * s)
+        return (
+            (F32(r[0, 0]) * dx + F32(r[1, 0]) * dy + F32(r[2, 0]) * dz) * s,
+            (F32(r[0, 1]) * dx + F32(r[1, 1]) * dy + F32(r[2, 1]) * dz) * s,
+            (F32(r[0, 2]) * dx + F32(r[1, 2]) * dy + F32(r[2, 2]) * dz) * s,
+        )
 
     def density(self, px, py, pz) -> np.ndarray:
         """Haematoma HU at unit-frame points: texture plus the sign markers."""
@@ -122,16 +138,10 @@ class LesionSpec:
     def scaled_to(self, volume_ml: float) -> LesionSpec:
         """The same clot scaled to an (unclipped) volume."""
         s = (volume_ml * 1000.0 / self.unit_volume_mm3) ** (1 / 3)
-        return _replace(self, scale_mm=float(s))
+        return replace(self, scale_mm=float(s))
 
 
-def _replace(spec: LesionSpec, **kw) -> LesionSpec:
-    from dataclasses import replace
-
-    return replace(spec, **kw)
-
-
-UNIT_STEP = 0.05
+UNIT_STEP = 0.06
 
 
 def unit_inside_points(spec: LesionSpec, step: float = UNIT_STEP) -> np.ndarray:
@@ -142,8 +152,9 @@ def unit_inside_points(spec: LesionSpec, step: float = UNIT_STEP) -> np.ndarray:
     return np.stack([px[inside], py[inside], pz[inside]], axis=1)
 
 
-def sample_lesion(rng: np.random.Generator, anat: AnatomyParams, *, site: str, volume_ml: float,
-                  markers: Markers, ivh: bool) -> LesionSpec:
+def sample_lesion(
+    rng: np.random.Generator, anat: AnatomyParams, *, site: str, volume_ml: float, markers: Markers, ivh: bool
+) -> LesionSpec:
     """Draw the shape, position and density of one haematoma of the requested volume."""
     site = canonical_site(site)
     side = int(rng.choice([-1, 1]))
@@ -163,29 +174,42 @@ def sample_lesion(rng: np.random.Generator, anat: AnatomyParams, *, site: str, v
     if markers.swirl_sign:
         for _ in range(int(rng.integers(2, 4))):
             d = rng.normal(size=3)
-            swirls.append((tuple(d / np.linalg.norm(d) * rng.uniform(0.1, 0.4)),
-                           float(rng.uniform(0.14, 0.22))))
+            swirls.append(
+                (tuple(d / np.linalg.norm(d) * rng.uniform(0.1, 0.4)), float(rng.uniform(0.14, 0.22)))
+            )
     bh = None
     if markers.black_hole_sign:
         d = rng.normal(size=3)
         bh = (tuple(d / np.linalg.norm(d) * rng.uniform(0.0, 0.2)), float(rng.uniform(0.25, 0.35)))
     bn = rng.normal(size=3)
     spec = LesionSpec(
-        site=site, side=side, lobe=None, centre_mm=np.zeros(3),
+        site=site,
+        side=side,
+        lobe=None,
+        centre_mm=np.zeros(3),
         rot=rotation(*rng.uniform(-180, 180, 3)),
-        lobes=tuple(lobes), satellites=tuple(sats),
-        rough=Waves.random(rng, 8, 2.2), rough_amp=0.04 + 0.16 * irr,
-        texture=Waves.random(rng, 8, 0.7), markers=markers,
-        hu_mean=float(rng.uniform(62.0, 78.0)), blend_normal=bn / np.linalg.norm(bn),
-        black_hole=bh, swirls=tuple(swirls),
-        oedema_hu=float(rng.uniform(16.0, 23.0)), oedema_frac=float(rng.uniform(0.12, 0.3)),
-        unit_volume_mm3=1.0, ivh=ivh,
+        lobes=tuple(lobes),
+        satellites=tuple(sats),
+        rough=Waves.random(rng, 8, 2.2),
+        rough_amp=0.04 + 0.16 * irr,
+        texture=Waves.random(rng, 8, 0.7),
+        markers=markers,
+        hu_mean=float(rng.uniform(62.0, 78.0)),
+        blend_normal=bn / np.linalg.norm(bn),
+        black_hole=bh,
+        swirls=tuple(swirls),
+        oedema_hu=float(rng.uniform(16.0, 23.0)),
+        oedema_frac=float(rng.uniform(0.12, 0.3)),
+        unit_volume_mm3=1.0,
+        ivh=ivh,
         ivh_depth_mm=(float(rng.uniform(10, 25)), float(rng.uniform(0, 10))),
         ivh_hu=float(rng.uniform(58, 72)),
     )
     pts = unit_inside_points(spec)
-    spec = _replace(spec, unit_volume_mm3=float(len(pts) * UNIT_STEP**3))
-    lobe = str(rng.choice(list(LOBES))) if site.startswith("lobar") else None
+    spec = replace(spec, unit_volume_mm3=float(len(pts) * UNIT_STEP**3))
+    # a temporal clot sits close to two cortical surfaces (lateral and inferior): cortical only
+    lobes_ok = list(LOBES) if site == "lobar" else ["frontal", "parietal", "occipital"]
+    lobe = str(rng.choice(lobes_ok)) if site.startswith("lobar") else None
     jitter = rng.normal(0, 1.0, 3)
     target_ml = min(volume_ml, SITE_MAX_ML[site])
     unclipped_ml = target_ml
@@ -194,19 +218,24 @@ def sample_lesion(rng: np.random.Generator, anat: AnatomyParams, *, site: str, v
     for _ in range(3):
         spec = spec.scaled_to(unclipped_ml)
         centre = _site_centre(anat, site, side, lobe, spec, jitter) * np.asarray(anat.scale)
-        spec = _replace(spec, lobe=lobe, centre_mm=centre)
+        spec = replace(spec, lobe=lobe, centre_mm=centre)
         h = centre[None, :] + (pts * spec.scale_mm) @ spec.rot.T
         kept = float(np.mean(in_parenchyma(anat, *(h[:, a].astype(F32) for a in range(3)))))
         unclipped_ml = target_ml / max(kept, 0.3)
     return spec
 
 
-def _site_centre(anat: AnatomyParams, site: str, side: int, lobe: str | None,
-                 spec: LesionSpec, jitter: np.ndarray) -> np.ndarray:
+def _site_centre(
+    anat: AnatomyParams, site: str, side: int, lobe: str | None, spec: LesionSpec, jitter: np.ndarray
+) -> np.ndarray:
     """Centre (canonical mm) for a site; lobar clots are placed by depth below the cortex."""
     j = jitter * 1.5
-    fixed = {"basal_ganglia": (23, -2, -1), "thalamus": (12, 10, 2), "cerebellar": (22, 50, -46),
-             "brainstem": (3, 19, -38)}
+    fixed = {
+        "basal_ganglia": (23, -2, -1),
+        "thalamus": (12, 10, 2),
+        "cerebellar": (22, 52, -56),
+        "brainstem": (3, 19, -42),
+    }
     if site in fixed:
         c = np.array(fixed[site], dtype=float) + j
         c[0] *= side
@@ -220,8 +249,13 @@ def _site_centre(anat: AnatomyParams, site: str, side: int, lobe: str | None,
     if site == "lobar":  # the clot breaches the cortex (clipped at the brain surface)
         depth = surface_depth + 0.55 * spec.r_eq_mm + 1.0
     else:  # keep the whole clot below the deepest sulci
-        depth = (surface_depth + anat.sulcal_depth_mm + anat.gm_thickness_mm + 4.0
-                 + 1.25 * spec.r_eq_mm * _max_radius_ratio(spec))
+        depth = (
+            surface_depth
+            + anat.sulcal_depth_mm
+            + anat.gm_thickness_mm
+            + 6.0
+            + 1.25 * spec.r_eq_mm * _max_radius_ratio(spec)
+        )
     depth = min(depth, t - 12.0)
     return centre + u * (t - depth)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .anatomy import AnatomyParams, Painter, Tissue
+from .anatomy import AnatomyParams, Painter, Tissue, floor_z
 from .lattice import F32, Lattice, occupancy, rotation
 from .lesion import LesionSpec, MassEffect
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 LABEL_ICH, LABEL_IVH, LABEL_OEDEMA = 1, 2, 3
 FOV_MM = 250.0
 COVERAGE_MM = 160.0  # skull base (foramen magnum) to vertex
-COVERAGE_CENTRE_Z_MM = 8.0  # head frame
+COVERAGE_CENTRE_Z_MM = 4.0  # head frame
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,10 @@ class Pose:
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Pose:
-        return cls(rng.normal(0, [2.0, 3.0, 2.0]),
-                   rotation(rng.normal(0, 2.0), rng.normal(0, 4.0), rng.normal(0, 1.5)))
+        return cls(
+            rng.normal(0, [2.0, 3.0, 2.0]),
+            rotation(rng.normal(0, 2.0), rng.normal(0, 4.0), rng.normal(0, 1.5)),
+        )
 
 
 @dataclass(frozen=True)
@@ -121,21 +123,39 @@ class Phantom:
     cortical_ml: float  # haematoma volume that lies in cortex or sulci
 
 
-def _plane_lattice(geom: ScanGeometry, pose: Pose, *, n_sub: int, spacing_mm: float,
-                   first_offset_mm: float, shape_ji: tuple[int, int],
-                   slices: range, j0: float = 0.0, i0: float = 0.0) -> Lattice:
+def _plane_lattice(
+    geom: ScanGeometry,
+    pose: Pose,
+    *,
+    n_sub: int,
+    spacing_mm: float,
+    first_offset_mm: float,
+    shape_ji: tuple[int, int],
+    slices: range,
+    j0: float = 0.0,
+    i0: float = 0.0,
+) -> Lattice:
     """Lattice of sub-slices of ``slices``; in-plane sample (0, 0) at pixel coords (j0, i0)."""
     centres = geom.slice_centres()[list(slices)]
     half = (geom.matrix - 1) / 2 * geom.pixel_spacing_mm
     sub = ((np.arange(n_sub) + 0.5) / n_sub - 0.5) * geom.thickness_mm
     origins = (centres[:, None, :] + sub[None, :, None] * geom.normal).reshape(-1, 3)
-    origins = (origins - half * geom.row - half * geom.col
-               + (i0 * geom.pixel_spacing_mm + first_offset_mm) * geom.row
-               + (j0 * geom.pixel_spacing_mm + first_offset_mm) * geom.col)
+    origins = (
+        origins
+        - half * geom.row
+        - half * geom.col
+        + (i0 * geom.pixel_spacing_mm + first_offset_mm) * geom.row
+        + (j0 * geom.pixel_spacing_mm + first_offset_mm) * geom.col
+    )
     rt = pose.rot.T  # patient frame -> head frame
-    return Lattice(origins=(origins - pose.offset_mm) @ rt.T, row=rt @ geom.row,
-                   col=rt @ geom.col, normal=rt @ geom.normal, spacing_mm=spacing_mm,
-                   shape=(len(origins), shape_ji[0], shape_ji[1]))
+    return Lattice(
+        origins=(origins - pose.offset_mm) @ rt.T,
+        row=rt @ geom.row,
+        col=rt @ geom.col,
+        normal=rt @ geom.normal,
+        spacing_mm=spacing_mm,
+        shape=(len(origins), shape_ji[0], shape_ji[1]),
+    )
 
 
 def _upsample2(a: np.ndarray, axis: int) -> np.ndarray:
@@ -149,9 +169,15 @@ def _upsample2(a: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(out, -1, axis)
 
 
-def render_anatomy(anat: AnatomyParams, geom: ScanGeometry, pose: Pose, *,
-                   warp: MassEffect | None, beam_hardening_hu: float,
-                   want_tissue: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def render_anatomy(
+    anat: AnatomyParams,
+    geom: ScanGeometry,
+    pose: Pose,
+    *,
+    warp: MassEffect | None,
+    beam_hardening_hu: float,
+    want_tissue: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """HU of the anatomy at output resolution, (slice, row, column), and optionally tissue."""
     m, px = geom.matrix, geom.pixel_spacing_mm
     n_sub = max(1, int(np.ceil(geom.thickness_mm / 1.25 - 1e-6)))
@@ -162,8 +188,15 @@ def render_anatomy(anat: AnatomyParams, geom: ScanGeometry, pose: Pose, *,
     n_w = m // 2 if up else ss * m
     step = px * 2 if up else px / ss
     offset = px / 2 if up else (0.5 / ss - 0.5) * px  # working sample 0 relative to pixel 0
-    lat = _plane_lattice(geom, pose, n_sub=n_sub, spacing_mm=step, first_offset_mm=offset,
-                         shape_ji=(n_w, n_w), slices=range(geom.n_slices))
+    lat = _plane_lattice(
+        geom,
+        pose,
+        n_sub=n_sub,
+        spacing_mm=step,
+        first_offset_mm=offset,
+        shape_ji=(n_w, n_w),
+        slices=range(geom.n_slices),
+    )
     painter = Painter(anat, lat, ramp_mm=step, warp=warp)
     hu, tissue = painter.paint(beam_hardening_hu=beam_hardening_hu)
     hu = hu.reshape(geom.n_slices, n_sub, n_w, n_w).mean(axis=1)
@@ -187,14 +220,27 @@ def render_anatomy(anat: AnatomyParams, geom: ScanGeometry, pose: Pose, *,
 
 def _lesion_box(geom: ScanGeometry, pose: Pose, centre_mm: np.ndarray, radius_mm: float):
     """Output index box (k, j, i) holding a head-frame sphere."""
-    lat = _plane_lattice(geom, pose, n_sub=1, spacing_mm=geom.pixel_spacing_mm,
-                         first_offset_mm=0.0, shape_ji=(geom.matrix, geom.matrix),
-                         slices=range(geom.n_slices))
+    lat = _plane_lattice(
+        geom,
+        pose,
+        n_sub=1,
+        spacing_mm=geom.pixel_spacing_mm,
+        first_offset_mm=0.0,
+        shape_ji=(geom.matrix, geom.matrix),
+        slices=range(geom.n_slices),
+    )
     return lat.region(centre_mm, radius_mm + geom.thickness_mm)
 
 
-def paint_lesion(hu: np.ndarray, anat: AnatomyParams, spec: LesionSpec, geom: ScanGeometry,
-                 pose: Pose, *, warp: MassEffect | None) -> tuple[np.ndarray, float, float]:
+def paint_lesion(
+    hu: np.ndarray,
+    anat: AnatomyParams,
+    spec: LesionSpec,
+    geom: ScanGeometry,
+    pose: Pose,
+    *,
+    warp: MassEffect | None,
+) -> tuple[np.ndarray, float, float]:
     """Composite haematoma, oedema and IVH into ``hu`` in place; return labels and volumes."""
     labels = np.zeros(hu.shape, dtype=np.uint8)
     px = geom.pixel_spacing_mm
@@ -206,24 +252,41 @@ def paint_lesion(hu: np.ndarray, anat: AnatomyParams, spec: LesionSpec, geom: Sc
     boxes = [b for b in boxes if b is not None]
     if not boxes:
         return labels, 0.0, 0.0
-    box = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes))
-                for a in range(3))
+    box = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
     nk, nj, ni = (s.stop - s.start for s in box)
-    ss = 1 if px < 1.5 else (2 if px < 3.0 else 4)
+    ss = 1 if px < 1.5 else 2
     n_sub = max(2, int(np.ceil(geom.thickness_mm / 1.25 - 1e-6)))
     step = px / ss
-    lat = _plane_lattice(geom, pose, n_sub=n_sub, spacing_mm=step,
-                         first_offset_mm=(0.5 / ss - 0.5) * px, shape_ji=(nj * ss, ni * ss),
-                         slices=range(box[0].start, box[0].stop), j0=box[1].start,
-                         i0=box[2].start)
-    _, tissue = Painter(anat, lat, ramp_mm=step, warp=warp, want_hu=False).paint()
+    lat = _plane_lattice(
+        geom,
+        pose,
+        n_sub=n_sub,
+        spacing_mm=step,
+        first_offset_mm=(0.5 / ss - 0.5) * px,
+        shape_ji=(nj * ss, ni * ss),
+        slices=range(box[0].start, box[0].stop),
+        j0=box[1].start,
+        i0=box[2].start,
+    )
+    _, tissue = Painter(anat, lat, ramp_mm=step, warp=warp, want_hu=False).paint(intracranial_only=True)
     x, y, z = lat.xyz()
     ux, uy, uz = spec.to_unit(x, y, z)
     f_mm = spec.unit_sdf(ux, uy, uz) * F32(spec.scale_mm)
-    allowed = np.isin(tissue, [Tissue.CORTEX, Tissue.WHITE_MATTER, Tissue.DEEP_GREY,
-                               Tissue.CEREBELLUM, Tissue.BRAINSTEM, Tissue.CSF, Tissue.CHOROID])
-    brain = np.isin(tissue, [Tissue.CORTEX, Tissue.WHITE_MATTER, Tissue.DEEP_GREY,
-                             Tissue.CEREBELLUM, Tissue.BRAINSTEM])
+    allowed = np.isin(
+        tissue,
+        [
+            Tissue.CORTEX,
+            Tissue.WHITE_MATTER,
+            Tissue.DEEP_GREY,
+            Tissue.CEREBELLUM,
+            Tissue.BRAINSTEM,
+            Tissue.CSF,
+            Tissue.CHOROID,
+        ],
+    )
+    brain = np.isin(
+        tissue, [Tissue.CORTEX, Tissue.WHITE_MATTER, Tissue.DEEP_GREY, Tissue.CEREBELLUM, Tissue.BRAINSTEM]
+    )
     # Sulcal CSF next to the clot takes blood; CSF outside the brain surface does not.
     allowed &= (tissue != Tissue.CSF) | (f_mm < F32(-1.0))
     ich = occupancy(f_mm, step) * allowed
@@ -235,7 +298,9 @@ def paint_lesion(hu: np.ndarray, anat: AnatomyParams, spec: LesionSpec, geom: Sc
         yc = y / F32(anat.scale[1])
         depth = np.where(np.sign(x) == spec.side, *(F32(d) for d in spec.ivh_depth_mm))
         ivh = ((tissue == Tissue.VENTRICLE) & (yc > F32(52.0) - depth)).astype(F32) * (1 - ich)
-    cortical = ((ich > 0.5) & np.isin(tissue, [Tissue.CORTEX, Tissue.CSF])).sum()
+    # cortical involvement in the CAVE sense: supratentorial cortex only
+    supra = z / F32(anat.scale[2]) > floor_z(x / F32(anat.scale[0]), y / F32(anat.scale[1]))
+    cortical = ((ich > 0.5) & (tissue == Tissue.CORTEX) & supra).sum()
 
     def down(a):
         return a.reshape(nk, n_sub, nj, ss, ni, ss).mean(axis=(1, 3, 5))
@@ -254,12 +319,12 @@ def paint_lesion(hu: np.ndarray, anat: AnatomyParams, spec: LesionSpec, geom: Sc
     return labels, float(f_ich.sum() * voxel_ml), float(cortical * sample_ml)
 
 
-def add_streaks(hu: np.ndarray, anat: AnatomyParams, geom: ScanGeometry, pose: Pose,
-                rng: np.random.Generator) -> None:
+def add_streaks(
+    hu: np.ndarray, anat: AnatomyParams, geom: ScanGeometry, pose: Pose, rng: np.random.Generator
+) -> None:
     """Skull-base streaks: a dark band between the petrous bones plus faint radial streaks."""
     s = np.asarray(anat.scale)
-    pets = [pose.offset_mm + pose.rot @ (np.array([side * 30.0, 16.0, -44.0]) * s)
-            for side in (-1, 1)]
+    pets = [pose.offset_mm + pose.rot @ (np.array([side * 30.0, 16.0, -50.0]) * s) for side in (-1, 1)]
     px = geom.pixel_spacing_mm
     pos = geom.positions()
     ii = np.arange(geom.matrix, dtype=F32) * F32(px)

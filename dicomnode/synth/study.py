@@ -35,11 +35,15 @@ from .render import (
 
 log = logging.getLogger(__name__)
 
-LABELS = {0: "background", LABEL_ICH: "intraparenchymal haemorrhage (ICH)",
-          LABEL_IVH: "intraventricular haemorrhage (IVH)",
-          LABEL_OEDEMA: "perihaematomal oedema"}
-DEFAULT_MARKERS = Markers(heterogeneity=0.3, irregularity=0.3, blend_sign=False,
-                          black_hole_sign=False, swirl_sign=False)
+LABELS = {
+    0: "background",
+    LABEL_ICH: "intraparenchymal haemorrhage (ICH)",
+    LABEL_IVH: "intraventricular haemorrhage (IVH)",
+    LABEL_OEDEMA: "perihaematomal oedema",
+}
+DEFAULT_MARKERS = Markers(
+    heterogeneity=0.3, irregularity=0.3, blend_sign=False, black_hole_sign=False, swirl_sign=False
+)
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,18 @@ class Case:
     baseline_time: datetime
 
 
-def build_case(seed: int, *, hemorrhage_ml: float | None, site: str, ivh: bool = False,
-               markers: Markers | None = None, age_y: int | None = None, sex: str | None = None,
-               patient_name: str | None = None, patient_id: str | None = None) -> Case:
+def build_case(
+    seed: int,
+    *,
+    hemorrhage_ml: float | None,
+    site: str,
+    ivh: bool = False,
+    markers: Markers | None = None,
+    age_y: int | None = None,
+    sex: str | None = None,
+    patient_name: str | None = None,
+    patient_id: str | None = None,
+) -> Case:
     """Draw a patient from the seed (independent random streams per aspect)."""
     rng = np.random.default_rng([seed, 1])
     age = int(age_y if age_y is not None else np.clip(rng.normal(68, 12), 25, 95))
@@ -90,65 +103,102 @@ def build_case(seed: int, *, hemorrhage_ml: float | None, site: str, ivh: bool =
     if hemorrhage_ml is not None:
         if not 0.1 <= hemorrhage_ml <= 150.0:
             raise ValueError(f"hemorrhage_ml must be 0.1..150, got {hemorrhage_ml}")
-        lesion = sample_lesion(np.random.default_rng([seed, 3]), anat, site=site,
-                               volume_ml=hemorrhage_ml, markers=markers or DEFAULT_MARKERS,
-                               ivh=ivh)
+        lesion = sample_lesion(
+            np.random.default_rng([seed, 3]),
+            anat,
+            site=site,
+            volume_ml=hemorrhage_ml,
+            markers=markers or DEFAULT_MARKERS,
+            ivh=ivh,
+        )
     else:
         canonical_site(site)  # still validate the argument
-    day = datetime(2024, 1, 1, 8, 0) + timedelta(days=int(rng.integers(0, 365)),
-                                                 minutes=int(rng.integers(0, 12 * 60)))
-    return Case(seed=seed, patient_name=patient_name or f"SYNTH^{seed:04d}",
-                patient_id=patient_id or f"SYNTH-{seed:04d}", age_y=age, sex=sex, anatomy=anat,
-                pose=Pose.sample(np.random.default_rng([seed, 4])), lesion=lesion,
-                baseline_time=day)
+    day = datetime(2024, 1, 1, 8, 0) + timedelta(
+        days=int(rng.integers(0, 365)), minutes=int(rng.integers(0, 12 * 60))
+    )
+    return Case(
+        seed=seed,
+        patient_name=patient_name or f"SYNTH^{seed:04d}",
+        patient_id=patient_id or f"SYNTH-{seed:04d}",
+        age_y=age,
+        sex=sex,
+        anatomy=anat,
+        pose=Pose.sample(np.random.default_rng([seed, 4])),
+        lesion=lesion,
+        baseline_time=day,
+    )
 
 
-def render_case(case: Case, geom: ScanGeometry, *, lesion: LesionSpec | None, scan: int,
-                noise_sd_hu: float = 5.0, artefacts: bool = True,
-                want_tissue: bool = False) -> Phantom:
+def render_case(
+    case: Case,
+    geom: ScanGeometry,
+    *,
+    lesion: LesionSpec | None,
+    scan: int,
+    noise_sd_hu: float = 5.0,
+    artefacts: bool = True,
+    want_tissue: bool = False,
+) -> Phantom:
     """Render one scan (``scan`` 0 = baseline, 1 = follow-up) of a case."""
     warp = MassEffect.for_lesion(lesion) if lesion is not None else None
-    hu, tissue = render_anatomy(case.anatomy, geom, case.pose, warp=warp,
-                                beam_hardening_hu=6.0 if artefacts else 0.0,
-                                want_tissue=want_tissue)
+    hu, tissue = render_anatomy(
+        case.anatomy,
+        geom,
+        case.pose,
+        warp=warp,
+        beam_hardening_hu=6.0 if artefacts else 0.0,
+        want_tissue=want_tissue,
+    )
     labels = np.zeros(hu.shape, dtype=np.uint8)
     frac_ml = cortical_ml = 0.0
     if lesion is not None:
-        labels, frac_ml, cortical_ml = paint_lesion(hu, case.anatomy, lesion, geom, case.pose,
-                                                    warp=warp)
+        labels, frac_ml, cortical_ml = paint_lesion(hu, case.anatomy, lesion, geom, case.pose, warp=warp)
     rng = np.random.default_rng([case.seed, 5, scan])
     if artefacts:
         add_streaks(hu, case.anatomy, geom, case.pose, rng)
     add_noise(hu, geom, noise_sd_hu, rng)
-    return Phantom(hu=hu, labels=labels, geometry=geom, tissue=tissue, ich_fraction_ml=frac_ml,
-                   cortical_ml=cortical_ml)
+    return Phantom(
+        hu=hu, labels=labels, geometry=geom, tissue=tissue, ich_fraction_ml=frac_ml, cortical_ml=cortical_ml
+    )
 
 
-def geometry_for(matrix: int, thickness_mm: float, tilt_deg: float,
-                 n_slices: int | None) -> ScanGeometry:
+def geometry_for(matrix: int, thickness_mm: float, tilt_deg: float, n_slices: int | None) -> ScanGeometry:
     """Default coverage (skull base to vertex) unless ``n_slices`` is given."""
     n = n_slices if n_slices is not None else max(1, int(round(COVERAGE_MM / thickness_mm)))
     return ScanGeometry(matrix=matrix, thickness_mm=thickness_mm, n_slices=n, tilt_deg=tilt_deg)
 
 
-def write_scan(out_dir: Path, case: Case, phantom: Phantom, *, lesion: LesionSpec | None,
-               scan: int, acquired: datetime, compress: str, extra: dict | None = None
-               ) -> StudyTruth:
+def write_scan(
+    out_dir: Path,
+    case: Case,
+    phantom: Phantom,
+    *,
+    lesion: LesionSpec | None,
+    scan: int,
+    acquired: datetime,
+    compress: str,
+    extra: dict | None = None,
+) -> StudyTruth:
     """Write series, label map and truth.json of one rendered scan."""
     geom = phantom.geometry
     kind = "baseline" if scan == 0 else f"follow-up {scan}"
     study_uid = make_uid(case.seed, case.patient_id, "study", scan)
     meta = SeriesMeta(
-        patient_name=case.patient_name, patient_id=case.patient_id,
+        patient_name=case.patient_name,
+        patient_id=case.patient_id,
         birth_date=(acquired - timedelta(days=int(case.age_y * 365.25 + 100))).strftime("%Y%m%d"),
-        sex=case.sex, age_y=case.age_y, study_uid=study_uid,
+        sex=case.sex,
+        age_y=case.age_y,
+        study_uid=study_uid,
         series_uid=make_uid(case.seed, case.patient_id, "series", scan, geom),
         frame_uid=make_uid(case.seed, case.patient_id, "frame", scan),
-        acquired=acquired, accession=f"SY{case.seed % 10**8:08d}{scan}",
+        acquired=acquired,
+        accession=f"SY{case.seed % 10**8:08d}{scan}",
         study_id=f"{scan + 1}",
         study_description="SYNTHETIC HEAD CT (phantom)",
         series_description=f"SYNTHETIC Head {geom.thickness_mm:g}mm STANDARD {kind}"[:64],
-        series_number=2, uid_seed=f"{case.seed}/{case.patient_id}/{scan}/{geom}",
+        series_number=2,
+        uid_seed=f"{case.seed}/{case.patient_id}/{scan}/{geom}",
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     dicom_dir = out_dir / "dicom"
@@ -156,40 +206,63 @@ def write_scan(out_dir: Path, case: Case, phantom: Phantom, *, lesion: LesionSpe
     label_path = out_dir / "labels.nii.gz"
     write_labels(label_path, phantom.labels, geom)
     voxel_ml = geom.pixel_spacing_mm**2 * geom.thickness_mm / 1000.0
-    vols = {k: float(np.count_nonzero(phantom.labels == k) * voxel_ml)
-            for k in (LABEL_ICH, LABEL_IVH, LABEL_OEDEMA)}
+    vols = {
+        k: float(np.count_nonzero(phantom.labels == k) * voxel_ml)
+        for k in (LABEL_ICH, LABEL_IVH, LABEL_OEDEMA)
+    }
     ich_ml = vols[LABEL_ICH]
     cortical = bool(ich_ml > 0 and phantom.cortical_ml >= max(0.05, 0.01 * ich_ml))
     details = {
         "synthetic": True,
         "generator": "dicomnode.synth",
-        "seed": case.seed, "scan": scan, "patient_id": case.patient_id,
-        "patient_name": case.patient_name, "age_y": case.age_y, "sex": case.sex,
-        "acquired": acquired.isoformat(), "study_instance_uid": str(study_uid),
+        "seed": case.seed,
+        "scan": scan,
+        "patient_id": case.patient_id,
+        "patient_name": case.patient_name,
+        "age_y": case.age_y,
+        "sex": case.sex,
+        "acquired": acquired.isoformat(),
+        "study_instance_uid": str(study_uid),
         "series_instance_uid": str(meta.series_uid),
-        "geometry": {"matrix": geom.matrix, "n_slices": geom.n_slices,
-                     "pixel_spacing_mm": geom.pixel_spacing_mm,
-                     "thickness_mm": geom.thickness_mm, "tilt_deg": geom.tilt_deg,
-                     "fov_mm": geom.fov_mm, "voxel_ml": voxel_ml,
-                     "affine_lps": geom.affine_lps().round(6).tolist()},
+        "geometry": {
+            "matrix": geom.matrix,
+            "n_slices": geom.n_slices,
+            "pixel_spacing_mm": geom.pixel_spacing_mm,
+            "thickness_mm": geom.thickness_mm,
+            "tilt_deg": geom.tilt_deg,
+            "fov_mm": geom.fov_mm,
+            "voxel_ml": voxel_ml,
+            "affine_lps": geom.affine_lps().round(6).tolist(),
+        },
         "compression": compress,
         "labels": {str(k): v for k, v in LABELS.items()},
-        "ich_volume_ml": ich_ml, "ivh_volume_ml": vols[LABEL_IVH],
+        "ich_volume_ml": ich_ml,
+        "ivh_volume_ml": vols[LABEL_IVH],
         "oedema_volume_ml": vols[LABEL_OEDEMA],
         "ich_partial_volume_ml": phantom.ich_fraction_ml,
-        "cortical_ml": phantom.cortical_ml, "cortical_involvement": cortical,
+        "cortical_ml": phantom.cortical_ml,
+        "cortical_involvement": cortical,
         "anatomy": _anatomy_summary(case),
         "lesion": _lesion_summary(case, lesion),
         **(extra or {}),
     }
     truth_path = out_dir / "truth.json"
     truth_path.write_text(json.dumps(details, indent=2, sort_keys=True) + "\n")
-    return StudyTruth(study_instance_uid=str(study_uid), series_instance_uid=str(meta.series_uid),
-                      patient_id=case.patient_id, n_slices=geom.n_slices, ich_volume_ml=ich_ml,
-                      ivh_volume_ml=vols[LABEL_IVH], oedema_volume_ml=vols[LABEL_OEDEMA],
-                      site=lesion.site if lesion else "none", cortical_involvement=cortical,
-                      dicom_dir=dicom_dir, label_path=label_path, truth_path=truth_path,
-                      details=details)
+    return StudyTruth(
+        study_instance_uid=str(study_uid),
+        series_instance_uid=str(meta.series_uid),
+        patient_id=case.patient_id,
+        n_slices=geom.n_slices,
+        ich_volume_ml=ich_ml,
+        ivh_volume_ml=vols[LABEL_IVH],
+        oedema_volume_ml=vols[LABEL_OEDEMA],
+        site=lesion.site if lesion else "none",
+        cortical_involvement=cortical,
+        dicom_dir=dicom_dir,
+        label_path=label_path,
+        truth_path=truth_path,
+        details=details,
+    )
 
 
 def _to_patient(case: Case, h: np.ndarray) -> list[float]:
@@ -199,32 +272,59 @@ def _to_patient(case: Case, h: np.ndarray) -> list[float]:
 def _anatomy_summary(case: Case) -> dict:
     a = case.anatomy
     s = np.asarray(a.scale)
-    return {"head_scale": [round(v, 4) for v in a.scale], "atrophy": round(a.atrophy, 3),
-            "ventricle_scale": round(a.ventricle_scale, 3),
-            "tissue_hu": {k: round(v, 1) for k, v in a.hu.items()},
-            "calcifications": [{"name": c.name, "centre_lps_mm": _to_patient(case, np.array(
-                c.centre) * s), "radius_mm": round(c.radius_mm, 2), "hu": round(c.hu, 1)}
-                for c in a.calcifications]}
+    return {
+        "head_scale": [round(v, 4) for v in a.scale],
+        "atrophy": round(a.atrophy, 3),
+        "ventricle_scale": round(a.ventricle_scale, 3),
+        "tissue_hu": {k: round(v, 1) for k, v in a.hu.items()},
+        "calcifications": [
+            {
+                "name": c.name,
+                "centre_lps_mm": _to_patient(case, np.array(c.centre) * s),
+                "radius_mm": round(c.radius_mm, 2),
+                "hu": round(c.hu, 1),
+            }
+            for c in a.calcifications
+        ],
+    }
 
 
 def _lesion_summary(case: Case, lesion: LesionSpec | None) -> dict | None:
     if lesion is None:
         return None
-    return {"site": lesion.site, "lobe": lesion.lobe,
-            "side": "left" if lesion.side > 0 else "right",
-            "centre_lps_mm": _to_patient(case, lesion.centre_mm),
-            "design_volume_ml": round(lesion.unit_volume_mm3 * lesion.scale_mm**3 / 1000, 3),
-            "markers": asdict(lesion.markers), "mean_hu": round(lesion.hu_mean, 1),
-            "oedema_hu": round(lesion.oedema_hu, 1), "ivh": lesion.ivh,
-            "n_satellites": len(lesion.satellites), "n_lobes": len(lesion.lobes)}
+    return {
+        "site": lesion.site,
+        "lobe": lesion.lobe,
+        "side": "left" if lesion.side > 0 else "right",
+        "centre_lps_mm": _to_patient(case, lesion.centre_mm),
+        "design_volume_ml": round(lesion.unit_volume_mm3 * lesion.scale_mm**3 / 1000, 3),
+        "markers": asdict(lesion.markers),
+        "mean_hu": round(lesion.hu_mean, 1),
+        "oedema_hu": round(lesion.oedema_hu, 1),
+        "ivh": lesion.ivh,
+        "n_satellites": len(lesion.satellites),
+        "n_lobes": len(lesion.lobes),
+    }
 
 
-def make_study(out_dir: Path, *, seed: int = 0, hemorrhage_ml: float | None = 30.0,
-               site: str = "lobar", thickness_mm: float = 5.0, matrix: int = 512,
-               tilt_deg: float = 0.0, compress: str = "none", ivh: bool = False,
-               n_slices: int | None = None, noise_sd_hu: float = 5.0, artefacts: bool = True,
-               markers: Markers | None = None, age_y: int | None = None,
-               sex: str | None = None) -> StudyTruth:
+def make_study(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    hemorrhage_ml: float | None = 30.0,
+    site: str = "lobar",
+    thickness_mm: float = 5.0,
+    matrix: int = 512,
+    tilt_deg: float = 0.0,
+    compress: str = "none",
+    ivh: bool = False,
+    n_slices: int | None = None,
+    noise_sd_hu: float = 5.0,
+    artefacts: bool = True,
+    markers: Markers | None = None,
+    age_y: int | None = None,
+    sex: str | None = None,
+) -> StudyTruth:
     """Write one synthetic head CT study with its exact label map and truth.
 
     Parameters
@@ -253,13 +353,27 @@ def make_study(out_dir: Path, *, seed: int = 0, hemorrhage_ml: float | None = 30
     if compress not in COMPRESSIONS:
         raise ValueError(f"compress must be one of {sorted(COMPRESSIONS)}, got {compress!r}")
     t0 = time.perf_counter()
-    case = build_case(seed, hemorrhage_ml=hemorrhage_ml, site=site, ivh=ivh, markers=markers,
-                      age_y=age_y, sex=sex)
+    case = build_case(
+        seed, hemorrhage_ml=hemorrhage_ml, site=site, ivh=ivh, markers=markers, age_y=age_y, sex=sex
+    )
     geom = geometry_for(matrix, thickness_mm, tilt_deg, n_slices)
-    phantom = render_case(case, geom, lesion=case.lesion, scan=0, noise_sd_hu=noise_sd_hu,
-                          artefacts=artefacts)
-    truth = write_scan(Path(out_dir), case, phantom, lesion=case.lesion, scan=0,
-                       acquired=case.baseline_time, compress=compress)
-    log.info("synthetic study %s: %d slices, ICH %.1f mL in %.2f s", truth.series_instance_uid,
-             geom.n_slices, truth.ich_volume_ml, time.perf_counter() - t0)
+    phantom = render_case(
+        case, geom, lesion=case.lesion, scan=0, noise_sd_hu=noise_sd_hu, artefacts=artefacts
+    )
+    truth = write_scan(
+        Path(out_dir),
+        case,
+        phantom,
+        lesion=case.lesion,
+        scan=0,
+        acquired=case.baseline_time,
+        compress=compress,
+    )
+    log.info(
+        "synthetic study %s: %d slices, ICH %.1f mL in %.2f s",
+        truth.series_instance_uid,
+        geom.n_slices,
+        truth.ich_volume_ml,
+        time.perf_counter() - t0,
+    )
     return truth

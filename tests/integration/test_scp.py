@@ -7,18 +7,26 @@ import os
 import shutil
 import ssl
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
-import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification, XRayRadiationDoseSRStorage
 from sqlalchemy import func, select
 
-from dicomnode.db.models import AssociationEvent, DiscardedClass, Instance, ReceiveError
+from dicomnode.db.models import (
+    AssociationEvent,
+    DiscardedClass,
+    Instance,
+    ReceiveError,
+    Series,
+    utcnow,
+)
 from dicomnode.service import Node
-from tests.conftest import GE_DIR, make_series, make_settings, requires, write_series
+from tests.conftest import GE_DIR, make_series, make_settings, requires
 
 
 def scu(calling: str = "TESTSCU") -> AE:
@@ -186,3 +194,32 @@ def test_tls_with_and_without_client_certificate(tmp_path: Path) -> None:
         assert not plain.is_established
     finally:
         node.stop()
+
+
+def test_enhanced_ct_is_stored_and_assembled_by_frames(node: Node, ct_template: Dataset) -> None:
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+    from pynetdicom.sop_class import LegacyConvertedEnhancedCTImageStorage
+
+    from dicomnode.assemble.series import sweep
+
+    series = make_series(ct_template, 12)
+    enhanced = LegacyConvertedEnhancedCTImage(
+        series, series_instance_uid=generate_uid(), series_number=9, sop_instance_uid=generate_uid(),
+        instance_number=1)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(LegacyConvertedEnhancedCTImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+    assert assoc.send_c_store(enhanced).Status == 0
+    assoc.release()
+    node.scheduler.pause()
+    done = sweep(node.sessions, node.settings.assembly, node.settings.eligibility,
+                 now=utcnow() + timedelta(seconds=5))
+    if not done:  # the running scheduler may have completed it first
+        with node.sessions() as s:
+            state = s.scalar(select(Series.state))
+    else:
+        state = done[0].state
+    assert state == "queued"
+    with node.sessions() as s:
+        g = s.scalar(select(Series.geometry))
+    assert g["n_frames"] == 12 and g["instances"] == 1 and g["spacing_mm"]["median"] == 5.0

@@ -102,6 +102,10 @@ def test_new_user_sends_ge_series_and_status_shows_queued_job(tmp_path: Path) ->
         assert "sent 28, failed 0, skipped 2" in sent.stdout  # LICENSE and notes.txt
     finally:
         assert node.stop() == 0
+    # Patient identifiers never reach the log at the default level (INFO).
+    log_text = node.log.read_text()
+    assert "series complete" in log_text
+    assert "QMNx85rKkkg" not in log_text and "REMOVED" not in log_text
 
 
 def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path,

@@ -55,7 +55,7 @@ def test_write_order_file_fsync_rename_dir_fsync_then_commit(
 
     monkeypatch.setattr(storage.os, "fsync", fsync)
     monkeypatch.setattr(storage.os, "replace", replace)
-    event.listen(store.sessions, "after_commit", lambda _s: calls.append("commit"))
+    event.listen(store.sessions.kw["bind"], "commit", lambda _c: calls.append("commit"))
     ds = make_series(ct_template, 1)[0]
     outcome = put(store, ds)
     calls.append("return")

@@ -1,0 +1,210 @@
+"""Group commit of instance rows: one writer thread, one transaction per batch.
+
+Handlers of concurrent associations hand their (already fsynced and renamed) file's row to the
+writer and wait. The writer fsyncs each touched folder once, writes every waiting row in one
+transaction (one WAL fsync) and only then releases the handlers, which acknowledge. So the order
+file fsync -> rename -> folder fsync -> commit -> Success holds for every instance, while
+associations no longer queue on the database lock one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, bindparam, case, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from dicomnode.db.models import Instance, Series, SeriesState, Study, utcnow
+
+log = logging.getLogger(__name__)
+_MAX_BATCH = 256
+
+
+@dataclass
+class Record:
+    """One received instance, as the database needs it."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    rel_path: str
+    folder: Path
+    size_bytes: int
+    sha256: str
+    series_attrs: dict[str, Any]
+    geometry: dict[str, Any]
+    patient_id: str | None
+    accession_number: str | None
+    # True when a file was already at the final path: the row may exist (a re-send).
+    maybe_known: bool = False
+    result: Future[bool] = field(default_factory=Future)  # True: new row; False: already there
+
+
+def _insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]],
+                   key: str) -> None:
+    """INSERT ... ON CONFLICT (key) DO NOTHING, on SQLite and PostgreSQL."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:  # pragma: no cover - other databases: plain insert, conflicts raise
+        conn.execute(insert(table), rows)
+        return
+    conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=[key]), rows)
+
+
+class Recorder:
+    """The single writer of instance rows in this process."""
+
+    def __init__(self, engine: Engine, *, fsync_dir: Callable[[Path], None] | None) -> None:
+        self.engine = engine
+        self.fsync_dir = fsync_dir
+        self._queue: queue.Queue[Record | None] = queue.Queue()
+        self._study_ids: dict[str, int] = {}
+        self._series_ids: dict[str, int] = {}
+        self._versions: dict[str, int] = {}
+        # Statements built once: rebuilding them per instance cost more than the SQL itself.
+        self._select_known = select(Instance.sop_instance_uid).where(
+            Instance.sop_instance_uid.in_(bindparam("uids", expanding=True)))
+        reopen = Series.state != SeriesState.RECEIVING
+        # One atomic statement: a series already completed reopens as a new version, so a late
+        # instance is never merged silently into a result that was already queued.
+        self._touch_series = update(Series).where(Series.id == bindparam("sid")).values(
+            version=case((reopen, Series.version + 1), else_=Series.version),
+            reason=case((reopen, "reopened: instances arrived after completion"),
+                        else_=Series.reason),
+            state=SeriesState.RECEIVING,
+            instance_count=Series.instance_count + bindparam("n"),
+            last_received_at=bindparam("now"), updated_at=bindparam("now"),
+        ).returning(Series.version)
+        self._insert_instances = insert(Instance.__table__)
+        self._thread = threading.Thread(target=self._run, name="dicomnode-recorder", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: Record) -> bool:
+        """Queue a row and wait until it is committed; True if new, False if already recorded."""
+        if not self._thread.is_alive():
+            raise RuntimeError("recorder stopped")
+        self._queue.put(record)
+        return record.result.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    # -- writer thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._flush(batch)
+            if stop:
+                return
+
+    def _flush(self, batch: list[Record]) -> None:
+        try:
+            if self.fsync_dir is not None:
+                for folder in {r.folder for r in batch}:
+                    self.fsync_dir(folder)
+            try:
+                with self.engine.begin() as conn:
+                    outcomes = self._write(conn, batch)
+            except IntegrityError:
+                # The same new instance arrived on two associations at once: check every row.
+                self._forget()
+                for r in batch:
+                    r.maybe_known = True
+                with self.engine.begin() as conn:
+                    outcomes = self._write(conn, batch)
+        except Exception as exc:  # noqa: BLE001 - every waiting handler must get the error
+            self._forget()
+            log.exception("recording %d instances failed", len(batch))
+            for r in batch:
+                r.result.set_exception(exc)
+            return
+        for r, new in zip(batch, outcomes, strict=True):
+            r.result.set_result(new)
+
+    def _forget(self) -> None:
+        """Drop cached ids: after a rollback they may name rows that were never committed."""
+        self._study_ids.clear()
+        self._series_ids.clear()
+        self._versions.clear()
+
+    def _write(self, conn: Connection, batch: list[Record]) -> list[bool]:
+        now = utcnow()
+        maybe = [r.sop_uid for r in batch if r.maybe_known]
+        existing = set(conn.scalars(self._select_known, {"uids": maybe})) if maybe else set()
+        fresh: dict[str, Record] = {}
+        for r in batch:
+            if r.sop_uid not in existing and r.sop_uid not in fresh:
+                fresh[r.sop_uid] = r
+        by_series: dict[str, list[Record]] = {}
+        for r in fresh.values():
+            by_series.setdefault(r.series_uid, []).append(r)
+        rows = []
+        for series_uid, records in by_series.items():
+            series_id = self._series_id(conn, records[0], now)
+            version = conn.execute(self._touch_series,
+                                   {"sid": series_id, "n": len(records), "now": now}).scalar_one()
+            if version != self._versions.setdefault(series_uid, version):
+                self._versions[series_uid] = version
+                log.warning("late instances reopen the series as version %d", version,
+                            extra={"series_uid": series_uid})
+            for r in records:
+                number = r.geometry.get("instance_number")
+                rows.append({"sop_instance_uid": r.sop_uid, "series_id": series_id,
+                             "sop_class_uid": r.sop_class_uid,
+                             "transfer_syntax_uid": r.transfer_syntax, "path": r.rel_path,
+                             "size_bytes": r.size_bytes, "sha256": r.sha256,
+                             "instance_number": int(number) if number is not None else None,
+                             "geometry": r.geometry, "received_at": now,
+                             "series_version": version})
+        if rows:
+            conn.execute(self._insert_instances, rows)
+        return [r.sop_uid in fresh and fresh[r.sop_uid] is r for r in batch]
+
+    def _study_id(self, conn: Connection, r: Record, now: Any) -> int:
+        sid = self._study_ids.get(r.study_uid)
+        if sid is None:
+            _insert_ignore(conn, Study.__table__, [{
+                "study_instance_uid": r.study_uid, "patient_id": r.patient_id,
+                "accession_number": r.accession_number, "created_at": now}],
+                "study_instance_uid")
+            sid = conn.scalar(select(Study.id).where(Study.study_instance_uid == r.study_uid))
+            self._study_ids[r.study_uid] = sid
+        return sid
+
+    def _series_id(self, conn: Connection, r: Record, now: Any) -> int:
+        sid = self._series_ids.get(r.series_uid)
+        if sid is None:
+            _insert_ignore(conn, Series.__table__, [{
+                "series_instance_uid": r.series_uid, "study_id": self._study_id(conn, r, now),
+                "state": SeriesState.RECEIVING, "reason": "", "version": 1,
+                "instance_count": 0, "attributes": r.series_attrs, "geometry": {},
+                "first_received_at": now, "last_received_at": now, "updated_at": now}],
+                "series_instance_uid")
+            sid = conn.scalar(select(Series.id).where(Series.series_instance_uid == r.series_uid))
+            self._series_ids[r.series_uid] = sid
+        return sid

@@ -1,0 +1,40 @@
+"""Scheduled tasks: retention deletes old received images of finished series only."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from sqlalchemy import func, select, update
+
+from dicomnode.db.models import Instance, Series, utcnow
+from dicomnode.db.session import make_sessions
+from dicomnode.jobs.tasks import retention
+from dicomnode.receive.storage import InstanceStore
+from tests.conftest import make_series
+from tests.unit.test_storage import put
+
+
+def test_retention_removes_only_old_finished_series(tmp_path: Path, ct_template: Dataset) -> None:
+    store = InstanceStore(tmp_path / "s", make_sessions(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    old, recent, busy = (make_series(ct_template, 2) for _ in range(3))
+    for ds in old + recent + busy:
+        put(store, ds)
+    long_ago = utcnow() - timedelta(days=40)
+    with store.sessions.begin() as s:
+        s.execute(update(Series).values(state="done"))
+        s.execute(update(Series).where(Series.series_instance_uid.in_(
+            [old[0].SeriesInstanceUID, busy[0].SeriesInstanceUID])).values(
+            last_received_at=long_ago))
+        s.execute(update(Series).where(Series.series_instance_uid == busy[0].SeriesInstanceUID)
+                  .values(state="processing"))
+    assert retention(store.sessions, store.root, 0) == 0  # 0 keeps everything
+    assert retention(store.sessions, store.root, 30) == 2
+    assert not (store.root / old[0].StudyInstanceUID / old[0].SeriesInstanceUID).exists()
+    assert (store.root / busy[0].StudyInstanceUID / busy[0].SeriesInstanceUID).is_dir()
+    with store.sessions() as s:
+        assert s.scalar(select(func.count(Instance.id))) == 4
+        row = s.scalar(select(Series).where(
+            Series.series_instance_uid == old[0].SeriesInstanceUID))
+        assert row.instance_count == 0 and "deleted after 30 days" in row.reason
