@@ -55,7 +55,8 @@ from _common import (  # noqa: E402 - bench/ is not a package
     wait_for_port,
 )
 
-TEMPLATE = Path("/work/shared/data/ge-head-ct-tilt/01.dcm")
+# ../shared sits next to the repository (as in CI).
+TEMPLATE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ge-head-ct-tilt" / "01.dcm"
 CALLED_AET = "DICOMNODE"
 CALLING_AET = "BENCHSCU"
 NODELAY = {"TCP_NODELAY": "1"}
@@ -110,22 +111,26 @@ def _verify_files(pattern: str) -> Callable[[Path, int], None]:
     return verify
 
 
-def _node_config(folder: Path, fsync: bool) -> Path:
+def _node_config(folder: Path, fsync: bool, processes: int = 1) -> Path:
     cfg = folder.parent / f"{folder.name}.toml"
     cfg.write_text(
-        "[node]\nbind_address = \"127.0.0.1\"\n"
+        f"[node]\nbind_address = \"127.0.0.1\"\nreceiver_processes = {processes}\n"
         f"[storage]\nfsync = {'true' if fsync else 'false'}\n"
         f"[database]\nsqlite_synchronous = \"{'FULL' if fsync else 'NORMAL'}\"\n",
         encoding="utf-8")
     return cfg
 
 
-def _start_node(fsync: bool) -> Callable[[Path, int, int], subprocess.Popen]:
+def _start_node(fsync: bool, processes: int = 1) -> Callable[[Path, int, int], subprocess.Popen]:
     def start(folder: Path, port: int, _assocs: int) -> subprocess.Popen:
         folder.mkdir(parents=True)
-        cmd = [str(VENV_BIN / "dicomnode"), "serve", "--config", str(_node_config(folder, fsync)),
+        config = _node_config(folder, fsync, processes)
+        cmd = [str(VENV_BIN / "dicomnode"), "serve", "--config", str(config),
                "--storage", str(folder), "--port", str(port), "--settle-s", "2"]
-        return spawn(cmd, log_path=folder.parent / f"{folder.name}.log", cwd=folder.parent)
+        proc = spawn(cmd, log_path=folder.parent / f"{folder.name}.log", cwd=folder.parent)
+        if processes > 1:
+            time.sleep(2.0)  # the extra receiving processes bind after the first one listens
+        return proc
     return start
 
 
@@ -172,6 +177,8 @@ RECEIVERS = {
                      "fsync file+dir, SQLite FULL"),
     "node-nofsync": Receiver("node", _start_node(False), _verify_node,
                              "fsync off, SQLite NORMAL"),
+    "node-2proc": Receiver("node, 2 receiving processes", _start_node(True, 2), _verify_node,
+                           "fsync file+dir, SQLite FULL"),
 }
 
 
@@ -277,39 +284,43 @@ def stage_timers(timer: StageTimer) -> Iterator[None]:
 
     import pynetdicom.events as events
     from sqlalchemy.engine.default import DefaultDialect
-    from sqlalchemy.orm.session import SessionTransaction
 
     import dicomnode.receive.handlers as handlers
+    import dicomnode.receive.recorder as recorder
     import dicomnode.receive.storage as storage
 
     ds_prop = events.Event.dataset
     fake_hashlib = types.SimpleNamespace(
-        sha256=timer.wrap("sha256(encoded)", hashlib.sha256))
+        sha256=timer.wrap("  sha256", hashlib.sha256))
     real_fsync = os.fsync
     with contextlib.ExitStack() as stack:
         e = stack.enter_context
         e(patched(handlers, "handle_store", timer.wrap("handler total", handlers.handle_store)))
+        e(patched(handlers, "_file_parts", timer.wrap("  file meta + buffer", handlers._file_parts)))
         e(patched(events.Event, "dataset",
-                  property(timer.wrap("event.dataset (pydicom decode)", ds_prop.fget))))
-        e(patched(events.Event, "encoded_dataset",
-                  timer.wrap("event.encoded_dataset()", events.Event.encoded_dataset)))
+                  property(timer.wrap("  event.dataset (pydicom decode)", ds_prop.fget))))
         e(patched(storage.InstanceStore, "store",
-                  timer.wrap("store.store total", storage.InstanceStore.store)))
+                  timer.wrap("  store.store total", storage.InstanceStore.store)))
         e(patched(storage.InstanceStore, "_check_disk",
-                  timer.wrap("  _check_disk (statvfs)", storage.InstanceStore._check_disk)))
-        e(patched(storage, "check_image", timer.wrap("  check_image", storage.check_image)))
-        e(patched(storage, "read_header", timer.wrap("  read_header", storage.read_header)))
+                  timer.wrap("    _check_disk (statvfs, cached)", storage.InstanceStore._check_disk)))
+        e(patched(storage, "check_image", timer.wrap("    check_image", storage.check_image)))
+        e(patched(storage, "read_header", timer.wrap("    read_header", storage.read_header)))
         e(patched(storage, "hashlib", fake_hashlib))
-        e(patched(storage.InstanceStore, "_write",
-                  timer.wrap("  _write (file+rename+dir)", storage.InstanceStore._write)))
-        e(patched(storage, "fsync_dir", timer.wrap("    fsync_dir", storage.fsync_dir)))
+        e(patched(storage.InstanceStore, "_write_tmp",
+                  timer.wrap("    _write_tmp (write+fsync, pool thread)",
+                             storage.InstanceStore._write_tmp)))
+        e(patched(storage.InstanceStore, "_place",
+                  timer.wrap("    _place (wait write, rename)", storage.InstanceStore._place)))
+        e(patched(recorder.Recorder, "submit",
+                  timer.wrap("    recorder.submit (wait for commit)", recorder.Recorder.submit)))
+        e(patched(recorder.Recorder, "_transaction",
+                  timer.wrap("      writer transaction (per batch)",
+                             recorder.Recorder._transaction)))
+        e(patched(recorder.Recorder, "_write",
+                  timer.wrap("      writer SQL statements", recorder.Recorder._write)))
         e(patched(os, "fsync", timer.wrap("    os.fsync (all: file+dir)", real_fsync)))
-        e(patched(storage.InstanceStore, "_record",
-                  timer.wrap("  _record (ORM selects+flush)", storage.InstanceStore._record)))
-        e(patched(SessionTransaction, "commit",
-                  timer.wrap("  transaction commit (flush+COMMIT)", SessionTransaction.commit)))
         e(patched(DefaultDialect, "do_commit",
-                  timer.wrap("    sqlite COMMIT (WAL fsync)", DefaultDialect.do_commit)))
+                  timer.wrap("      sqlite COMMIT (WAL fsync)", DefaultDialect.do_commit)))
         yield
 
 

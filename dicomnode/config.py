@@ -30,6 +30,7 @@ class NodeSettings:
     bind_address: str = "127.0.0.1"
     port: int = 11112
     max_associations: int = 10
+    receiver_processes: int = 1
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
@@ -271,6 +272,7 @@ class _Validator:
             bind_address=self._str(t, "node", "bind_address", d.node.bind_address),
             port=self._int(t, "node", "port", d.node.port, 0, 65535),
             max_associations=self._int(t, "node", "max_associations", 10, 1, 1000),
+            receiver_processes=self._int(t, "node", "receiver_processes", 1, 1, 64),
             acse_timeout_s=self._num(t, "node", "acse_timeout_s", 30.0, 1, 3600),
             dimse_timeout_s=self._num(t, "node", "dimse_timeout_s", 60.0, 1, 3600),
             network_timeout_s=self._num(t, "node", "network_timeout_s", 60.0, 1, 3600),

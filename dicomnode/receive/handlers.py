@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
@@ -42,18 +43,20 @@ def handle_store(event: Event, store: InstanceStore) -> int:
     request = event.request
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
     try:
-        try:
+        series_uid = ""
+
+        def decode() -> Dataset:
+            nonlocal series_uid
             ds = event.dataset
             ds.file_meta = event.file_meta
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
-            raise InstanceRejected(status.CANNOT_UNDERSTAND,
-                                   f"dataset cannot be decoded: {type(exc).__name__}: {exc}") from exc
-        series_uid = str(ds.get("SeriesInstanceUID", ""))[:64]
+            series_uid = str(ds.get("SeriesInstanceUID", ""))[:64]
+            return ds
+
+        outcome = store.store(_file_parts(event), decode,
+                              sop_class_uid=str(request.AffectedSOPClassUID),
+                              sop_instance_uid=sop_instance_uid,
+                              transfer_syntax=str(event.context.transfer_syntax))
         with log_context(series_uid=series_uid):
-            outcome = store.store(_file_parts(event), ds,
-                                  sop_class_uid=str(request.AffectedSOPClassUID),
-                                  sop_instance_uid=sop_instance_uid,
-                                  transfer_syntax=str(event.context.transfer_syntax))
             log.debug("C-STORE %s from %s: %s", sop_instance_uid, calling_ae, outcome.action)
         return status.SUCCESS
     except InstanceRejected as exc:

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,7 @@ class Recorder:
             last_received_at=bindparam("now"), updated_at=bindparam("now"),
         ).returning(Series.version)
         self._insert_instances = insert(Instance.__table__)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dicomnode-dirsync")
         self._thread = threading.Thread(target=self._run, name="dicomnode-recorder", daemon=True)
         self._thread.start()
 
@@ -100,6 +101,7 @@ class Recorder:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
+        self._pool.shutdown(wait=True)
 
     # -- writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -124,19 +126,14 @@ class Recorder:
 
     def _flush(self, batch: list[Record]) -> None:
         try:
-            if self.fsync_dir is not None:
-                for folder in {r.folder for r in batch}:
-                    self.fsync_dir(folder)
             try:
-                with self.engine.begin() as conn:
-                    outcomes = self._write(conn, batch)
+                outcomes = self._transaction(batch)
             except IntegrityError:
                 # The same new instance arrived on two associations at once: check every row.
                 self._forget()
                 for r in batch:
                     r.maybe_known = True
-                with self.engine.begin() as conn:
-                    outcomes = self._write(conn, batch)
+                outcomes = self._transaction(batch)
         except Exception as exc:  # noqa: BLE001 - every waiting handler must get the error
             self._forget()
             log.exception("recording %d instances failed", len(batch))
@@ -145,6 +142,17 @@ class Recorder:
             return
         for r, new in zip(batch, outcomes, strict=True):
             r.result.set_result(new)
+
+    def _transaction(self, batch: list[Record]) -> list[bool]:
+        """Folder fsyncs run while the statements execute; both finish before COMMIT."""
+        syncs = []
+        if self.fsync_dir is not None:
+            syncs = [self._pool.submit(self.fsync_dir, f) for f in {r.folder for r in batch}]
+        with self.engine.begin() as conn:
+            outcomes = self._write(conn, batch)
+            for done in syncs:
+                done.result()
+        return outcomes
 
     def _forget(self) -> None:
         """Drop cached ids: after a rollback they may name rows that were never committed."""

@@ -7,8 +7,9 @@ never sees a refused context; what we do not process is acknowledged and counted
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
-from typing import Any
+import threading
 
 from pydicom import uid
 from pynetdicom import AE, AllStoragePresentationContexts, _config
@@ -51,7 +52,8 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = node.acse_timeout_s
     ae.dimse_timeout = node.dimse_timeout_s
     ae.network_timeout = node.network_timeout_s
-    ae.maximum_associations = node.max_associations
+    # The limit is shared out between receiving processes (each enforces its own part).
+    ae.maximum_associations = max(1, -(-node.max_associations // node.receiver_processes))
     ae.maximum_pdu_size = node.maximum_pdu_bytes
     ae.require_called_aet = settings.access.require_called_aet
     ae.require_calling_aet = list(settings.access.allowed_calling_aets)
@@ -76,16 +78,29 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def start_scp(settings: Settings, store: InstanceStore,
-              sessions: SessionFactory) -> ThreadedAssociationServer:
-    """Start listening in background threads; returns the server (``server_address`` has the port)."""
+class _SharedPortServer(ThreadedAssociationServer):
+    """Binds with SO_REUSEPORT so several receiving processes share one port."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def start_scp(settings: Settings, store: InstanceStore, sessions: SessionFactory, *,
+              reuse_port: bool = False) -> ThreadedAssociationServer:
+    """Start listening in background threads; returns the server (``server_address`` has the port).
+
+    With ``reuse_port`` the kernel spreads new associations over every process bound to the port.
+    """
     ae = build_ae(settings)
-    kwargs: dict[str, Any] = {"block": False,
-                              "evt_handlers": bindings(store, settings.access, sessions)}
     ctx = tls_context(settings)
-    if ctx is not None:
-        kwargs["ssl_context"] = ctx
-    server = ae.start_server((settings.node.bind_address, settings.node.port), **kwargs)
+    server = ae.make_server(
+        (settings.node.bind_address, settings.node.port),
+        evt_handlers=bindings(store, settings.access, sessions),
+        ssl_context=ctx,
+        server_class=_SharedPortServer if reuse_port else ThreadedAssociationServer)
+    threading.Thread(target=server.serve_forever, name="dicomnode-scp", daemon=True).start()
+    ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it
     host, port = server.server_address[:2]
     log.info("listening as %s on %s:%d%s", settings.node.ae_title, host, port,
              " (TLS)" if ctx else "")

@@ -7,13 +7,15 @@ Side effects: creates folders, reopens a completed series when a late instance a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,24 +70,50 @@ class InstanceStore:
         self.fsync = fsync
         self.tmp = self.root / TMP_DIR
         self.tmp.mkdir(parents=True, exist_ok=True)
+        # Writes files while the handler thread decodes and checks the data set.
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dicomnode-write")
         self.recorder = Recorder(sessions.kw["bind"], fsync_dir=fsync_dir if fsync else None)
         self._disk_checked_at = -1.0
         self._disk_ok = True
 
     def close(self) -> None:
-        """Stop the writer thread (after the SCP has stopped)."""
+        """Stop the writer threads (after the SCP has stopped)."""
         self.recorder.close()
+        self._pool.shutdown(wait=True)
 
     # -- public -------------------------------------------------------------------------
-    def store(self, encoded: bytes | Sequence[bytes | memoryview], ds: Dataset, *,
-              sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> StoreOutcome:
+    def store(self, encoded: bytes | Sequence[bytes | memoryview], ds: Dataset | Callable[[], Dataset],
+              *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> StoreOutcome:
         """Validate, write durably and record one instance. Raises InstanceRejected.
 
         ``encoded`` is the file as bytes, or its parts (preamble and meta, then the data set)
-        so the received buffer is written without another copy.
+        so the received buffer is written without another copy. ``ds`` may be a callable that
+        decodes the data set: the file is then written and fsynced while it is decoded and
+        checked (the fsync waits on the disk, not on the interpreter).
         """
         parts = [encoded] if isinstance(encoded, bytes | bytearray | memoryview) else encoded
         self._check_disk()
+        keep = sop_class_uid in STORED_CLASSES or self.keep_non_ct
+        pending = self._pool.submit(self._write_tmp, parts) if keep else None
+        try:
+            outcome = self._store(parts, ds, pending, sop_class_uid, sop_instance_uid,
+                                  transfer_syntax)
+        finally:
+            if pending is not None:
+                # Whatever was not renamed into place is removed (rejected or duplicate).
+                with contextlib.suppress(InstanceRejected, OSError):
+                    pending.result()[0].unlink(missing_ok=True)
+        return outcome
+
+    def _store(self, parts: Sequence[bytes | memoryview], ds: Dataset | Callable[[], Dataset],
+               pending: Future[tuple[Path, str]] | None, sop_class_uid: str,
+               sop_instance_uid: str, transfer_syntax: str) -> StoreOutcome:
+        if callable(ds):
+            try:
+                ds = ds()
+            except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
+                raise InstanceRejected(status.CANNOT_UNDERSTAND, f"dataset cannot be decoded: "
+                                       f"{type(exc).__name__}: {exc}") from exc
         ds_class = str(ds.get("SOPClassUID", ""))
         ds_instance = str(ds.get("SOPInstanceUID", ""))
         if ds_class and ds_class != sop_class_uid:
@@ -95,14 +123,14 @@ class InstanceStore:
             raise InstanceRejected(status.CANNOT_UNDERSTAND,
                                    "SOP Instance UID in dataset differs from request")
         sop_uid = check_uid(sop_instance_uid, "SOPInstanceUID")
-        if sop_class_uid not in STORED_CLASSES and not self.keep_non_ct:
+        if pending is None:
             self._count_discarded(sop_class_uid)
             return StoreOutcome("discarded")
         study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
         series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         if sop_class_uid not in STORED_CLASSES:
             rel = Path(OTHER_DIR) / study_uid / series_uid / f"{sop_uid}.dcm"
-            self._write(parts, rel)
+            self._place(pending, rel)
             if self.fsync:
                 fsync_dir((self.root / rel).parent)
             self._count_discarded(sop_class_uid)
@@ -115,7 +143,7 @@ class InstanceStore:
         if existed and self._known(sop_uid):
             # Like Orthanc's default: the first copy of an instance wins; a re-send is a no-op.
             return StoreOutcome("duplicate", series_uid, final)
-        digest = self._write(parts, rel)
+        digest = self._place(pending, rel)
         new = self.recorder.submit(Record(
             study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
             sop_class_uid=sop_class_uid, transfer_syntax=transfer_syntax,
@@ -173,13 +201,8 @@ class InstanceStore:
             return session.scalar(select(Instance.id).where(
                 Instance.sop_instance_uid == sop_uid)) is not None
 
-    def _write(self, parts: Sequence[bytes | bytearray | memoryview], rel: Path) -> str:
-        """Temporary file, fsync, rename into place; returns the SHA-256 of the content.
-
-        The folder fsync that makes the rename durable is done by the recorder, once per batch,
-        before the rows are committed.
-        """
-        final = self.root / rel
+    def _write_tmp(self, parts: Sequence[bytes | bytearray | memoryview]) -> tuple[Path, str]:
+        """Write and fsync a temporary file; returns its path and the SHA-256 of the content."""
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
         digest = hashlib.sha256()
         try:
@@ -190,12 +213,25 @@ class InstanceStore:
                 fh.flush()
                 if self.fsync:
                     os.fsync(fh.fileno())
-            self._make_dirs(final.parent)
-            os.replace(tmp, final)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise InstanceRejected(status.OUT_OF_RESOURCES, f"cannot write instance: {exc}") from exc
-        return digest.hexdigest()
+        return tmp, digest.hexdigest()
+
+    def _place(self, pending: Future[tuple[Path, str]], rel: Path) -> str:
+        """Rename the fsynced temporary file into place; returns its SHA-256.
+
+        The folder fsync that makes the rename durable is done by the recorder, once per batch,
+        before the rows are committed (or by the caller for files without rows).
+        """
+        tmp, digest = pending.result()
+        final = self.root / rel
+        try:
+            self._make_dirs(final.parent)
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise InstanceRejected(status.OUT_OF_RESOURCES, f"cannot write instance: {exc}") from exc
+        return digest
 
     def _make_dirs(self, folder: Path) -> None:
         if folder.is_dir():

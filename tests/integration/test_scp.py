@@ -7,6 +7,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -223,3 +224,21 @@ def test_enhanced_ct_is_stored_and_assembled_by_frames(node: Node, ct_template: 
     with node.sessions() as s:
         g = s.scalar(select(Series.geometry))
     assert g["n_frames"] == 12 and g["instances"] == 1 and g["spacing_mm"]["median"] == 5.0
+
+
+def test_several_receiving_processes_share_the_port(tmp_path: Path, ct_template: Dataset) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    node = Node(make_settings(tmp_path, **{"node.receiver_processes": 2})).start()
+    try:
+        assert len(node.receivers) == 1 and node.receivers[0].poll() is None
+        batches = [make_series(ct_template, 3) for _ in range(8)]
+        time.sleep(1.0)  # let the child import and bind
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda b: store(node, b), batches))
+        assert results == [[0, 0, 0]] * 8
+        with node.sessions() as s:
+            assert s.scalar(select(func.count(Instance.id))) == 24
+    finally:
+        node.stop()
+    assert node.receivers[0].poll() is not None

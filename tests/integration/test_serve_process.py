@@ -27,13 +27,14 @@ from tests.conftest import EMPTY_CONFIG, GE_DIR, free_port, make_series, require
 class ServeProcess:
     """Runs ``dicomnode serve`` on a free port; stop() sends SIGTERM, kill() SIGKILL."""
 
-    def __init__(self, storage: Path, port: int, settle_s: float = 1.0) -> None:
+    def __init__(self, storage: Path, port: int, settle_s: float = 1.0,
+                 config: Path = EMPTY_CONFIG) -> None:
         self.storage, self.port = storage, port
         self.log = storage.parent / f"serve-{port}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(EMPTY_CONFIG),
+                [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(config),
                  "--storage", str(storage), "--port", str(port), "--settle-s", str(settle_s)],
                 stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -155,3 +156,38 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path,
         assert rows_status[0]["instances"] == len(series)
     finally:
         node.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_receiver_children_die_with_a_killed_parent(tmp_path: Path) -> None:
+    config = tmp_path / "two.toml"
+    config.write_text("[node]\nreceiver_processes = 3\n")
+    node = ServeProcess(tmp_path / "storage", free_port(), config=config)
+    deadline = time.monotonic() + 20
+    while len(_children(node.proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    children = _children(node.proc.pid)
+    assert len(children) == 2
+    node.kill()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{c}").exists() and "Z" not in _state(c) for c in children):
+        assert time.monotonic() < deadline, "receiver children outlived their parent"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

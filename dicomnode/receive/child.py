@@ -1,0 +1,42 @@
+"""An extra receiving process: the same SCP and durable store on the same port (SO_REUSEPORT).
+
+Started by ``Node`` when ``[node] receiver_processes`` > 1, so several associations use several
+cores. It runs no scheduled jobs (the parent does) and dies with its parent.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from dicomnode.config import Settings
+from dicomnode.db.session import make_sessions
+from dicomnode.logs import setup_logging
+from dicomnode.procs import read_payload
+from dicomnode.receive.scp import start_scp
+from dicomnode.receive.storage import InstanceStore
+
+log = logging.getLogger(__name__)
+
+
+def main() -> int:
+    settings: Settings = read_payload()
+    setup_logging(settings.logging.level)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    sessions = make_sessions(settings.database_url,
+                             sqlite_synchronous=settings.database.sqlite_synchronous)
+    store = InstanceStore(settings.storage.path, sessions,
+                          min_free_disk_mb=settings.storage.min_free_disk_mb,
+                          keep_non_ct=settings.storage.keep_non_ct, fsync=settings.storage.fsync)
+    server = start_scp(settings, store, sessions, reuse_port=True)
+    stopped.wait()
+    server.shutdown()
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
