@@ -1,9 +1,21 @@
-"""Small frozen types passed between stages."""
+"""Small frozen types passed between stages.
+
+Label values are the same in every stage and backend (see ``LABELS``); a backend with other
+values maps them on the way out.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+# Canonical label values of every label map dicomnode produces.
+BACKGROUND, ICH, IVH, OEDEMA, EXTRA_AXIAL = 0, 1, 2, 3, 4
+LABELS: Mapping[int, str] = {ICH: "ICH", IVH: "IVH", OEDEMA: "oedema", EXTRA_AXIAL: "extra-axial"}
 
 
 @dataclass(frozen=True)
@@ -15,3 +27,67 @@ class SeriesRef:
     study_instance_uid: str
     version: int
     instance_paths: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class SourceSlice:
+    """One source image plane: the instance (and frame, for multi-frame) it came from."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    position_mm: tuple[float, float, float]  # Image Position (Patient), LPS
+    frame_number: int | None = None  # 1-based, multi-frame instances only
+
+
+@dataclass(frozen=True)
+class CTVolume:
+    """A CT series as a volume in HU.
+
+    ``image`` is a float32 SimpleITK image on a regular grid (LPS, mm). When the source is
+    tilted or unevenly spaced it was resampled (``resampled`` is True) and the source planes
+    are in ``slices`` (sorted along the slice normal), so results can go back to them.
+    """
+
+    series_instance_uid: str
+    study_instance_uid: str
+    image: sitk.Image
+    slices: tuple[SourceSlice, ...]
+    orientation: tuple[float, float, float, float, float, float]  # source row, column cosines
+    pixel_spacing_mm: tuple[float, float]  # source (row spacing, column spacing)
+    rows: int
+    columns: int
+    resampled: bool = False
+    warnings: tuple[str, ...] = ()
+    header: Mapping[str, Any] = field(default_factory=dict)  # age, sex, accession, ...
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel spacing of ``image`` (x, y, z)."""
+        return tuple(self.image.GetSpacing())  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Labels (uint8 SimpleITK image, canonical values) on the grid of ``CTVolume.image``."""
+
+    image: sitk.Image
+    backend: str
+    model: str
+    model_version: str
+    labels: Mapping[int, str] = field(default_factory=lambda: dict(LABELS))
+    synthetic_training: bool = False  # the model was fit on synthetic data only
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """Quantities measured from a label map and its volume (see dicomnode.measure)."""
+
+    ich_volume_ml: float
+    ivh_volume_ml: float
+    abc2_volume_ml: float
+    largest_area_slice: int | None  # index into CTVolume.image z, None without ICH
+    cortical_involvement: bool
+    site: str  # "lobar", "deep", "infratentorial" or "none"
+    markers: Mapping[str, Any] = field(default_factory=dict)
+    extra_axial_volume_ml: float = 0.0
+    oedema_volume_ml: float = 0.0

@@ -1,0 +1,1 @@
+"""Load stage: stored instances -> a CT volume in HU with exact geometry."""

@@ -1,0 +1,1 @@
+"""Measure stage: volumes, ABC/2, cortical involvement, site, density and shape markers."""

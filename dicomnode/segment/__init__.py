@@ -1,0 +1,1 @@
+"""Segment stage: backends behind one interface (unet, blast_ct, nnunet, threshold)."""

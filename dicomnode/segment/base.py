@@ -1,0 +1,34 @@
+"""The segmentation interface every backend implements, and device selection.
+
+Inputs: a :class:`~dicomnode.domain.CTVolume`. Outputs: a :class:`~dicomnode.domain.LabelMap` on
+the grid of ``volume.image`` with canonical label values (``dicomnode.domain.LABELS``).
+A backend loads its model once, in its constructor, and keeps it for every call.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from dicomnode.domain import CTVolume, LabelMap
+
+
+class SegmentationBackend(Protocol):
+    """``segment(volume) -> LabelMap``; ``name`` is the backend's config name."""
+
+    name: str
+
+    def segment(self, volume: CTVolume) -> LabelMap:  # pragma: no cover - protocol
+        ...
+
+
+def select_device(preference: str = "auto"):  # type: ignore[no-untyped-def]
+    """``cuda`` when present (or asked for), else ``cpu`` with one thread per core."""
+    import torch
+
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device {preference!r}: expected auto, cpu or cuda")
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    return torch.device("cpu")
