@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from dicomnode import __version__
 from dicomnode.config import Settings, load_settings, parse_peer
@@ -99,6 +100,68 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if report.failed == 0 and report.sent > 0 else 1
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dicomnode.pipeline import make_context
+    from dicomnode.runner import run
+
+    settings = load_settings(args.config)
+    setup_logging(settings.logging.level)
+    if args.backend:
+        from dataclasses import replace
+
+        settings = replace(settings, segmentation=replace(settings.segmentation,
+                                                          backend=args.backend))
+    records = run(Path(args.input_dir), Path(args.out), settings, make_context)
+    table = Table(title=f"dicomnode run: {len(records)} series -> {args.out}")
+    for col in ("series", "status", "ICH mL", "IVH mL", "ABC/2 mL", "site", "cortical",
+                "backend", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        table.add_row("…" + r["series_instance_uid"][-16:], r["status"],
+                      f"{r['ich_volume_ml']:.1f}", f"{r['ivh_volume_ml']:.1f}",
+                      f"{r['abc2_volume_ml']:.1f}", r["site"],
+                      "yes" if r["cortical_involvement"] else "no", r["backend"], r["reason"])
+    Console().print(table)
+    return 0 if records else 1
+
+
+def cmd_train_segmentation(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from dicomnode.segment.train import TrainConfig, synth_cases, train
+
+    setup_logging("INFO")
+    folders = [p for d in args.data for p in sorted(Path(d).iterdir())
+               if (p / "labels.nii.gz").is_file()]
+    description = f"{len(folders)} labelled cases from {', '.join(args.data)}" if folders else ""
+    synthetic = not folders
+    with Progress() as progress:
+        if args.synth:
+            task = progress.add_task("synthetic phantoms", total=args.synth)
+            made = synth_cases(Path(args.synth_dir), args.synth, matrix=args.synth_matrix,
+                               progress=lambda i: progress.update(task, completed=i))
+            folders += made
+            description = "; ".join(filter(None, [
+                description, f"{len(made)} synthetic phantoms (dicomnode.synth, matrix "
+                f"{args.synth_matrix}, seeds from 1000)"]))
+        if not folders:
+            raise ValueError("no training cases: give --data folders with labels.nii.gz "
+                             "or --synth N")
+        cfg = TrainConfig(epochs=args.epochs, iterations_per_epoch=args.iterations,
+                          batch_size=args.batch_size, device=args.device,
+                          filters=tuple(int(f) for f in args.filters.split(",")))
+        task = progress.add_task("training", total=cfg.epochs)
+        path = train(folders, Path(args.out), cfg, data_description=description,
+                     synthetic=synthetic,
+                     progress=lambda e, _n, m: progress.update(
+                         task, completed=e, description=f"training {m}"))
+    print(f"model bundle written: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
@@ -124,6 +187,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="AET@HOST:PORT")
     p.add_argument("--calling-aet", default="DICOMNODE")
     p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("run", help="analyse DICOM files offline: dicomnode run IN --out OUT")
+    p.add_argument("input_dir", metavar="INPUT_DIR")
+    p.add_argument("--out", required=True, metavar="OUT_DIR")
+    p.add_argument("--config", metavar="F")
+    p.add_argument("--backend", choices=("unet", "blast_ct", "nnunet", "threshold"),
+                   help="override [segmentation] backend")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="train models")
+    train_sub = p.add_subparsers(dest="what", required=True)
+    t = train_sub.add_parser("segmentation", help="train the unet segmentation bundle")
+    t.add_argument("--data", action="append", default=[], metavar="DIR",
+                   help="folder of cases (each with labels.nii.gz and image.nii.gz or dicom/)")
+    t.add_argument("--synth", type=int, default=0, metavar="N",
+                   help="also make N synthetic phantoms to train on")
+    t.add_argument("--synth-dir", default="var/train-synth", metavar="DIR")
+    t.add_argument("--synth-matrix", type=int, default=160)
+    t.add_argument("--out", default="models/ich-unet-synth", metavar="DIR")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--iterations", type=int, default=40, help="iterations per epoch")
+    t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--filters", default="16,32,64,128")
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.set_defaults(func=cmd_train_segmentation)
 
     try:
         from dicomnode.synth.cli import register as register_synth

@@ -93,6 +93,18 @@ class EligibilitySettings:
 
 
 @dataclass(frozen=True)
+class SegmentationSettings:
+    backend: str = "unet"
+    unet_model: Path = Path("models/ich-unet-synth")
+    unet_mirror: bool = False
+    blast_ct_model: Path = Path("../shared/models/blast-ct-v1")
+    blast_ct_ensemble_size: int = 12
+    nnunet_model: Path | None = None
+    nnunet_folds: tuple[int, ...] = (0,)
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
 
@@ -119,6 +131,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     assembly: AssemblySettings = field(default_factory=AssemblySettings)
     eligibility: EligibilitySettings = field(default_factory=EligibilitySettings)
+    segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     destinations: tuple[Destination, ...] = ()
 
@@ -261,7 +274,7 @@ class _Validator:
     # -- sections ------------------------------------------------------------------------
     def build(self, raw: Mapping[str, Any], source: Path | None) -> Settings:
         sections = {"node", "access", "tls", "storage", "database", "assembly", "eligibility",
-                    "logging", "destinations"}
+                    "segmentation", "logging", "destinations"}
         for key in sorted(set(raw) - sections):
             self.problems.append(f"unknown section or key {key!r}")
         d = Settings()
@@ -319,6 +332,7 @@ class _Validator:
             sweep_interval_s=self._num(t, "assembly", "sweep_interval_s", 2.0, 0.05, 3600),
         )
         eligibility = self._eligibility(raw, d.eligibility)
+        segmentation = self._segmentation(raw)
         t = self._table(raw, "logging", {"level"})
         logging_ = LoggingSettings(level=self._get(
             t, "logging", "level", "INFO",
@@ -335,7 +349,7 @@ class _Validator:
                 self.problems.append("[tls] require_client_certificate needs ca_certificates")
         return Settings(source=source, node=node, access=access, tls=tls, storage=storage,
                         database=database, assembly=assembly, eligibility=eligibility,
-                        logging=logging_, destinations=self._destinations(raw))
+                        segmentation=segmentation, logging=logging_, destinations=self._destinations(raw))
 
     def _eligibility(self, raw: Mapping[str, Any], d: EligibilitySettings) -> EligibilitySettings:
         t = self._table(raw, "eligibility", set(EligibilitySettings.__dataclass_fields__))
@@ -357,6 +371,32 @@ class _Validator:
             head_extent_mm=self._range(t, s, "head_extent_mm", d.head_extent_mm),
             head_fov_mm=self._range(t, s, "head_fov_mm", d.head_fov_mm),
             bone_kernel_regex=self._regex(t, s, "bone_kernel_regex", d.bone_kernel_regex),
+        )
+
+    def _segmentation(self, raw: Mapping[str, Any]) -> SegmentationSettings:
+        t = self._table(raw, "segmentation", set(SegmentationSettings.__dataclass_fields__))
+        s = "segmentation"
+        d = SegmentationSettings()
+        # Keys left out default to the repository's own folders (models/, ../shared/models/).
+        repo = Path(__file__).resolve().parents[1]
+        backend = self._get(t, s, "backend", d.backend,
+                            lambda x: x in ("unet", "blast_ct", "nnunet", "threshold"),
+                            "unet, blast_ct, nnunet or threshold")
+        folds = self._get(t, s, "nnunet_folds", list(d.nnunet_folds),
+                          lambda x: isinstance(x, list) and all(type(i) is int for i in x),
+                          "a list of fold numbers")
+        return SegmentationSettings(
+            backend=backend,
+            unet_model=(self._path(t, s, "unet_model", None)
+                        or self.resolve(d.unet_model, repo)),
+            unet_mirror=self._bool(t, s, "unet_mirror", False),
+            blast_ct_model=(self._path(t, s, "blast_ct_model", None)
+                            or self.resolve(d.blast_ct_model, repo)),
+            blast_ct_ensemble_size=self._int(t, s, "blast_ct_ensemble_size", 12, 1, 12),
+            nnunet_model=self._path(t, s, "nnunet_model", None),
+            nnunet_folds=tuple(folds),
+            device=self._get(t, s, "device", "auto", lambda x: x in ("auto", "cpu", "cuda"),
+                             "auto, cpu or cuda"),
         )
 
     def _networks(self, values: tuple[str, ...]) -> tuple[str, ...]:

@@ -38,6 +38,7 @@ from dicomnode.receive.recorder import Record, Recorder
 log = logging.getLogger(__name__)
 TMP_DIR = ".tmp"
 OTHER_DIR = "_other"  # kept non-CT instances (keep_non_ct = true), still under storage root
+RESULTS_DIR = "_results"  # what the node produces: never inside a received study's folder
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,152 @@
+"""The product in one screen: load -> segment -> measure (-> predict -> encode -> outbox).
+
+``analyse`` runs the stages on one series' files; ``process_series`` is what the worker runs for
+a claimed job, and the one place that catches a stage's error and records it on the job as
+``Type: message``. Stages never call each other; only this module joins them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dicomnode.config import Settings
+from dicomnode.db.session import SessionFactory
+from dicomnode.domain import CTVolume, LabelMap, Measurements, SeriesRef
+from dicomnode.errors import DicomnodeError
+from dicomnode.jobs.queue import finish
+from dicomnode.load.volume import load_series
+from dicomnode.logs import log_context
+from dicomnode.measure import measure
+from dicomnode.receive.storage import RESULTS_DIR
+from dicomnode.segment.base import SegmentationBackend
+from dicomnode.segment.registry import build_backend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """What every job needs, built once per process (the model stays loaded)."""
+
+    settings: Settings
+    backend: SegmentationBackend
+
+
+def make_context(settings: Settings) -> Context:
+    return Context(settings=settings, backend=build_backend(settings.segmentation))
+
+
+@dataclass(frozen=True)
+class Analysis:
+    volume: CTVolume
+    labels: LabelMap
+    measurements: Measurements
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings_s: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings_s[stage] = round(time.perf_counter() - start, 3)
+
+
+def analyse(paths: Sequence[Path], ctx: Context) -> Analysis:
+    """Load, segment and measure one series."""
+    timer = _Timer()
+    with timer("load"):
+        volume = load_series(paths)
+    with timer("segment"):
+        labels = ctx.backend.segment(volume)
+    with timer("measure"):
+        measurements = measure(volume, labels)
+    return Analysis(volume, labels, measurements, timer.timings_s)
+
+
+def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
+                  status: str = "done", reason: str = "",
+                  timings_s: dict[str, float] | None = None) -> dict[str, Any]:
+    """The ``result.json`` content: numbers are 0.0 when there is no blood, never null."""
+    record: dict[str, Any] = {
+        "series_instance_uid": series_instance_uid, "status": status, "reason": reason,
+        "backend": "", "model": "", "model_version": "", "synthetic_training": False,
+        "ich_volume_ml": 0.0, "ivh_volume_ml": 0.0, "abc2_volume_ml": 0.0,
+        "oedema_volume_ml": 0.0, "extra_axial_volume_ml": 0.0,
+        "cortical_involvement": False, "site": "none", "largest_area_slice": None,
+        "markers": {}, "warnings": [], "timings_s": dict(timings_s or {}),
+    }
+    if analysis is not None:
+        m, lab = analysis.measurements, analysis.labels
+        record.update({
+            "backend": lab.backend, "model": lab.model, "model_version": lab.model_version,
+            "synthetic_training": lab.synthetic_training,
+            "ich_volume_ml": round(float(m.ich_volume_ml), 3),
+            "ivh_volume_ml": round(float(m.ivh_volume_ml), 3),
+            "abc2_volume_ml": round(float(m.abc2_volume_ml), 3),
+            "oedema_volume_ml": round(float(m.oedema_volume_ml), 3),
+            "extra_axial_volume_ml": round(float(m.extra_axial_volume_ml), 3),
+            "cortical_involvement": bool(m.cortical_involvement), "site": m.site,
+            "largest_area_slice": m.largest_area_slice, "markers": dict(m.markers),
+            "warnings": list(analysis.volume.warnings),
+            "resampled": analysis.volume.resampled,
+        })
+        record["timings_s"].update(analysis.timings_s)
+    return record
+
+
+def write_outputs(out_dir: Path, record: dict[str, Any], analysis: Analysis | None) -> None:
+    """``result.json`` and, when analysed, the label map as NIfTI (``labels.nii.gz``)."""
+    import SimpleITK as sitk
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if analysis is not None:
+        sitk.WriteImage(analysis.labels.image, str(out_dir / "labels.nii.gz"), True)
+    tmp = out_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    tmp.replace(out_dir / "result.json")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, set | tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> dict[str, Any]:
+    """Run one claimed job; record success or ``Type: message`` on the job. Never raises for
+    a stage's failure, so one bad series cannot block the queue."""
+    out_dir = (ctx.settings.storage.path / RESULTS_DIR / ref.series_instance_uid
+               / f"v{ref.version}")
+    with log_context(series_uid=ref.series_instance_uid, job_id=ref.job_id):
+        start = time.perf_counter()
+        try:
+            analysis = analyse(ref.instance_paths, ctx)
+            record = result_record(ref.series_instance_uid, analysis=analysis)
+            write_outputs(out_dir, record, analysis)
+        except (DicomnodeError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("job failed: %s", error)
+            record = result_record(ref.series_instance_uid, status="failed", reason=error,
+                                   timings_s={"total": round(time.perf_counter() - start, 3)})
+            finish(sessions, ref.job_id, error=error, timings_s=record["timings_s"])
+            return record
+        record["timings_s"]["total"] = round(time.perf_counter() - start, 3)
+        finish(sessions, ref.job_id, timings_s=record["timings_s"])
+        log.info("job done: ICH %.1f mL, IVH %.1f mL (%s)", record["ich_volume_ml"],
+                 record["ivh_volume_ml"], record["backend"])
+        return record

@@ -1,0 +1,149 @@
+"""``unet``: our own 3D network (MONAI DynUNet) with sliding-window inference.
+
+The volume is resampled to the bundle's spacing, clipped to its HU window and scaled to [0, 1];
+MONAI's sliding-window inference with Gaussian blending gives class probabilities, which are
+resampled back onto the volume's grid (linear) before the argmax, so the mask keeps sub-voxel
+boundaries at the source resolution. CUDA with bf16 autocast when present, else the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from dicomnode.domain import ICH, IVH, LABELS, CTVolume, LabelMap
+from dicomnode.errors import ModelError
+from dicomnode.segment.base import select_device
+from dicomnode.segment.bundle import Bundle, load_bundle
+
+log = logging.getLogger(__name__)
+_LABEL_VALUES = {name: value for value, name in LABELS.items()}
+
+
+def build_network(arch: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """The DynUNet described by a bundle's ``architecture``."""
+    from monai.networks.nets import DynUNet
+
+    if arch.get("type") != "DynUNet":
+        raise ModelError(f"architecture {arch.get('type')!r} not supported (DynUNet only)")
+    strides = [list(s) if isinstance(s, list) else s for s in arch["strides"]]
+    kernels = [list(k) if isinstance(k, list) else k for k in arch["kernels"]]
+    return DynUNet(spatial_dims=3, in_channels=int(arch["in_channels"]),
+                   out_channels=int(arch["out_channels"]), kernel_size=kernels, strides=strides,
+                   upsample_kernel_size=strides[1:], filters=list(arch["filters"]),
+                   norm_name="instance", res_block=bool(arch.get("res_block", False)))
+
+
+def resample_to_spacing(image: sitk.Image, spacing_mm: tuple[float, float, float],
+                        *, interpolator: int = sitk.sitkLinear,
+                        default: float = -1024.0) -> sitk.Image:
+    """Resample onto a grid with the same origin and direction and the given spacing."""
+    old_size = np.array(image.GetSize(), float)
+    old_spacing = np.array(image.GetSpacing(), float)
+    new_size = np.maximum(1, np.round(old_size * old_spacing / np.array(spacing_mm))).astype(int)
+    return sitk.Resample(image, [int(v) for v in new_size], sitk.Transform(), interpolator,
+                         image.GetOrigin(), spacing_mm, image.GetDirection(), default,
+                         image.GetPixelID())
+
+
+def normalise(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Clip to the HU window and scale to [0, 1] (float32)."""
+    lo, hi = window
+    return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+class UNetBackend:
+    """Segments ICH, IVH (and oedema) with a trained DynUNet bundle."""
+
+    name = "unet"
+
+    def __init__(self, model_dir: Path, *, device: str = "auto", mirror: bool = False,
+                 sw_batch_size: int = 2, overlap: float = 0.25) -> None:
+        import torch
+
+        self.bundle: Bundle = load_bundle(model_dir, backend="unet")
+        self.device = select_device(device)
+        self.mirror = mirror
+        self.sw_batch_size = sw_batch_size
+        self.overlap = overlap
+        self.net = build_network(self.bundle.meta["architecture"])
+        try:
+            state = torch.load(self.bundle.weights_path, map_location="cpu", weights_only=True)
+            self.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        except (RuntimeError, OSError, KeyError) as exc:
+            raise ModelError(f"{self.bundle.weights_path}: {exc}") from exc
+        self.net.eval().to(self.device)
+        # Model classes -> canonical label values, by name (checked once, here).
+        self.class_values = {}
+        for cls, name in self.bundle.labels.items():
+            if name not in _LABEL_VALUES:
+                raise ModelError(f"{self.bundle.folder}: unknown label name {name!r}")
+            self.class_values[cls] = _LABEL_VALUES[name]
+        self.min_component_ml = float(self.bundle.meta.get("min_component_ml", 0.0))
+
+    def probabilities(self, volume: CTVolume) -> tuple[np.ndarray, sitk.Image]:
+        """Class probabilities (C, z, y, x) on the model grid, and that grid as an image."""
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        grid = resample_to_spacing(volume.image, self.bundle.spacing_mm)
+        x = normalise(sitk.GetArrayViewFromImage(grid), self.bundle.hu_window)
+        tensor = torch.from_numpy(x)[None, None].to(self.device)
+        roi = self.bundle.roi_size_zyx
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=cuda):
+            logits = sliding_window_inference(tensor, roi, self.sw_batch_size, self.net,
+                                              overlap=self.overlap, mode="gaussian")
+            probs = torch.softmax(logits.float(), dim=1)
+            if self.mirror:  # left-right mirroring, averaged
+                flipped = sliding_window_inference(tensor.flip(-1), roi, self.sw_batch_size,
+                                                   self.net, overlap=self.overlap,
+                                                   mode="gaussian")
+                probs = (probs + torch.softmax(flipped.float(), dim=1).flip(-1)) / 2
+        return probs[0].cpu().numpy(), grid
+
+    def segment(self, volume: CTVolume) -> LabelMap:
+        probs, grid = self.probabilities(volume)
+        target = volume.image
+        best = np.zeros(sitk.GetArrayViewFromImage(target).shape, np.float32)
+        labels = np.zeros(best.shape, np.uint8)
+        # Background competes like any class: start from its probability.
+        for cls in range(probs.shape[0]):
+            img = sitk.GetImageFromArray(probs[cls])
+            img.CopyInformation(grid)
+            p = sitk.GetArrayFromImage(sitk.Resample(img, target, sitk.Transform(),
+                                                     sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+            win = p > best
+            best[win] = p[win]
+            labels[win] = self.class_values.get(cls, 0) if cls else 0
+        labels = remove_small_components(labels, target.GetSpacing(), self.min_component_ml)
+        out = sitk.GetImageFromArray(labels)
+        out.CopyInformation(target)
+        return LabelMap(image=out, backend=self.name, model=self.bundle.name,
+                        model_version=self.bundle.version,
+                        labels={v: LABELS[v] for v in self.class_values.values()},
+                        synthetic_training=self.bundle.synthetic_training)
+
+
+def remove_small_components(labels: np.ndarray, spacing_mm: tuple[float, ...],
+                            min_ml: float) -> np.ndarray:
+    """Drop connected blood components smaller than ``min_ml`` (noise, partial volume of bone)."""
+    if min_ml <= 0:
+        return labels
+    from scipy import ndimage
+
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    blood = np.isin(labels, (ICH, IVH))
+    components, n = ndimage.label(blood)
+    if n == 0:
+        return labels
+    sizes_ml = np.bincount(components.ravel())[1:] * voxel_ml
+    small = np.flatnonzero(sizes_ml < min_ml) + 1
+    out = labels.copy()
+    out[np.isin(components, small)] = 0
+    return out

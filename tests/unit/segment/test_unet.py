@@ -1,0 +1,69 @@
+"""The unet backend: training writes a bundle that loads strictly and segments on the CT grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dicomnode.domain import ICH, CTVolume
+from dicomnode.errors import ModelError
+from dicomnode.segment.bundle import load_bundle
+from dicomnode.segment.train import TrainConfig, read_case, synth_cases, train
+from dicomnode.segment.unet import UNetBackend
+
+TINY = TrainConfig(spacing_mm=(4.0, 4.0, 5.0), roi_size_zyx=(16, 32, 32), filters=(4, 8, 16),
+                   epochs=2, iterations_per_epoch=2, batch_size=1, device="cpu")
+
+
+def volume_of(image: sitk.Image) -> CTVolume:
+    return CTVolume(series_instance_uid="1.2.3", study_instance_uid="1.2", image=image,
+                    slices=(), orientation=(1, 0, 0, 0, 1, 0), pixel_spacing_mm=(1.0, 1.0),
+                    rows=image.GetSize()[1], columns=image.GetSize()[0])
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("unet")
+    cases = synth_cases(root / "cases", 3, matrix=64)
+    train(cases, root / "bundle", TINY, data_description="3 tiny phantoms")
+    return root / "bundle"
+
+
+def test_training_writes_a_self_describing_bundle(bundle_dir: Path) -> None:
+    meta = json.loads((bundle_dir / "model.json").read_text())
+    assert meta["labels"] == {"1": "ICH", "2": "IVH", "3": "oedema"}
+    assert meta["synthetic_training"] is True and "synthetic" in meta["intended_use"]
+    assert meta["spacing_mm"] == [4.0, 4.0, 5.0] and meta["training"]["cases"] >= 2
+    assert load_bundle(bundle_dir, backend="unet").name == "bundle"
+
+
+def test_backend_segments_on_the_volume_grid(bundle_dir: Path, tmp_path: Path) -> None:
+    case = synth_cases(tmp_path, 1, seed=900001, matrix=64)[0]
+    image, _ = read_case(case)
+    backend = UNetBackend(bundle_dir, device="cpu")
+    labels = backend.segment(volume_of(image))
+    assert labels.image.GetSize() == image.GetSize()
+    assert labels.image.GetOrigin() == pytest.approx(image.GetOrigin())
+    values = set(np.unique(sitk.GetArrayViewFromImage(labels.image)).tolist())
+    assert values <= {0, 1, 2, 3}
+    assert labels.backend == "unet" and labels.synthetic_training
+    assert labels.labels[ICH] == "ICH"
+
+
+def test_tampered_or_mismatched_bundles_are_refused(bundle_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir, copy)
+    weights = copy / "model.pt"
+    weights.write_bytes(weights.read_bytes() + b"x")
+    with pytest.raises(ModelError, match="SHA-256"):
+        UNetBackend(copy, device="cpu")
+    with pytest.raises(ModelError, match="backend"):
+        load_bundle(bundle_dir, backend="blast_ct")
+    with pytest.raises(ModelError, match="not found"):
+        UNetBackend(tmp_path / "nowhere", device="cpu")
