@@ -1,4 +1,4 @@
-"""Command line: ``dicomnode serve | status | echo | send | synth``."""
+"""Command line: ``dicomnode serve | worker | status | resend | echo | send | run | train | synth``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dicomnode import __version__
-from dicomnode.config import Settings, load_settings, parse_peer
+from dicomnode.config import Destination, Settings, load_settings, parse_peer
 from dicomnode.errors import ConfigError, DeliveryError
 from dicomnode.logs import setup_logging
 
@@ -29,10 +29,16 @@ def _add_config_options(p: argparse.ArgumentParser, *, node: bool) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {"storage.path": args.storage,
-                 "node.port": getattr(args, "port", None),
-                 "node.ae_title": getattr(args, "ae_title", None),
-                 "assembly.settle_s": getattr(args, "settle_s", None)}
+    overrides: dict[str, object] = {"storage.path": args.storage,
+                                    "node.port": getattr(args, "port", None),
+                                    "node.ae_title": getattr(args, "ae_title", None),
+                                    "assembly.settle_s": getattr(args, "settle_s", None)}
+    forwards = []
+    for i, peer in enumerate(getattr(args, "forward", None) or []):
+        aet, host, port = parse_peer(peer)
+        forwards.append(Destination(name=f"forward-{i + 1}", ae_title=aet, host=host, port=port))
+    if forwards:
+        overrides["destinations.add"] = forwards
     return load_settings(args.config, overrides=overrides)
 
 
@@ -43,7 +49,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(settings.logging.level)
     log.info("dicomnode %s starting (config: %s, storage: %s)", __version__,
              settings.source or "embedded defaults", settings.storage.path)
-    return Node(settings).run_forever()
+    return Node(settings, start_worker=settings.worker.enabled).run_forever()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from dicomnode.worker import run_worker
+
+    settings = _settings(args)
+    setup_logging(settings.logging.level)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return run_worker(settings, stop, poll_s=settings.worker.poll_interval_s)
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    from dicomnode.db.session import make_sessions
+    from dicomnode.send.outbox import resend
+
+    settings = _settings(args)
+    n = resend(make_sessions(settings.database_url), args.job)
+    print(f"job {args.job}: {n} outputs queued for sending again (same UIDs)")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -169,7 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the DICOM node (C-STORE/C-ECHO SCP)")
     _add_config_options(p, node=True)
+    p.add_argument("--forward", action="append", metavar="AET@HOST:PORT",
+                   help="also send results to this peer (repeatable)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run the processing worker alone")
+    _add_config_options(p, node=False)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("resend", help="send a job's results again (same UIDs)")
+    _add_config_options(p, node=False)
+    p.add_argument("job", type=int, metavar="JOB")
+    p.set_defaults(func=cmd_resend)
 
     p = sub.add_parser("status", help="recent series with state and reasons")
     _add_config_options(p, node=True)

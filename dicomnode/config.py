@@ -119,6 +119,22 @@ class Destination:
     port: int
     outputs: tuple[str, ...] = ("seg", "sr", "overlay")
     tls: bool = False
+    tls_ca_certificates: Path | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    enabled: bool = True
+    poll_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    calling_ae_title: str = "DICOMNODE"
+    interval_s: float = 2.0
+    retry_base_s: float = 5.0
+    retry_max_s: float = 600.0
+    timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,8 @@ class Settings:
     segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     destinations: tuple[Destination, ...] = ()
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
 
     @property
     def database_url(self) -> str:
@@ -274,7 +292,7 @@ class _Validator:
     # -- sections ------------------------------------------------------------------------
     def build(self, raw: Mapping[str, Any], source: Path | None) -> Settings:
         sections = {"node", "access", "tls", "storage", "database", "assembly", "eligibility",
-                    "segmentation", "logging", "destinations"}
+                    "segmentation", "logging", "destinations", "delivery", "worker"}
         for key in sorted(set(raw) - sections):
             self.problems.append(f"unknown section or key {key!r}")
         d = Settings()
@@ -433,8 +451,29 @@ class _Validator:
                 ae_title=self.ae_title(self._str(t, s, "ae_title", "ANY-SCP"), f"[{s}] ae_title"),
                 host=self._str(t, s, "host", "127.0.0.1"),
                 port=self._int(t, s, "port", 104, 1, 65535),
-                outputs=outputs, tls=self._bool(t, s, "tls", False)))
+                outputs=outputs, tls=self._bool(t, s, "tls", False),
+                tls_ca_certificates=self._path(t, s, "tls_ca_certificates", None)))
+        names = [d.name for d in out]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            self.problems.append(f"[[destinations]] name {name!r} is used twice")
         return tuple(out)
+
+    def _worker(self, raw: Mapping[str, Any]) -> WorkerSettings:
+        t = self._table(raw, "worker", set(WorkerSettings.__dataclass_fields__))
+        return WorkerSettings(enabled=self._bool(t, "worker", "enabled", True),
+                              poll_interval_s=self._num(t, "worker", "poll_interval_s", 1.0,
+                                                        0.05, 60))
+
+    def _delivery(self, raw: Mapping[str, Any]) -> DeliverySettings:
+        t = self._table(raw, "delivery", set(DeliverySettings.__dataclass_fields__))
+        s = "delivery"
+        return DeliverySettings(
+            calling_ae_title=self.ae_title(self._str(t, s, "calling_ae_title", "DICOMNODE"),
+                                           "[delivery] calling_ae_title"),
+            interval_s=self._num(t, s, "interval_s", 2.0, 0.1, 3600),
+            retry_base_s=self._num(t, s, "retry_base_s", 5.0, 0.1, 3600),
+            retry_max_s=self._num(t, s, "retry_max_s", 600.0, 1, 86400),
+            timeout_s=self._num(t, s, "timeout_s", 30.0, 1, 3600))
 
     # -- command-line overrides ----------------------------------------------------------
     def apply_overrides(self, settings: Settings, overrides: Mapping[str, Any]) -> Settings:
@@ -444,8 +483,11 @@ class _Validator:
                 continue
             section, key = dotted.split(".", 1)
             current = getattr(settings, section)
-            if key not in current.__dataclass_fields__:
+            if section != "destinations" and key not in current.__dataclass_fields__:
                 self.problems.append(f"override {dotted}: unknown key")
+                continue
+            if section == "destinations":
+                settings = replace(settings, destinations=settings.destinations + tuple(value))
                 continue
             if section == "storage" and key == "path":
                 value = self.resolve(value, Path.cwd())

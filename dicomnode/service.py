@@ -9,6 +9,7 @@ import logging
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import replace
 from types import FrameType
 
@@ -23,6 +24,7 @@ from dicomnode.procs import stop as stop_process
 from dicomnode.receive.reconcile import reconcile
 from dicomnode.receive.scp import start_scp
 from dicomnode.receive.storage import InstanceStore
+from dicomnode.send.outbox import deliver_due
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,8 @@ log = logging.getLogger(__name__)
 class Node:
     """The receiving process: SCP threads, durable store, completion sweep and retention."""
 
-    def __init__(self, settings: Settings, *, sessions: SessionFactory | None = None) -> None:
+    def __init__(self, settings: Settings, *, sessions: SessionFactory | None = None,
+                 start_worker: bool = False) -> None:
         self.settings = settings
         settings.storage.path.mkdir(parents=True, exist_ok=True)
         self.sessions = sessions or make_sessions(
@@ -41,7 +44,12 @@ class Node:
                                    fsync=settings.storage.fsync)
         self.server: ThreadedAssociationServer | None = None
         self.scheduler = build_scheduler(self.sessions, settings)
-        self.receivers: list[subprocess.Popen[bytes]] = []
+        self.children: list[_Child] = []
+        self.start_worker = start_worker
+        if settings.destinations:
+            self.scheduler.add_job(deliver_due, "interval", args=[self.sessions, settings],
+                                   seconds=settings.delivery.interval_s, id="deliver",
+                                   max_instances=1, coalesce=True)
         self._stopped = threading.Event()
 
     @property
@@ -56,32 +64,40 @@ class Node:
         requeue_stale(self.sessions)
         extra = self.settings.node.receiver_processes - 1
         self.server = start_scp(self.settings, self.store, self.sessions, reuse_port=extra > 0)
-        if extra:
-            # Children bind the port we actually got (port 0 resolves here first).
-            child_settings = replace(self.settings,
-                                     node=replace(self.settings.node, port=self.port))
-            self.receivers = [spawn_python("dicomnode.receive.child", child_settings)
-                              for _ in range(extra)]
-            self.scheduler.add_job(self._supervise, "interval", seconds=2, args=[child_settings],
-                                   id="supervise_receivers", max_instances=1)
+        # Children bind the port we actually got (port 0 resolves here first).
+        child_settings = replace(self.settings, node=replace(self.settings.node, port=self.port))
+        self.children = [_Child("dicomnode.receive.child", child_settings) for _ in range(extra)]
+        if self.start_worker:
+            self.children.append(_Child("dicomnode.worker", child_settings))
+        for child in self.children:
+            child.start()
+        if self.children:
+            self.scheduler.add_job(self._supervise, "interval", seconds=1,
+                                   id="supervise_children", max_instances=1)
         self.scheduler.start()
         return self
 
-    def _supervise(self, child_settings: Settings) -> None:
-        """Restart a receiving child that died (its instances were durable before each ack)."""
-        for i, proc in enumerate(self.receivers):
-            if proc.poll() is not None and not self._stopped.is_set():
-                log.error("receiver process %d exited with %s; restarting it", proc.pid,
-                          proc.returncode)
-                self.receivers[i] = spawn_python("dicomnode.receive.child", child_settings)
+    @property
+    def receivers(self) -> list[subprocess.Popen[bytes]]:
+        return [c.proc for c in self.children if c.module.endswith("child") and c.proc]
+
+    @property
+    def worker(self) -> subprocess.Popen[bytes] | None:
+        return next((c.proc for c in self.children if c.module == "dicomnode.worker"), None)
+
+    def _supervise(self) -> None:
+        """Restart a child that exited (with backoff, so a broken model does not spin)."""
+        for child in self.children:
+            if not self._stopped.is_set():
+                child.restart_if_exited()
 
     def stop(self) -> None:
         """Stop accepting, let running associations end, stop the scheduler."""
         self._stopped.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
-        for proc in self.receivers:
-            stop_process(proc)
+        for child in self.children:
+            child.stop()
         if self.server is not None:
             self.server.shutdown()
             self.server = None
@@ -100,3 +116,37 @@ class Node:
         self._stopped.wait()
         self.stop()
         return 0
+
+
+class _Child:
+    """A supervised child process (receiver or worker) and its restart backoff."""
+
+    def __init__(self, module: str, settings: Settings) -> None:
+        self.module = module
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.failures = 0
+        self.next_start = 0.0
+
+    def start(self) -> None:
+        self.proc = spawn_python(self.module, self.settings)
+        self.started = time.monotonic()
+
+    def restart_if_exited(self) -> None:
+        if self.proc is None or self.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if self.next_start == 0.0:
+            # Quick repeated exits back off up to a minute; a long healthy run resets it.
+            self.failures = 0 if now - self.started > 60 else self.failures + 1
+            delay = min(60.0, 2.0 ** self.failures)
+            self.next_start = now + delay
+            log.error("%s (pid %d) exited with %s; restarting in %.0f s", self.module,
+                      self.proc.pid, self.proc.returncode, delay)
+        if now >= self.next_start:
+            self.next_start = 0.0
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)

@@ -109,6 +109,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str] = mapped_column(Text, default="")
     timings_s: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # What the job produced: {"dir": ..., "items": [{kind, path, sop_class_uid, sop_instance_uid}]}
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -150,3 +152,30 @@ class AssociationEvent(Base):
     peer_address: Mapped[str] = mapped_column(String(64), default="")
     outcome: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class OutboxState(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # permanent: not retried
+
+
+class OutboxItem(Base):
+    """One output object for one destination: written to disk first, then sent until acked."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "destination"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # seg, sr, overlay
+    destination: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # relative to the storage root
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -22,6 +22,9 @@ def series_status(sessions: SessionFactory, *, limit: int = 50) -> list[dict[str
             for job in session.scalars(select(Job).where(
                     Job.series_id.in_([s.id for s, _ in rows])).order_by(Job.id)):
                 jobs[(job.series_id, job.version)] = job
+        from dicomnode.send.outbox import delivery_summary
+
+        delivery = delivery_summary(sessions, [j.id for j in jobs.values()])
         out = []
         for series, study_uid in rows:
             job = jobs.get((series.id, series.version))
@@ -36,6 +39,7 @@ def series_status(sessions: SessionFactory, *, limit: int = 50) -> list[dict[str
                 "version": series.version,
                 "job_id": job.id if job else None,
                 "tilt_deg": geometry.get("tilt_deg"),
+                "delivery": delivery.get(job.id) if job else None,
                 "spacing_mm": geometry.get("spacing_mm"),
                 "updated_at": series.updated_at.isoformat(timespec="seconds") + "Z",
             })

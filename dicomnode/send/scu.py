@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom import uid
@@ -109,3 +110,84 @@ def _store_one(assoc, path: Path) -> int:  # type: ignore[no-untyped-def]
         log.warning("cannot send %s: %s", path.name, exc)
         return -1
     return int(rsp.Status) if rsp is not None and "Status" in rsp else -1
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """What happened to one object: ``sent``, ``transient`` (retry later) or ``permanent``."""
+
+    result: str
+    detail: str = ""
+    status: int | None = None
+
+
+_SENT = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+def classify_status(status: int) -> str:
+    """PS3.4 B.2.3: success and warnings are sent; out of resources is worth a retry."""
+    if status in _SENT:
+        return "sent"
+    if 0xA700 <= status <= 0xA7FF or status == 0x0110:  # out of resources, processing failure
+        return "transient"
+    return "permanent"
+
+
+def store_items(items: list[tuple[str, Path, str]], ae_title: str, host: str, port: int, *,
+                calling_aet: str = "DICOMNODE", timeout_s: float = 30.0,
+                ssl_context: Any = None) -> dict[str, ItemOutcome]:
+    """C-STORE (uid, path, sop_class_uid) items over one association; outcome per uid.
+
+    Connection failures and timeouts are transient; a rejected association and a SOP class the
+    peer does not accept are permanent (retrying cannot change them).
+    """
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    for sop_class in sorted({c for _, _, c in items})[:_MAX_CONTEXTS // 2]:
+        ae.add_requested_context(sop_class, [uid.ExplicitVRLittleEndian,
+                                             uid.ImplicitVRLittleEndian])
+    kwargs: dict[str, Any] = {"ae_title": ae_title}
+    if ssl_context is not None:
+        kwargs["tls_args"] = (ssl_context, host)
+    try:
+        assoc = ae.associate(host, port, **kwargs)
+    except (OSError, RuntimeError) as exc:
+        return {u: ItemOutcome("transient", f"association failed: {exc}") for u, _, _ in items}
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            return {u: ItemOutcome("permanent", "association rejected") for u, _, _ in items}
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            # The peer answered but accepts none of our SOP classes (pynetdicom then aborts).
+            return {u: ItemOutcome("permanent", f"SOP class {c} not accepted")
+                    for u, _, c in items}
+        return {u: ItemOutcome("transient", "no association (peer down or unreachable)")
+                for u, _, _ in items}
+    accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+    out: dict[str, ItemOutcome] = {}
+    try:
+        for sop_uid, path, sop_class in items:
+            if sop_class not in accepted:
+                out[sop_uid] = ItemOutcome("permanent", f"SOP class {sop_class} not accepted")
+                continue
+            if not assoc.is_established:
+                out[sop_uid] = ItemOutcome("transient", "association lost")
+                continue
+            try:
+                ds = pydicom.dcmread(path)
+                rsp = assoc.send_c_store(ds)
+            except (OSError, InvalidDicomError) as exc:
+                out[sop_uid] = ItemOutcome("permanent", f"cannot read output: {exc}")
+                continue
+            except (RuntimeError, ValueError) as exc:  # aborted, no context, timeout
+                out[sop_uid] = ItemOutcome("transient", f"{type(exc).__name__}: {exc}")
+                continue
+            if rsp is None or "Status" not in rsp:
+                out[sop_uid] = ItemOutcome("transient", "no response (timeout or abort)")
+                continue
+            status = int(rsp.Status)
+            out[sop_uid] = ItemOutcome(classify_status(status), f"status 0x{status:04X}", status)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return out

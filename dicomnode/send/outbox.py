@@ -1,0 +1,162 @@
+"""Durable outbox: every output is a file and a row before anything is sent.
+
+Inputs: a finished job's outputs (already fsynced files under ``storage/_results``).
+Outputs: one ``outbox`` row per (object, destination). Side effects: C-STORE to destinations;
+rows move to ``sent`` or ``failed`` (permanent), or get a later ``next_attempt_at`` (transient,
+exponential backoff). One bad item or destination never blocks the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections import defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from dicomnode.config import Destination, Settings
+from dicomnode.db.models import Job, OutboxItem, OutboxState, utcnow
+from dicomnode.db.session import SessionFactory
+from dicomnode.send.scu import ItemOutcome, store_items
+
+log = logging.getLogger(__name__)
+_BATCH = 200
+
+
+def enqueue(sessions: SessionFactory, job_id: int, items: list[dict[str, Any]],
+            destinations: tuple[Destination, ...]) -> int:
+    """Add rows for each output each destination wants; existing rows are kept (idempotent)."""
+    added = 0
+    with sessions.begin() as session:
+        for dest in destinations:
+            for item in items:
+                if item["kind"] not in dest.outputs:
+                    continue
+                added += _add(session, job_id, item, dest.name)
+    return added
+
+
+def _add(session: Any, job_id: int, item: dict[str, Any], destination: str) -> int:
+    exists = session.scalar(select(OutboxItem.id).where(
+        OutboxItem.sop_instance_uid == item["sop_instance_uid"],
+        OutboxItem.destination == destination))
+    if exists is not None:
+        return 0
+    session.add(OutboxItem(job_id=job_id, kind=item["kind"], destination=destination,
+                           path=item["path"], sop_class_uid=item["sop_class_uid"],
+                           sop_instance_uid=item["sop_instance_uid"]))
+    return 1
+
+
+def resend(sessions: SessionFactory, job_id: int) -> int:
+    """Send a job's outputs again to every destination (same UIDs); returns how many rows."""
+    with sessions.begin() as session:
+        if session.get(Job, job_id) is None:
+            raise KeyError(f"job {job_id} does not exist")
+        return session.execute(
+            update(OutboxItem).where(OutboxItem.job_id == job_id)
+            .values(state=OutboxState.PENDING, attempts=0, next_attempt_at=utcnow(),
+                    last_error="")).rowcount or 0
+
+
+def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
+    return float(min(max_s, base_s * 2 ** max(0, attempts - 1)))
+
+
+def _ssl_context(dest: Destination) -> ssl.SSLContext | None:
+    if not dest.tls:
+        return None
+    cafile = str(dest.tls_ca_certificates) if dest.tls_ca_certificates else None
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+
+
+def deliver_due(sessions: SessionFactory, settings: Settings, *,
+                now: datetime | None = None) -> dict[str, int]:
+    """Send every due item, one association per destination; returns counts by result."""
+    now = now or utcnow()
+    with sessions() as session:
+        due = list(session.scalars(select(OutboxItem).where(
+            OutboxItem.state == OutboxState.PENDING, OutboxItem.next_attempt_at <= now)
+            .order_by(OutboxItem.id).limit(_BATCH)))
+    by_dest: dict[str, list[OutboxItem]] = defaultdict(list)
+    for item in due:
+        by_dest[item.destination].append(item)
+    destinations = {d.name: d for d in settings.destinations}
+    counts: dict[str, int] = defaultdict(int)
+    root = settings.storage.path
+    for name, items in by_dest.items():
+        dest = destinations.get(name)
+        if dest is None:
+            outcomes = {i.sop_instance_uid: ItemOutcome("permanent",
+                                                        f"destination {name!r} not configured")
+                        for i in items}
+        else:
+            outcomes = store_items([(i.sop_instance_uid, root / i.path, i.sop_class_uid)
+                                    for i in items], dest.ae_title, dest.host, dest.port,
+                                   calling_aet=settings.delivery.calling_ae_title,
+                                   timeout_s=settings.delivery.timeout_s,
+                                   ssl_context=_ssl_context(dest))
+        _record(sessions, settings, items, outcomes, now)
+        for o in outcomes.values():
+            counts[o.result] += 1
+    return dict(counts)
+
+
+def _record(sessions: SessionFactory, settings: Settings, items: list[OutboxItem],
+            outcomes: dict[str, ItemOutcome], now: datetime) -> None:
+    d = settings.delivery
+    with sessions.begin() as session:
+        for item in items:
+            outcome = outcomes.get(item.sop_instance_uid,
+                                   ItemOutcome("transient", "not attempted"))
+            row = session.get(OutboxItem, item.id)
+            if row is None:
+                continue
+            row.attempts += 1
+            row.last_error = "" if outcome.result == "sent" else outcome.detail
+            if outcome.result == "sent":
+                row.state, row.sent_at = OutboxState.SENT, now
+            elif outcome.result == "permanent":
+                row.state = OutboxState.FAILED
+                log.error("%s %s to %s failed permanently: %s", row.kind, row.sop_instance_uid,
+                          row.destination, outcome.detail)
+                if row.kind == "seg" and "not accepted" in outcome.detail:
+                    _fall_back_to_overlays(session, row)
+            else:
+                row.next_attempt_at = now + timedelta(seconds=backoff_s(
+                    row.attempts, d.retry_base_s, d.retry_max_s))
+                log.warning("%s to %s will be retried (attempt %d): %s", row.kind,
+                            row.destination, row.attempts, outcome.detail)
+
+
+def _fall_back_to_overlays(session: Any, row: OutboxItem) -> None:
+    """A destination that refuses SEG still gets the overlay images any viewer can show."""
+    job = session.get(Job, row.job_id)
+    items = [i for i in (job.outputs or {}).get("items", []) if i["kind"] == "overlay"]
+    added = sum(_add(session, row.job_id, i, row.destination) for i in items)
+    if added:
+        log.warning("destination %s does not accept SEG: sending %d overlay images instead",
+                    row.destination, added)
+
+
+def delivery_summary(sessions: SessionFactory, job_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Per job: counts by state and the last permanent errors (for ``dicomnode status``)."""
+    out: dict[int, dict[str, Any]] = {}
+    if not job_ids:
+        return out
+    with sessions() as session:
+        for item in session.scalars(select(OutboxItem).where(OutboxItem.job_id.in_(job_ids))):
+            s = out.setdefault(item.job_id, {"sent": 0, "pending": 0, "failed": 0,
+                                             "errors": []})
+            s[item.state] += 1
+            if item.state == OutboxState.FAILED and len(s["errors"]) < 3:
+                s["errors"].append(f"{item.kind} -> {item.destination}: {item.last_error}")
+    return out
+
+
+def output_path(root: Path, path: Path) -> str:
+    """Outbox paths are stored relative to the storage root."""
+    return path.relative_to(root).as_posix()

@@ -1,0 +1,68 @@
+"""The processing worker: claims queued jobs and runs ``pipeline.process_series`` on each.
+
+``dicomnode serve`` starts it as a child process (it dies with its parent) and restarts it if it
+exits; ``dicomnode worker`` runs it alone, e.g. on a GPU host that sees the same database and
+storage. The model is loaded once per process. The worker runs no scheduled jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+from dicomnode.config import Settings
+from dicomnode.db.session import make_sessions
+from dicomnode.errors import ModelError
+from dicomnode.jobs.queue import claim_next
+from dicomnode.logs import setup_logging
+
+log = logging.getLogger(__name__)
+EXIT_MODEL_ERROR = 3
+
+
+def run_worker(settings: Settings, stop: threading.Event | None = None, *,
+               poll_s: float = 1.0, max_jobs: int | None = None) -> int:
+    """Process jobs until ``stop`` is set (or ``max_jobs`` are done); returns an exit code."""
+    from dicomnode.pipeline import make_context, process_series
+
+    stop = stop or threading.Event()
+    sessions = make_sessions(settings.database_url,
+                             sqlite_synchronous=settings.database.sqlite_synchronous)
+    try:
+        ctx = make_context(settings)
+    except ModelError as exc:
+        # Jobs stay queued (nothing is lost); the supervisor retries with backoff.
+        log.error("worker cannot load its model: %s", exc)
+        return EXIT_MODEL_ERROR
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    log.info("worker %s ready (backend %s)", name, settings.segmentation.backend)
+    done = 0
+    while not stop.is_set():
+        ref = claim_next(sessions, settings.storage.path, name)
+        if ref is None:
+            stop.wait(poll_s)
+            continue
+        process_series(ref, ctx, sessions)
+        done += 1
+        if max_jobs is not None and done >= max_jobs:
+            break
+    return 0
+
+
+def main() -> int:
+    """Entry point of the child process started by ``dicomnode serve``."""
+    from dicomnode.procs import read_payload
+
+    settings: Settings = read_payload()
+    setup_logging(settings.logging.level)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return run_worker(settings, stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

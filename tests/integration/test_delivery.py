@@ -1,0 +1,157 @@
+"""Delivery: durable outbox, Orthanc as the PACS, outages, refusals and the SEG fallback."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, SegmentationStorage
+from sqlalchemy import select
+
+from dicomnode.config import Destination, Settings
+from dicomnode.db.models import Job, OutboxItem, utcnow
+from dicomnode.db.session import make_sessions
+from dicomnode.orthanc import Orthanc, free_port
+from dicomnode.send.outbox import deliver_due, enqueue, resend
+from tests.conftest import make_series, make_settings
+
+
+def _job_with_outputs(settings: Settings, ct_template: Dataset, kinds: dict[str, int],
+                      seg_class: bool = True) -> tuple[int, list[dict]]:
+    """A job row and output files under storage/_results (CT pixels stand in for the objects)."""
+    sessions = make_sessions(settings.database_url)
+    from dicomnode.db.models import Series, Study
+
+    with sessions.begin() as s:
+        study = Study(study_instance_uid=generate_uid())
+        s.add(study)
+        s.flush()
+        series = Series(series_instance_uid=generate_uid(), study_id=study.id, state="done")
+        s.add(series)
+        s.flush()
+        job = Job(series_id=series.id, version=1, state="done")
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    out_dir = settings.storage.path / "_results" / "x" / "v1"
+    out_dir.mkdir(parents=True)
+    items = []
+    for kind, n in kinds.items():
+        for ds in make_series(ct_template, n):
+            if kind == "seg" and seg_class:
+                ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SegmentationStorage
+            path = out_dir / f"{kind}-{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            items.append({"kind": kind, "path": path.relative_to(settings.storage.path).as_posix(),
+                          "sop_class_uid": str(ds.SOPClassUID),
+                          "sop_instance_uid": str(ds.SOPInstanceUID)})
+    with sessions.begin() as s:
+        s.get(Job, job_id).outputs = {"items": items}
+    return job_id, items
+
+
+def _states(settings: Settings) -> dict[str, str]:
+    sessions = make_sessions(settings.database_url)
+    with sessions() as s:
+        return {f"{i.kind}:{i.sop_instance_uid[-6:]}": i.state
+                for i in s.scalars(select(OutboxItem))}
+
+
+def _later(minutes: float = 30) -> object:
+    return utcnow() + timedelta(minutes=minutes)
+
+
+@pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc not installed")
+def test_outage_then_every_result_arrives_exactly_once(tmp_path: Path,
+                                                       ct_template: Dataset) -> None:
+    pacs = Orthanc(tmp_path / "orthanc")
+    dest = Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=pacs.dicom_port,
+                       outputs=("sr", "overlay"))
+    settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest],
+                                                      "delivery.retry_base_s": 1.0})
+    settings.storage.path.mkdir(parents=True)
+    job_id, items = _job_with_outputs(settings, ct_template, {"sr": 1, "overlay": 3, "seg": 1})
+    sessions = make_sessions(settings.database_url)
+    assert enqueue(sessions, job_id, items, settings.destinations) == 4  # no SEG wanted
+    assert enqueue(sessions, job_id, items, settings.destinations) == 0  # idempotent
+    # PACS down: transient, retried later, nothing lost.
+    assert deliver_due(sessions, settings) == {"transient": 4}
+    assert set(_states(settings).values()) == {"pending"}
+    with sessions() as s:
+        assert all(i.attempts == 1 and i.next_attempt_at > utcnow() - timedelta(seconds=1)
+                   for i in s.scalars(select(OutboxItem)))
+    assert deliver_due(sessions, settings) == {}  # backoff: not due yet
+    with pacs:
+        assert deliver_due(sessions, settings, now=_later()) == {"sent": 4}
+        assert deliver_due(sessions, settings, now=_later(60)) == {}
+        stored = {i["SOPInstanceUID"] for i in pacs.instances()}
+        assert stored == {i["sop_instance_uid"] for i in items if i["kind"] != "seg"}
+        # Resend: same UIDs, so the PACS still holds each object once.
+        assert resend(sessions, job_id) == 4
+        assert deliver_due(sessions, settings, now=_later()) == {"sent": 4}
+        assert len(pacs.get("/instances")) == 4
+
+
+class RefusingPacs:
+    """A pynetdicom SCP that accepts CT Image Storage only (no SEG), like many old PACS."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        ae = AE(ae_title="OLDPACS")
+        ae.add_supported_context(CTImageStorage)
+        self.port = free_port()
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event: evt.Event) -> int:
+        self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0
+
+
+def test_refused_seg_is_permanent_and_overlays_still_arrive(tmp_path: Path,
+                                                            ct_template: Dataset) -> None:
+    pacs = RefusingPacs()
+    try:
+        dest = Destination(name="old", ae_title="OLDPACS", host="127.0.0.1", port=pacs.port,
+                           outputs=("seg", "sr"))
+        settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest]})
+        settings.storage.path.mkdir(parents=True)
+        job_id, items = _job_with_outputs(settings, ct_template, {"seg": 1, "overlay": 2})
+        sessions = make_sessions(settings.database_url)
+        assert enqueue(sessions, job_id, items, settings.destinations) == 1  # the SEG only
+        assert deliver_due(sessions, settings) == {"permanent": 1}
+        # The refusal is recorded and the overlays were queued instead; they arrive.
+        assert deliver_due(sessions, settings) == {"sent": 2}
+        states = _states(settings)
+        assert sorted(states.values()) == ["failed", "sent", "sent"]
+        with sessions() as s:
+            seg = s.scalar(select(OutboxItem).where(OutboxItem.kind == "seg"))
+            assert "not accepted" in seg.last_error and seg.attempts == 1
+        assert deliver_due(sessions, settings, now=_later(600)) == {}  # never retried
+        assert sorted(pacs.received) == sorted(i["sop_instance_uid"] for i in items
+                                               if i["kind"] == "overlay")
+    finally:
+        pacs.server.shutdown()
+
+
+def test_rejected_association_is_permanent(tmp_path: Path, ct_template: Dataset) -> None:
+    pacs = RefusingPacs()
+    pacs.server.ae.require_called_aet = True
+    try:
+        dest = Destination(name="wrong", ae_title="NOTTHEM", host="127.0.0.1", port=pacs.port,
+                           outputs=("overlay",))
+        settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest]})
+        settings.storage.path.mkdir(parents=True)
+        job_id, items = _job_with_outputs(settings, ct_template, {"overlay": 2})
+        sessions = make_sessions(settings.database_url)
+        enqueue(sessions, job_id, items, settings.destinations)
+        assert deliver_due(sessions, settings) == {"permanent": 2}
+        assert set(_states(settings).values()) == {"failed"}
+    finally:
+        pacs.server.shutdown()
