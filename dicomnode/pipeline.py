@@ -1,4 +1,4 @@
-"""The product in one screen: load -> segment -> measure (-> predict -> encode -> outbox).
+"""The product in one screen: load -> segment -> measure (-> predict) -> encode -> outbox.
 
 ``analyse`` runs the stages on one series' files; ``process_series`` is what the worker runs for
 a claimed job, and the one place that catches a stage's error and records it on the job as
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,9 +25,10 @@ from dicomnode.jobs.queue import finish
 from dicomnode.load.volume import load_series
 from dicomnode.logs import log_context
 from dicomnode.measure import measure
-from dicomnode.receive.storage import RESULTS_DIR
+from dicomnode.receive.storage import RESULTS_DIR, fsync_dir
 from dicomnode.segment.base import SegmentationBackend
 from dicomnode.segment.registry import build_backend
+from dicomnode.send.outbox import enqueue_in
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,58 @@ def analyse(paths: Sequence[Path], ctx: Context) -> Analysis:
     with timer("measure"):
         measurements = measure(volume, labels)
     return Analysis(volume, labels, measurements, timer.timings_s)
+
+
+def source_datasets(paths: Sequence[Path], volume: CTVolume) -> list[Any]:
+    """The source instances in the volume's slice order (each multi-frame instance once)."""
+    import pydicom
+
+    by_uid = {}
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        by_uid[str(ds.SOPInstanceUID)] = ds
+    order = list(dict.fromkeys(s.sop_instance_uid for s in volume.slices))
+    return [by_uid[u] for u in order if u in by_uid]
+
+
+def _write_durably(ds: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    ds.save_as(tmp, enforce_file_format=True)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *, version: int,
+                   predictions: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """SEG, TID 1500 SR and overlay images (plus PNG previews) written durably to ``out_dir``.
+
+    Returns one item per DICOM object: kind, absolute path, SOP Class and Instance UIDs.
+    """
+    from dicomnode import __version__
+    from dicomnode.encode.overlay import build_overlays, write_previews
+    from dicomnode.encode.seg import build_seg
+    from dicomnode.encode.sr import build_sr
+
+    sources = source_datasets(paths, analysis.volume)
+    volume, labels, m = analysis.volume, analysis.labels, analysis.measurements
+    seg = build_seg(sources, volume, labels, version=version, software_version=__version__)
+    sr = build_sr(sources, seg, m, labels, version=version, predictions=predictions)
+    overlays = build_overlays(sources, volume, labels, m, version=version,
+                              predictions=predictions)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "overlay").mkdir(exist_ok=True)
+    objects = [("seg", seg, out_dir / "seg.dcm"), ("sr", sr, out_dir / "sr.dcm")] + [
+        ("overlay", ds, out_dir / "overlay" / f"{i:04d}.dcm") for i, ds in enumerate(overlays)]
+    items = []
+    for kind, ds, path in objects:
+        _write_durably(ds, path)
+        items.append({"kind": kind, "path": path, "sop_class_uid": str(ds.SOPClassUID),
+                      "sop_instance_uid": str(ds.SOPInstanceUID)})
+    for folder in {out_dir, out_dir / "overlay"}:
+        fsync_dir(folder)
+    write_previews(out_dir / "previews", volume, labels, m, predictions=predictions)
+    return items
 
 
 def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
@@ -136,7 +190,10 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
         start = time.perf_counter()
         try:
             analysis = analyse(ref.instance_paths, ctx)
+            encode_start = time.perf_counter()
+            items = encode_outputs(analysis, ref.instance_paths, out_dir, version=ref.version)
             record = result_record(ref.series_instance_uid, analysis=analysis)
+            record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
             write_outputs(out_dir, record, analysis)
         except (DicomnodeError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -146,7 +203,12 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
             finish(sessions, ref.job_id, error=error, timings_s=record["timings_s"])
             return record
         record["timings_s"]["total"] = round(time.perf_counter() - start, 3)
-        finish(sessions, ref.job_id, timings_s=record["timings_s"])
+        root = ctx.settings.storage.path
+        rel = [{**i, "path": i["path"].relative_to(root).as_posix()} for i in items]
+        finish(sessions, ref.job_id, timings_s=record["timings_s"],
+               outputs={"dir": out_dir.relative_to(root).as_posix(), "items": rel},
+               also=lambda session: enqueue_in(session, ref.job_id, rel,
+                                               ctx.settings.destinations))
         log.info("job done: ICH %.1f mL, IVH %.1f mL (%s)", record["ich_volume_ml"],
                  record["ivh_volume_ml"], record["backend"])
         return record

@@ -20,7 +20,7 @@ from dicomnode.assemble.geometry import series_geometry
 from dicomnode.assemble.selection import evaluate
 from dicomnode.config import Settings
 from dicomnode.errors import DicomnodeError, InstanceRejected
-from dicomnode.pipeline import Context, analyse, result_record, write_outputs
+from dicomnode.pipeline import Context, analyse, encode_outputs, result_record, write_outputs
 from dicomnode.receive.header import STORED_CLASSES, check_uid, read_header
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def run(input_dir: Path, out_dir: Path, settings: Settings,
                 ctx = ctx or make_context(settings)
                 analysis = analyse(found.paths, ctx)
                 record = result_record(uid, analysis=analysis)
+                encode_outputs(analysis, found.paths, out_dir / uid, version=1)
             except (DicomnodeError, OSError, ValueError, RuntimeError, MemoryError) as exc:
                 record = result_record(uid, status="failed",
                                        reason=f"{type(exc).__name__}: {exc}")

@@ -8,9 +8,11 @@ died are re-queued at start-up (``requeue_stale``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Instance, Job, JobState, Series, SeriesState, Study, utcnow
 from dicomnode.db.session import SessionFactory
@@ -49,15 +51,24 @@ def claim_next(sessions: SessionFactory, storage_root, worker: str) -> SeriesRef
 
 
 def finish(sessions: SessionFactory, job_id: int, *, error: str = "",
-           timings_s: dict[str, Any] | None = None) -> None:
-    """Mark a claimed job done (``error`` empty) or failed (``error`` is ``Type: message``)."""
+           timings_s: dict[str, Any] | None = None, outputs: dict[str, Any] | None = None,
+           also: Callable[[Session], None] | None = None) -> None:
+    """Mark a claimed job done (``error`` empty) or failed (``error`` is ``Type: message``).
+
+    ``also`` runs in the same transaction (the outbox rows), so a crash cannot leave a job done
+    with its results never queued for delivery.
+    """
     with sessions.begin() as session:
+        if also is not None:
+            also(session)
         job = session.get(Job, job_id)
         if job is None:
             raise KeyError(f"job {job_id} does not exist")
         job.state = JobState.FAILED if error else JobState.DONE
         job.error = error
         job.timings_s = dict(timings_s or {})
+        if outputs is not None:
+            job.outputs = outputs
         job.finished_at = utcnow()
         series = session.get(Series, job.series_id)
         # An older version finishing must not overwrite the state of a newer, reopened version.

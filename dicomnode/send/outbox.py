@@ -29,12 +29,17 @@ _BATCH = 200
 def enqueue(sessions: SessionFactory, job_id: int, items: list[dict[str, Any]],
             destinations: tuple[Destination, ...]) -> int:
     """Add rows for each output each destination wants; existing rows are kept (idempotent)."""
-    added = 0
     with sessions.begin() as session:
-        for dest in destinations:
-            for item in items:
-                if item["kind"] not in dest.outputs:
-                    continue
+        return enqueue_in(session, job_id, items, destinations)
+
+
+def enqueue_in(session: Any, job_id: int, items: list[dict[str, Any]],
+               destinations: tuple[Destination, ...]) -> int:
+    """``enqueue`` inside the caller's transaction."""
+    added = 0
+    for dest in destinations:
+        for item in items:
+            if item["kind"] in dest.outputs:
                 added += _add(session, job_id, item, dest.name)
     return added
 
