@@ -192,6 +192,19 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dicomnode.demo import run_demo
+
+    settings = load_settings(args.config)
+    setup_logging("WARNING")
+    if args.backend:
+        from dataclasses import replace
+
+        settings = replace(settings, segmentation=replace(settings.segmentation,
+                                                          backend=args.backend))
+    return run_demo(settings, Path(args.out), matrix=args.matrix)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
@@ -236,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("unet", "blast_ct", "nnunet", "threshold"),
                    help="override [segmentation] backend")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the whole loop on loopback: node, PACS, synthetic study")
+    p.add_argument("--config", metavar="F")
+    p.add_argument("--out", default="demo-output", metavar="DIR", help="where PNGs go")
+    p.add_argument("--matrix", type=int, default=256, help="synthetic study matrix size")
+    p.add_argument("--backend", choices=("unet", "blast_ct", "nnunet", "threshold"))
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train models")
     train_sub = p.add_subparsers(dest="what", required=True)
