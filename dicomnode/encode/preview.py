@@ -1,0 +1,362 @@
+"""Burned-in pictures of a result: outlined slices, a summary key image, and PNG previews.
+
+Inputs: a :class:`~dicomnode.domain.CTVolume` (HU), its :class:`~dicomnode.domain.LabelMap`,
+the :class:`~dicomnode.domain.Measurements` and optional predictions. Outputs: RGB arrays
+(used by :mod:`dicomnode.encode.overlay` for the Secondary Capture series) and PNG files for the
+offline runner and the docs. Side effects: :func:`write_previews` writes files.
+
+Slices are shown in a brain window (W80 L40). Each label is outlined by the ring of pixels just
+outside its mask (4-connected, 1 px below 384 columns, else 2 px), so the haematoma's own pixels
+stay visible: ICH red, IVH cyan, extra-axial yellow, oedema a faint green.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, OEDEMA, CTVolume, LabelMap, Measurements
+
+from .font import CELL_H, CELL_W, draw_text
+
+__all__ = [
+    "BLOOD_LABELS",
+    "BRAIN_WINDOW_HU",
+    "NOT_FOR_DIAGNOSIS",
+    "STYLE",
+    "encode_png",
+    "outline",
+    "render_slice",
+    "render_summary",
+    "summary_lines",
+    "window",
+    "write_png",
+    "write_previews",
+]
+
+BRAIN_WINDOW_HU = (80.0, 40.0)  # (width, level)
+BLOOD_LABELS = (ICH, IVH, EXTRA_AXIAL)
+NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
+SYNTHETIC_NOTE = "Model fit on synthetic data only"
+
+# label -> (name, colour, opacity); drawn in this order, so ICH ends on top.
+STYLE: dict[int, tuple[str, tuple[int, int, int], float]] = {
+    OEDEMA: ("Oedema", (40, 200, 80), 0.5),
+    EXTRA_AXIAL: ("Extra-axial", (255, 220, 0), 1.0),
+    IVH: ("IVH", (0, 220, 255), 1.0),
+    ICH: ("ICH", (255, 40, 40), 1.0),
+}
+WHITE, AMBER, GREY = (255, 255, 255), (255, 170, 0), (170, 170, 170)
+SUMMARY_SIZE = (512, 1024)  # rows, columns: key slice on the left, text on the right
+_CROSS = ndimage.generate_binary_structure(2, 1)
+
+
+def window(hu: np.ndarray, width_hu: float = BRAIN_WINDOW_HU[0],
+           level_hu: float = BRAIN_WINDOW_HU[1]) -> np.ndarray:
+    """HU -> 8-bit grey through a linear window (values rounded half up)."""
+    lo = level_hu - width_hu / 2
+    return (np.clip((np.asarray(hu, dtype=np.float32) - lo) / width_hu, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """The ring of ``thickness`` pixels just outside a 2-D mask (4-connected dilation)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return np.zeros_like(mask)
+    return ndimage.binary_dilation(mask, structure=_CROSS, iterations=thickness) & ~mask
+
+
+def outline_thickness(columns: int) -> int:
+    return 1 if columns < 384 else 2
+
+
+def burn_outlines(grey: np.ndarray, labels2d: np.ndarray, *, thickness: int) -> np.ndarray:
+    """RGB copy of a grey slice with each label's outline burned in (see ``STYLE``)."""
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    for value, (_, colour, opacity) in STYLE.items():
+        ring = outline(labels2d == value, 1 if opacity < 1 else thickness)
+        if not ring.any():
+            continue
+        if opacity >= 1:
+            rgb[ring] = colour
+        else:
+            mixed = (1 - opacity) * rgb[ring].astype(np.float32) + opacity * np.asarray(colour, np.float32)
+            rgb[ring] = (mixed + 0.5).astype(np.uint8)
+    return rgb
+
+
+def render_slice(hu: np.ndarray, labels2d: np.ndarray, *, annotate: bool = True,
+                 synthetic: bool = False) -> np.ndarray:
+    """One slice in the brain window with outlines, and (from 192 columns) a corner annotation.
+
+    The annotation is "NOT FOR DIAGNOSTIC USE" (and the synthetic-model note) at the top left
+    and a legend of the labels present at the bottom left; nothing else changes.
+    """
+    if hu.shape != labels2d.shape or hu.ndim != 2:
+        raise ValueError(f"hu {hu.shape} and labels {labels2d.shape} must be the same 2-D shape")
+    rows, cols = hu.shape
+    rgb = burn_outlines(window(hu), labels2d, thickness=outline_thickness(cols))
+    if annotate and cols >= 192:
+        scale = max(1, cols // 256)
+        margin = 2 * scale
+        lines = [NOT_FOR_DIAGNOSIS] + ([SYNTHETIC_NOTE] if synthetic else [])
+        for i, text in enumerate(lines):
+            draw_text(rgb, text, margin + i * CELL_H * scale, margin, AMBER, scale=scale, shadow=True)
+        present = [v for v in STYLE if v != OEDEMA and (labels2d == v).any()]
+        _legend(rgb, present[::-1], rows - margin - CELL_H * scale, margin, scale)
+    return rgb
+
+
+def _legend(rgb: np.ndarray, values: Sequence[int], row: int, col: int, scale: int) -> None:
+    """Coloured boxes and names of ``values`` on one line starting at (row, col)."""
+    box = 7 * scale
+    for value in values:
+        name, colour, _ = STYLE[value]
+        rgb[row:row + box, col:col + box] = colour
+        col += box + 3 * scale
+        _, w = draw_text(rgb, name, row, col, WHITE, scale=scale, shadow=True)
+        col += w + 10 * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary key image
+
+
+def _pick(value: Any, *names: str) -> Any:
+    """First of ``names`` found in a mapping or as an attribute of ``value`` (else None)."""
+    for name in names:
+        if isinstance(value, Mapping) and value.get(name) is not None:
+            return value[name]
+        if not isinstance(value, Mapping) and getattr(value, name, None) is not None:
+            return getattr(value, name)
+    return None
+
+
+def _number(x: Any, *, percent: bool) -> str:
+    if isinstance(x, bool) or not isinstance(x, int | float | np.integer | np.floating):
+        return str(x)
+    if percent and 0.0 <= float(x) <= 1.0:
+        return f"{float(x):.1%}" if float(x) < 0.1 else f"{float(x):.0%}"
+    return f"{float(x):g}"
+
+
+_PREDICTION_NAMES = (("expansion", "Expansion risk"), ("he", "Expansion risk"),
+                     ("epilep", "Epilepsy risk"), ("pse", "Epilepsy risk"),
+                     ("seizure", "Epilepsy risk"), ("cave", "CAVE score"))
+
+
+def prediction_lines(predictions: Mapping[str, Any] | None) -> list[str]:
+    """One line per prediction: expansion and epilepsy risk, CAVE, then anything else.
+
+    A value may be a number (a probability in 0..1 is shown as a percentage), or a mapping or
+    object with some of ``probability``/``risk``/``score``/``points``/``value``, ``max_score``,
+    ``model``/``model_version``, ``synthetic`` and ``note``.
+    """
+    if not predictions:
+        return []
+    lines: list[str] = []
+    for key, value in predictions.items():
+        k = key.lower()
+        label = next((name for token, name in _PREDICTION_NAMES
+                      if (k == token if token in ("he", "pse") else token in k)), key.replace("_", " "))
+        cave = label == "CAVE score"
+        if isinstance(value, int | float | np.integer | np.floating) or isinstance(value, str):
+            lines.append(f"{label}: {_number(value, percent=not cave)}")
+            continue
+        score = _pick(value, "score", "points") if cave else None
+        main = _pick(value, "probability", "risk", "value", "score", "points")
+        parts = []
+        if score is not None:
+            top = _pick(value, "max_score", "maximum")
+            parts.append(_number(score, percent=False) + (f"/{_number(top, percent=False)}" if top else ""))
+            risk = _pick(value, "risk", "probability")
+            if risk is not None:
+                parts.append(f"risk {_number(risk, percent=True)}")
+        elif main is not None:
+            parts.append(_number(main, percent=True))
+        model = _pick(value, "model", "model_name")
+        version = _pick(value, "model_version", "version")
+        if model:
+            parts.append(f"({model}{' ' + str(version) if version else ''})")
+        if _pick(value, "synthetic", "synthetic_training"):
+            parts.append("[synthetic]")
+        note = _pick(value, "note", "caveat")
+        if note:
+            parts.append(f"- {note}")
+        lines.append(f"{label}: {' '.join(parts) if parts else '-'}")
+    return lines
+
+
+def summary_lines(labels: LabelMap, measurements: Measurements,
+                  predictions: Mapping[str, Any] | None = None) -> list[tuple[str, tuple[int, int, int]]]:
+    """The text of the summary key image, as (line, colour) pairs."""
+    m = measurements
+    out: list[tuple[str, tuple[int, int, int]]] = [(NOT_FOR_DIAGNOSIS, AMBER)]
+    if labels.synthetic_training:
+        out.append((SYNTHETIC_NOTE, AMBER))
+    out.append(("", WHITE))
+    out += [(f"ICH volume   {m.ich_volume_ml:7.1f} mL", WHITE),
+            (f"IVH volume   {m.ivh_volume_ml:7.1f} mL", WHITE),
+            (f"ABC/2        {m.abc2_volume_ml:7.1f} mL", WHITE)]
+    if m.extra_axial_volume_ml > 0:
+        out.append((f"Extra-axial  {m.extra_axial_volume_ml:7.1f} mL", WHITE))
+    if m.oedema_volume_ml > 0:
+        out.append((f"Oedema       {m.oedema_volume_ml:7.1f} mL", WHITE))
+    out += [(f"Site         {m.site.replace('_', ' ')}", WHITE),
+            (f"Cortical involvement: {'yes' if m.cortical_involvement else 'no'}", WHITE)]
+    preds = prediction_lines(predictions)
+    if preds:
+        out.append(("", WHITE))
+        out += [(line, WHITE) for line in preds]
+    out.append(("", WHITE))
+    model = f"Model: {labels.model} {labels.model_version}".rstrip()
+    if labels.backend and labels.backend != labels.model:
+        model += f" ({labels.backend})"
+    out.append((model, GREY))
+    return out
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, line = text.split(" "), [], ""
+    for word in words:
+        while len(word) > width:  # a very long token: hard split
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(word[:width])
+            word = word[width:]
+        candidate = f"{line} {word}" if line else word
+        if len(candidate) <= width:
+            line = candidate
+        else:
+            lines.append(line)
+            line = word
+    lines.append(line)
+    return lines
+
+
+def key_slice_index(volume: CTVolume, labels: LabelMap, measurements: Measurements) -> int:
+    """z index (into ``volume.image``) of the key slice: largest ICH area, else most blood, else middle."""
+    n = volume.image.GetSize()[2]
+    if measurements.largest_area_slice is not None and 0 <= measurements.largest_area_slice < n:
+        return int(measurements.largest_area_slice)
+    lab = sitk.GetArrayViewFromImage(labels.image)
+    area = np.isin(lab, BLOOD_LABELS).sum(axis=(1, 2))
+    return int(np.argmax(area)) if area.any() else n // 2
+
+
+def _fit(hu: np.ndarray, lab: np.ndarray, spacing_mm: tuple[float, float], box: int) -> tuple[
+        np.ndarray, np.ndarray]:
+    """Resample a slice (bilinear HU, nearest labels) to fit a ``box`` square, square pixels."""
+    rows, cols = hu.shape
+    sy, sx = spacing_mm
+    f = box / max(rows * sy, cols * sx)
+    out_r, out_c = max(1, round(rows * sy * f)), max(1, round(cols * sx * f))
+    if (out_r, out_c) == (rows, cols):
+        return hu, lab
+    rr = (np.arange(out_r) + 0.5) * rows / out_r - 0.5
+    cc = (np.arange(out_c) + 0.5) * cols / out_c - 0.5
+    grid = np.meshgrid(rr, cc, indexing="ij")
+    hu_out = ndimage.map_coordinates(hu.astype(np.float32), grid, order=1, mode="nearest")
+    ri = np.clip(np.floor(rr + 0.5).astype(int), 0, rows - 1)
+    ci = np.clip(np.floor(cc + 0.5).astype(int), 0, cols - 1)
+    return hu_out, lab[np.ix_(ri, ci)]
+
+
+def render_summary(volume: CTVolume, labels: LabelMap, measurements: Measurements,
+                   predictions: Mapping[str, Any] | None = None, *,
+                   footer: Sequence[str] = ()) -> np.ndarray:
+    """The summary key image (512 x 1024 RGB): key slice with outlines left, numbers right."""
+    rows, cols = SUMMARY_SIZE
+    rgb = np.zeros((rows, cols, 3), dtype=np.uint8)
+    z = key_slice_index(volume, labels, measurements)
+    hu = sitk.GetArrayViewFromImage(volume.image)[z]
+    lab = sitk.GetArrayViewFromImage(labels.image)[z]
+    sx, sy = volume.image.GetSpacing()[:2]
+    hu_fit, lab_fit = _fit(np.asarray(hu), np.asarray(lab), (sy, sx), rows)
+    pic = burn_outlines(window(hu_fit), lab_fit, thickness=2)
+    r0, c0 = (rows - pic.shape[0]) // 2, (rows - pic.shape[1]) // 2
+    rgb[r0:r0 + pic.shape[0], c0:c0 + pic.shape[1]] = pic
+
+    scale, x0, y = 2, rows + 16, 14
+    width_chars = (cols - x0 - 8) // (CELL_W * scale)
+    draw_text(rgb, "Haemorrhage summary", y, x0, WHITE, scale=3)
+    y += CELL_H * 3 + 6
+    lines = summary_lines(labels, measurements, predictions)
+    lines.append((f"Key slice {z + 1} of {volume.image.GetSize()[2]}", GREY))
+    lines += [(text, GREY) for text in footer]
+    for text, colour in lines:
+        for part in _wrap(text, width_chars) if text else [""]:
+            if y + CELL_H * scale > rows - 30:
+                break
+            draw_text(rgb, part, y, x0, colour, scale=scale)
+            y += CELL_H * scale
+    _legend(rgb, [v for v in (ICH, IVH, EXTRA_AXIAL, OEDEMA)
+                  if v in (ICH, IVH) or (sitk.GetArrayViewFromImage(labels.image) == v).any()],
+            rows - 12 - 7 * scale, x0, scale)
+    return rgb
+
+
+# ---------------------------------------------------------------------------------------------
+# PNG
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 image (or (H, W) grey); palette PNG when <= 256 colours."""
+    img = np.ascontiguousarray(rgb)
+    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+        raise ValueError(f"encode_png needs (H, W) or (H, W, 3) uint8, got {img.dtype} {img.shape}")
+    h, w = img.shape[:2]
+    plte = b""
+    if img.ndim == 2:
+        colour_type, pixels = 0, img
+    else:
+        packed = (img[..., 0].astype(np.uint32) << 16) | (img[..., 1].astype(np.uint32) << 8) | img[..., 2]
+        colours, index = np.unique(packed, return_inverse=True)
+        if len(colours) <= 256:
+            colour_type, pixels = 3, index.reshape(h, w).astype(np.uint8)
+            pal = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=1)
+            plte = pal.astype(np.uint8).tobytes()
+        else:
+            colour_type, pixels = 2, img.reshape(h, w * 3)
+    raw = np.zeros((h, pixels.shape[1] + 1), dtype=np.uint8)  # filter byte 0 (None) per row
+    raw[:, 1:] = pixels
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))
+            + (chunk(b"PLTE", plte) if plte else b"")
+            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 9))
+            + chunk(b"IEND", b""))
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    path = Path(path)
+    path.write_bytes(encode_png(rgb))
+    return path
+
+
+def write_previews(out_dir: Path, volume: CTVolume, labels: LabelMap, measurements: Measurements, *,
+                   predictions: Mapping[str, Any] | None = None, prefix: str = "overlay") -> list[Path]:
+    """Write ``<prefix>-key-slice.png`` (the key slice with outlines) and ``<prefix>-summary.png``.
+
+    Both are on the grid of ``volume.image`` (no source files needed). Returns the paths.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    z = key_slice_index(volume, labels, measurements)
+    hu = np.asarray(sitk.GetArrayViewFromImage(volume.image)[z])
+    lab = np.asarray(sitk.GetArrayViewFromImage(labels.image)[z])
+    key = render_slice(hu, lab, synthetic=labels.synthetic_training)
+    summary = render_summary(volume, labels, measurements, predictions)
+    return [write_png(out_dir / f"{prefix}-key-slice.png", key),
+            write_png(out_dir / f"{prefix}-summary.png", summary)]

@@ -1,0 +1,298 @@
+"""Measurements and predictions -> TID 1500 Measurement Report (Comprehensive 3D SR).
+
+Inputs: the source CT instances, the SEG built from them (:func:`dicomnode.encode.seg.build_seg`),
+:class:`~dicomnode.domain.Measurements`, the :class:`~dicomnode.domain.LabelMap` (model name,
+version, training data) and, optionally, predictions. Outputs: a
+:class:`highdicom.sr.Comprehensive3DSR` (PS3.3 A.35.13; PS3.16 TID 1500). Side effects: none.
+
+One Volumetric ROI Measurements group (TID 1411) per finding, each referencing its SEG segment
+(and the source images it was derived from) and carrying the segment's Tracking UID: ICH always
+(when the SEG has an ICH segment); IVH, perihaematomal oedema and extra-axial haemorrhage when
+their volume is above zero. The ICH group holds ABC/2, site, cortical involvement, the density and
+shape markers (mapping in :data:`dicomnode.encode.codes.MARKERS`) and the predictions. The observer
+is a device (dicomnode, with the model name and version); the procedure reported is CT of head.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import highdicom as hd
+from highdicom.sr import (
+    AlgorithmIdentification,
+    Comprehensive3DSR,
+    DeviceObserverIdentifyingAttributes,
+    FindingSite,
+    Measurement,
+    MeasurementReport,
+    ObservationContext,
+    ObserverContext,
+    QualitativeEvaluation,
+    ReferencedSegment,
+    SourceImageForSegmentation,
+    SourceSeriesForSegmentation,
+    TrackingIdentifier,
+    VolumetricROIMeasurementsAndQualitativeEvaluations,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as pydicom_codes
+from pydicom.uid import generate_uid
+
+from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, LABELS, OEDEMA, LabelMap, Measurements
+
+from . import codes, uids
+from .seg import SYNTHETIC_STATEMENT, segment_numbers_by_label, series_description
+
+__all__ = ["PREDICTIONS", "build_sr"]
+
+log = logging.getLogger(__name__)
+
+# Prediction keys -> (concept, kind). See docs/outputs.md for the accepted forms.
+PREDICTIONS: Mapping[str, tuple[Any, str]] = {
+    "expansion": (codes.HE_RISK, "probability"),
+    "epilepsy": (codes.PSE_RISK, "probability"),
+    "cave": (codes.CAVE_SCORE, "score"),
+}
+
+
+def _device_uid(manufacturer: str) -> str:
+    return generate_uid(prefix=uids.UID_PREFIX, entropy_srcs=[uids.NAMESPACE, "device", manufacturer])
+
+
+def _segment_sources(seg: Dataset) -> dict[int, list[tuple[str, str]]]:
+    """Segment number -> (SOP Class UID, SOP Instance UID) of the source images of its frames."""
+    out: dict[int, list[tuple[str, str]]] = {}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        refs = out.setdefault(number, [])
+        for derivation in frame.get("DerivationImageSequence", []):
+            for src in derivation.SourceImageSequence:
+                key = (str(src.ReferencedSOPClassUID), str(src.ReferencedSOPInstanceUID))
+                if key not in refs:
+                    refs.append(key)
+    return out
+
+
+def _tracking_uids(seg: Dataset) -> dict[int, str]:
+    return {int(s.SegmentNumber): str(s.TrackingUID) for s in seg.SegmentSequence if "TrackingUID" in s}
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _algorithm(
+    name: str, version: str, *, synthetic: bool, extra: Sequence[str] = ()
+) -> AlgorithmIdentification:
+    params = list(extra)
+    if synthetic:
+        params.append(f"{SYNTHETIC_STATEMENT} only; NOT FOR DIAGNOSTIC USE")
+    return AlgorithmIdentification(
+        name=name[:64], version=str(version)[:64], parameters=params or None,
+        family=codes.ALGORITHM_FAMILY, manufacturer="dicomnode",
+    )
+
+
+def _marker_items(markers: Mapping[str, Any]) -> tuple[list[Measurement], list[QualitativeEvaluation]]:
+    measurements: list[Measurement] = []
+    evaluations: list[QualitativeEvaluation] = []
+    for key, concept in codes.MARKERS.items():
+        if key not in markers or markers[key] is None:
+            continue
+        if concept.kind == "flag":
+            evaluations.append(QualitativeEvaluation(concept.name, codes.YES if markers[key] else codes.NO))
+            continue
+        value = _finite(markers[key])
+        if value is None:
+            log.debug("marker %s is not a finite number (%r): left out", key, markers[key])
+            continue
+        measurements.append(
+            Measurement(name=concept.name, value=value * concept.scale, unit=concept.unit,
+                        derivation=concept.derivation)
+        )
+    return measurements, evaluations
+
+
+def _prediction_items(predictions: Mapping[str, Any], labels: LabelMap) -> list[Measurement]:
+    """Risk probabilities (percent) and the CAVE score, each with its model's identification."""
+    items: list[Measurement] = []
+    for key, (concept, kind) in PREDICTIONS.items():
+        if key not in predictions or predictions[key] is None:
+            continue
+        entry = predictions[key]
+        spec: Mapping[str, Any] = entry if isinstance(entry, Mapping) else {kind: entry}
+        value = _finite(spec.get(kind))
+        if value is None:
+            raise ValueError(f"prediction {key!r} needs a finite {kind!r}, got {spec.get(kind)!r}")
+        if kind == "probability":
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"prediction {key!r}: probability must be in [0, 1], got {value}")
+            value, unit = 100.0 * value, codes.UNIT_PERCENT
+        else:
+            unit = codes.UNIT_SCORE
+        model = str(spec.get("model") or ("CAVE" if key == "cave" else key))
+        model_version = str(spec.get("model_version") or "unversioned")
+        synthetic = bool(spec.get("synthetic_training", spec.get("synthetic", labels.synthetic_training)))
+        items.append(
+            Measurement(name=concept, value=value, unit=unit,
+                        algorithm_id=_algorithm(model, model_version, synthetic=synthetic))
+        )
+    unknown = sorted(set(predictions) - set(PREDICTIONS))
+    if unknown:
+        log.debug("predictions %s have no SR concept: left out", unknown)
+    return items
+
+
+def _volume(value: float) -> Measurement:
+    return Measurement(name=codes.VOLUME, value=float(value), unit=codes.UNIT_ML,
+                       method=codes.SUM_OF_SEGMENTED_VOXELS)
+
+
+def build_sr(
+    source_datasets: Sequence[Dataset],
+    seg: hd.seg.Segmentation,
+    measurements: Measurements,
+    labels: LabelMap,
+    *,
+    version: int,
+    predictions: Mapping[str, Any] | None = None,
+    series_number: int = 9902,
+    manufacturer: str = "dicomnode",
+    software_version: str | None = None,
+) -> Comprehensive3DSR:
+    """Encode the measurements (and predictions) of one series as a TID 1500 report.
+
+    Parameters
+    ----------
+    source_datasets : sequence of pydicom.Dataset
+        The source instances (headers suffice); the first gives patient and study.
+    seg : highdicom.seg.Segmentation
+        The SEG of the same result version; its segments are referenced by the groups.
+    measurements : Measurements
+    labels : LabelMap
+        Model name, version and training data (``synthetic_training``).
+    version : int
+        Result version (>= 1); with the source series UID it fixes every UID.
+    predictions : mapping, optional
+        ``{"expansion": p, "epilepsy": p, "cave": score}``, each value a number or a mapping
+        ``{"probability"|"score": x, "model": name, "model_version": v, "synthetic_training": b}``
+        (``"synthetic"`` is accepted for ``"synthetic_training"``; default: the label map's).
+        Probabilities in [0, 1] are written in percent. Other keys are ignored.
+
+    Raises
+    ------
+    ValueError
+        No source datasets, a SEG of another series, or a malformed prediction.
+    """
+    if not source_datasets:
+        raise ValueError("no source datasets")
+    source_series = str(source_datasets[0].SeriesInstanceUID)
+    seg_sources = {str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence}
+    if seg_sources != {source_series}:
+        raise ValueError(f"SEG references series {sorted(seg_sources)}, not {source_series}")
+
+    numbers = segment_numbers_by_label(seg)
+    sources = _segment_sources(seg)
+    tracking = _tracking_uids(seg)
+    volumes = {ICH: measurements.ich_volume_ml, IVH: measurements.ivh_volume_ml,
+               OEDEMA: measurements.oedema_volume_ml, EXTRA_AXIAL: measurements.extra_axial_volume_ml}
+    seg_algorithm = _algorithm(labels.model, labels.model_version, synthetic=labels.synthetic_training,
+                               extra=[f"backend={labels.backend}"])
+    groups = []
+    for value, volume_ml in volumes.items():
+        name = LABELS[value]
+        if name not in numbers or (value != ICH and not volume_ml > 0.0):
+            continue
+        number = numbers[name]
+        concept = codes.segment_concept(value)
+        refs = sources.get(number, [])
+        referenced = ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=number,
+            source_images=[SourceImageForSegmentation(c, i) for c, i in refs] or None,
+            source_series=None if refs else SourceSeriesForSegmentation(source_series),
+        )
+        items = [_volume(volume_ml)]
+        evaluations: list[QualitativeEvaluation] = []
+        if value == ICH:
+            items.append(Measurement(name=codes.ABC2_VOLUME, value=float(measurements.abc2_volume_ml),
+                                     unit=codes.UNIT_ML))
+            if measurements.site in codes.SITES:
+                evaluations.append(QualitativeEvaluation(codes.HAEMORRHAGE_SITE,
+                                                         codes.SITES[measurements.site]))
+            evaluations.append(QualitativeEvaluation(
+                codes.CORTICAL_INVOLVEMENT, codes.YES if measurements.cortical_involvement else codes.NO))
+            marker_items, marker_evaluations = _marker_items(measurements.markers)
+            items += marker_items
+            evaluations += marker_evaluations
+            if predictions:
+                items += _prediction_items(predictions, labels)
+        if labels.synthetic_training:
+            evaluations.append(QualitativeEvaluation(codes.TRAINING_DATA, codes.SYNTHETIC_DATA))
+        groups.append(
+            VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=TrackingIdentifier(
+                    uid=tracking.get(number) or uids.tracking_uid(source_series, version, value),
+                    identifier=f"{concept.label} v{version}"[:64],
+                ),
+                referenced_segment=referenced,
+                finding_type=concept.property_type,
+                finding_category=concept.category,
+                finding_sites=[FindingSite(concept.anatomic_region)],
+                algorithm_id=seg_algorithm,
+                measurements=items,
+                qualitative_evaluations=evaluations or None,
+            )
+        )
+
+    observer = ObserverContext(
+        observer_type=pydicom_codes.DCM.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=_device_uid(manufacturer),
+            name="dicomnode",
+            manufacturer_name=manufacturer,
+            model_name=f"{labels.model} {labels.model_version}"[:64],
+        ),
+    )
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.CT_OF_HEAD,
+        imaging_measurements=groups,
+    )
+    charset = source_datasets[0].get("SpecificCharacterSet")
+    equipment = hd.ContributingEquipment(
+        manufacturer=manufacturer,
+        purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+        manufacturer_model_name=f"{labels.model} ({labels.backend})"[:64],
+        software_versions=software_version,
+        contribution_description=f"measurements of segmentation model {labels.model}"[:64],
+    )
+    sr = Comprehensive3DSR(
+        evidence=[*source_datasets, seg],
+        content=report,
+        series_instance_uid=uids.series_uid(source_series, version, "sr"),
+        series_number=series_number,
+        sop_instance_uid=uids.instance_uid(source_series, version, "sr", 0),
+        instance_number=1,
+        manufacturer=manufacturer,
+        is_complete=True,
+        record_evidence=False,
+        contributing_equipment=[equipment],
+        series_description=series_description("SR", labels),
+        coding_schemes=codes.coding_schemes(),
+        manufacturer_model_name="dicomnode",
+        software_versions=software_version,
+        specific_character_set=list(charset) if charset is not None and not isinstance(charset, str)
+        else charset,
+    )
+    log.info("SR %s: %d group(s) referencing SEG %s", sr.SOPInstanceUID, len(groups), seg.SOPInstanceUID,
+             extra={"series_uid": source_series})
+    return sr

@@ -1,0 +1,311 @@
+"""Overlay Secondary Capture series and PNG previews, on small synthetic studies.
+
+The studies (``plain_case``, ``tilted_case``) come from this folder's conftest.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.uid import SecondaryCaptureImageStorage
+
+from dicomnode.domain import ICH, IVH, OEDEMA, LabelMap, Measurements
+from dicomnode.encode.font import text_mask
+from dicomnode.encode.overlay import build_overlays
+from dicomnode.encode.preview import (
+    AMBER,
+    STYLE,
+    encode_png,
+    prediction_lines,
+    render_slice,
+    window,
+    write_previews,
+)
+from dicomnode.load.volume import to_source_grid
+
+if TYPE_CHECKING:  # the fixtures' type; pytest itself loads conftest
+    from conftest import Case
+
+PREDICTIONS = {
+    "expansion": {"probability": 0.31, "model": "he-svm", "model_version": "1.0", "synthetic": True},
+    "epilepsy": 0.12,
+    "cave": {"score": 2, "max_score": 3, "risk": 0.098, "note": "E unknown"},
+}
+
+
+def _build(case: Case, **kw: object) -> list[Dataset]:
+    kw.setdefault("version", 1)
+    kw.setdefault("predictions", PREDICTIONS)
+    return build_overlays(case.datasets, case.volume, case.labels, case.measurements, **kw)  # type: ignore[arg-type]
+
+
+def _source_hu(case: Case) -> dict[str, np.ndarray]:
+    """HU of every source plane, read from the files (independent of the loader)."""
+    out = {}
+    for path in sorted(Path(case.study.dicom_dir).glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        out[str(ds.SOPInstanceUID)] = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    return out
+
+
+@pytest.fixture(scope="module")
+def overlays(plain_case: Case) -> list[Dataset]:
+    return _build(plain_case)
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    return (rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])
+
+
+def _ring(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """Pixels outside ``mask`` within ``thickness`` 4-connected steps (numpy only)."""
+    grown = mask.copy()
+    for _ in range(thickness):
+        g = grown.copy()
+        g[1:] |= grown[:-1]
+        g[:-1] |= grown[1:]
+        g[:, 1:] |= grown[:, :-1]
+        g[:, :-1] |= grown[:, 1:]
+        grown = g
+    return grown & ~mask
+
+
+def _crop(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def _blood_slices(case: Case) -> list[str]:
+    return [s.sop_instance_uid for s, lab in zip(case.volume.slices, case.truth, strict=True)
+            if np.isin(lab, (ICH, IVH)).any()]
+
+
+def test_series_structure(plain_case: Case, overlays: list[Dataset]) -> None:
+    case = plain_case
+    blood = _blood_slices(case)
+    assert len(blood) >= 3
+    assert len(overlays) == len(blood) + 1
+    summary, slices = overlays[0], overlays[1:]
+    assert [ds.InstanceNumber for ds in overlays] == list(range(1, len(overlays) + 1))
+    assert "ImagePositionPatient" not in summary and summary.Columns > summary.Rows
+    src0 = case.datasets[0]
+    series_uids = {ds.SeriesInstanceUID for ds in overlays}
+    assert len(series_uids) == 1 and src0.SeriesInstanceUID not in series_uids
+    assert len({ds.SOPInstanceUID for ds in overlays}) == len(overlays)
+    for ds in overlays:
+        assert ds.SOPClassUID == SecondaryCaptureImageStorage
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert (ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated) == (3, "RGB", 8)
+        assert ds.pixel_array.shape == (ds.Rows, ds.Columns, 3)
+        assert ds.StudyInstanceUID == src0.StudyInstanceUID
+        assert (ds.PatientID, ds.PatientName, ds.AccessionNumber) == (
+            src0.PatientID, src0.PatientName, src0.AccessionNumber)
+        assert ds.SpecificCharacterSet == src0.SpecificCharacterSet
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+        assert (ds.BurnedInAnnotation, ds.ConversionType, ds.SeriesNumber) == ("YES", "WSD", 9903)
+        assert "NOT FOR DIAGNOSTIC USE" in ds.SeriesDescription and len(ds.SeriesDescription) <= 64
+        assert "NOT FOR DIAGNOSTIC USE" in ds.ImageComments and "synthetic" in ds.ImageComments
+        assert ds.DerivationDescription
+        assert len(ds.SourceImageSequence) == 1
+    # one overlay per slice with blood, in slice order, on that slice's geometry
+    assert [ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in slices] == blood
+    by_uid = {str(d.SOPInstanceUID): d for d in case.datasets}
+    numbers = [int(by_uid[u].InstanceNumber) for u in blood]
+    assert numbers == sorted(numbers)  # the source's own scroll order
+    for ds in slices:
+        src = by_uid[ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
+        assert ds.SourceImageSequence[0].ReferencedSOPClassUID == src.SOPClassUID
+        assert ds.FrameOfReferenceUID == src.FrameOfReferenceUID
+        for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            assert np.allclose([float(v) for v in ds[kw].value], [float(v) for v in src[kw].value])
+        assert (ds.Rows, ds.Columns) == (src.Rows, src.Columns)
+        assert list(ds.PatientOrientation) == ["L", "P"]
+
+
+def test_outlines_on_brain_window(plain_case: Case, overlays: list[Dataset]) -> None:
+    hu = _source_hu(plain_case)
+    labels = {s.sop_instance_uid: lab
+              for s, lab in zip(plain_case.volume.slices, plain_case.truth, strict=True)}
+    for ds in overlays[1:]:
+        uid = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+        grey = np.clip(hu[uid] / 80.0, 0, 1) * 255  # W80 L40: 0 HU black, 80 HU white
+        rgb = ds.pixel_array.astype(int)
+        lab = labels[uid]
+        coloured = ~_grey(rgb)
+        rings = {v: _ring(lab == v) for v in (ICH, IVH, OEDEMA)}
+        # colour only on label boundaries; the windowed CT everywhere else
+        assert not (coloured & ~(rings[ICH] | rings[IVH] | rings[OEDEMA])).any()
+        assert (np.abs(rgb[..., 0] - grey)[~coloured] <= 1).all()
+        # ICH (drawn last) outlined in red all round; IVH in cyan where not under the ICH ring
+        assert rings[ICH].any() or rings[IVH].any()
+        assert (rgb[rings[ICH]] == STYLE[ICH][1]).all()
+        assert (rgb[rings[IVH] & ~rings[ICH]] == STYLE[IVH][1]).all()
+        # the masks themselves keep their CT grey
+        inside = np.isin(lab, (ICH, IVH)) & ~rings[ICH] & ~rings[IVH] & ~rings[OEDEMA]
+        assert (np.abs(rgb[..., 1] - grey)[inside] <= 1).all()
+
+
+def test_summary_text(plain_case: Case, overlays: list[Dataset]) -> None:
+    summary = overlays[0].pixel_array
+    rows = summary.shape[0]
+    text = summary[:, rows:]  # right of the key slice
+    assert (text.max(axis=2) > 0).sum() > 3000
+    # the first amber line reads NOT FOR DIAGNOSTIC USE, the second the synthetic-model note
+    amber = (text == AMBER).all(axis=2)
+    r0 = int(np.flatnonzero(amber.any(axis=1))[0])
+    for i, words in enumerate(["NOT FOR DIAGNOSTIC USE", "Model fit on synthetic data only"]):
+        line = amber[r0 + 20 * i:r0 + 20 * i + 16]
+        assert (_crop(line) == _crop(text_mask(words, 2))).all()
+    # predictions add text, the key slice stays; the summary references one source slice
+    plain = _build(plain_case, predictions=None)[0].pixel_array
+    assert (plain[:, rows:] != text).any() and (plain[:, :rows] == summary[:, :rows]).all()
+    assert len(overlays[0].SourceImageSequence) == 1
+    assert "CAVE" in overlays[0].ImageComments and "ICH volume" in overlays[0].ImageComments
+
+
+def test_uids_deterministic(plain_case: Case, overlays: list[Dataset]) -> None:
+    again = _build(plain_case)
+    assert [ds.SOPInstanceUID for ds in again] == [ds.SOPInstanceUID for ds in overlays]
+    assert again[0].SeriesInstanceUID == overlays[0].SeriesInstanceUID
+    v2 = _build(plain_case, version=2)
+    assert not {ds.SOPInstanceUID for ds in v2} & {ds.SOPInstanceUID for ds in overlays}
+    assert v2[0].SeriesInstanceUID != overlays[0].SeriesInstanceUID
+
+
+def test_no_blood_gives_only_the_summary(plain_case: Case) -> None:
+    empty = sitk.Image(plain_case.labels.image.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(plain_case.labels.image)
+    labels = LabelMap(image=empty, backend="threshold", model="threshold", model_version="1")
+    m = Measurements(0.0, 0.0, 0.0, None, False, "none")
+    out = build_overlays(plain_case.datasets, plain_case.volume, labels, m, version=1)
+    assert len(out) == 1 and "SourceImageSequence" not in out[0]
+    assert "synthetic" not in out[0].SeriesDescription
+
+
+def test_rejects_bad_input(plain_case: Case) -> None:
+    c = plain_case
+    with pytest.raises(ValueError, match="source datasets"):
+        build_overlays([], c.volume, c.labels, c.measurements, version=1)
+    other = Dataset()
+    other.update(c.datasets[0])
+    other.StudyInstanceUID = "1.2.3.4"
+    with pytest.raises(ValueError, match="study"):
+        build_overlays([other], c.volume, c.labels, c.measurements, version=1)
+    with pytest.raises(ValueError, match="version"):
+        build_overlays(c.datasets, c.volume, c.labels, c.measurements, version=0)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
+def test_dciodvfy_reports_no_errors(overlays: list[Dataset], tmp_path: Path) -> None:
+    for i, ds in enumerate(overlays):
+        path = tmp_path / f"{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        report = result.stdout + result.stderr
+        assert "Error" not in report, report
+        # the only warnings: Frame of Reference and Image Plane attributes, Standard Extended
+        for line in report.splitlines():
+            if line.startswith("Warning"):
+                assert "not present in standard DICOM IOD" in line, line
+
+
+@pytest.mark.parametrize("with_pixels", [True, False])
+def test_tilted_series_on_source_planes(tilted_case: Case, with_pixels: bool) -> None:
+    case = tilted_case
+    assert case.volume.resampled
+    hu = _source_hu(case)
+    sources = ([pydicom.dcmread(p) for p in sorted(Path(case.study.dicom_dir).glob("*.dcm"))]
+               if with_pixels else case.datasets)  # headers only: planes resampled from the volume
+    out = build_overlays(sources, case.volume, case.labels, case.measurements, version=1)
+    back = to_source_grid(case.labels.image, case.volume)
+    n_blood = int(np.isin(back, (ICH, IVH)).any(axis=(1, 2)).sum())
+    assert len(out) == n_blood + 1 and n_blood >= 3
+    for ds in out[1:]:
+        uid = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+        rgb = ds.pixel_array.astype(int)
+        coloured = ~_grey(rgb)
+        assert coloured.any()
+        expected = window(hu[uid]).astype(int)
+        diff = np.abs(rgb[..., 0] - expected)[~coloured]
+        if with_pixels:
+            assert (diff <= 1).all()
+        else:  # interpolated twice: brain pixels close (1 HU = 3.2 grey levels), edges less so
+            brain = ~coloured & (expected > 0) & (expected < 255)
+            assert np.median(np.abs(rgb[..., 0] - expected)[brain]) < 12
+        src = next(d for d in case.datasets if d.SOPInstanceUID == uid)
+        assert np.allclose([float(v) for v in ds.ImageOrientationPatient],
+                           [float(v) for v in src.ImageOrientationPatient])
+
+
+def test_slice_annotation_only_in_corners() -> None:
+    rng = np.random.default_rng(0)
+    hu = rng.normal(35, 10, (256, 256)).astype(np.float32)
+    lab = np.zeros((256, 256), np.uint8)
+    lab[100:140, 90:150] = ICH
+    lab[150:160, 120:130] = IVH
+    plain = render_slice(hu, lab, annotate=False)
+    rgb = render_slice(hu, lab, synthetic=True)
+    changed = (rgb != plain).any(axis=2)
+    assert changed[:30, :200].any() and changed[-20:, :100].any()  # warning top left, legend bottom left
+    assert not changed[30:-20].any()
+    assert (plain[..., 0][lab == ICH] == window(hu)[lab == ICH]).all()
+
+
+def test_prediction_lines() -> None:
+    lines = prediction_lines(PREDICTIONS | {"age_group": "under 65"})
+    assert lines[0] == "Expansion risk: 31% (he-svm 1.0) [synthetic]"
+    assert lines[1] == "Epilepsy risk: 12%"
+    assert lines[2] == "CAVE score: 2/3 risk 9.8% - E unknown"
+    assert lines[3] == "age group: under 65"
+    assert prediction_lines(None) == []
+
+
+def _read_png(data: bytes) -> tuple[tuple[int, ...], bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, ihdr, idat = 8, None, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(tag + body)
+        if tag == b"IHDR":
+            ihdr = struct.unpack(">IIBBBBB", body)
+        elif tag == b"IDAT":
+            idat += body
+        pos += 12 + length
+    assert ihdr is not None and tag == b"IEND"
+    return ihdr, zlib.decompress(idat)
+
+
+def test_previews_are_valid_pngs(plain_case: Case, tmp_path: Path) -> None:
+    c = plain_case
+    paths = write_previews(tmp_path / "png", c.volume, c.labels, c.measurements, predictions=PREDICTIONS)
+    assert [p.name for p in paths] == ["overlay-key-slice.png", "overlay-summary.png"]
+    for path, shape in zip(paths, [(64, 64), (512, 1024)], strict=True):
+        (w, h, depth, colour_type, *_), raw = _read_png(path.read_bytes())
+        assert (h, w, depth) == (*shape, 8) and colour_type in (2, 3)
+        assert len(raw) == h * (1 + w * (3 if colour_type == 2 else 1))
+
+
+def test_png_round_trip() -> None:
+    rng = np.random.default_rng(1)
+    few = rng.integers(0, 4, (5, 7, 1)) * np.array([[[60, 0, 20]]])
+    many = rng.integers(0, 256, (5, 7, 3))
+    for rgb in (few.astype(np.uint8), many.astype(np.uint8)):
+        (w, h, _, colour_type, *_), raw = _read_png(encode_png(rgb))
+        rows = np.frombuffer(raw, np.uint8).reshape(h, -1)
+        assert (rows[:, 0] == 0).all()
+        if colour_type == 2:
+            assert (rows[:, 1:].reshape(h, w, 3) == rgb).all()
+        else:
+            assert len(np.unique(rows[:, 1:])) == len(np.unique(rgb.reshape(-1, 3), axis=0))
