@@ -33,7 +33,7 @@ from pydicom.valuerep import format_number_as_ds
 
 import dicomnode
 from dicomnode.domain import CTVolume, LabelMap, Measurements
-from dicomnode.load.volume import to_source_grid
+from dicomnode.grid import to_source_grid
 
 from .preview import (
     BLOOD_LABELS,
