@@ -195,8 +195,10 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
             record = result_record(ref.series_instance_uid, analysis=analysis)
             record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
             write_outputs(out_dir, record, analysis)
-        except (DicomnodeError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the one place that records a job's failure
             error = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, DicomnodeError | OSError | ValueError | MemoryError):
+                log.exception("unexpected error in job")
             log.error("job failed: %s", error)
             record = result_record(ref.series_instance_uid, status="failed", reason=error,
                                    timings_s={"total": round(time.perf_counter() - start, 3)})

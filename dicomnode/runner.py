@@ -76,7 +76,9 @@ def run(input_dir: Path, out_dir: Path, settings: Settings,
                 analysis = analyse(found.paths, ctx)
                 record = result_record(uid, analysis=analysis)
                 encode_outputs(analysis, found.paths, out_dir / uid, version=1)
-            except (DicomnodeError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one series' failure is recorded, not fatal
+                if not isinstance(exc, DicomnodeError | OSError | ValueError | MemoryError):
+                    log.exception("unexpected error in series %s", uid)
                 record = result_record(uid, status="failed",
                                        reason=f"{type(exc).__name__}: {exc}")
         write_outputs(out_dir / uid, record, analysis)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
 
@@ -17,7 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory, make_sessions
-from dicomnode.jobs.queue import requeue_stale
+from dicomnode.jobs.queue import requeue_stale, requeue_worker
 from dicomnode.jobs.scheduler import build_scheduler
 from dicomnode.procs import spawn_python
 from dicomnode.procs import stop as stop_process
@@ -25,6 +26,7 @@ from dicomnode.receive.reconcile import reconcile
 from dicomnode.receive.scp import start_scp
 from dicomnode.receive.storage import InstanceStore
 from dicomnode.send.outbox import deliver_due
+from dicomnode.worker import worker_name
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,9 @@ class Node:
         child_settings = replace(self.settings, node=replace(self.settings.node, port=self.port))
         self.children = [_Child("dicomnode.receive.child", child_settings) for _ in range(extra)]
         if self.start_worker:
-            self.children.append(_Child("dicomnode.worker", child_settings))
+            # A worker that dies mid-job leaves it claimed: give it back to the queue.
+            self.children.append(_Child("dicomnode.worker", child_settings, on_exit=lambda pid:
+                                        requeue_worker(self.sessions, worker_name(pid))))
         for child in self.children:
             child.start()
         if self.children:
@@ -121,8 +125,10 @@ class Node:
 class _Child:
     """A supervised child process (receiver or worker) and its restart backoff."""
 
-    def __init__(self, module: str, settings: Settings) -> None:
+    def __init__(self, module: str, settings: Settings,
+                 on_exit: Callable[[int], object] | None = None) -> None:
         self.module = module
+        self.on_exit = on_exit
         self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
         self.failures = 0
@@ -143,6 +149,8 @@ class _Child:
             self.next_start = now + delay
             log.error("%s (pid %d) exited with %s; restarting in %.0f s", self.module,
                       self.proc.pid, self.proc.returncode, delay)
+            if self.on_exit is not None:
+                self.on_exit(self.proc.pid)
         if now >= self.next_start:
             self.next_start = 0.0
             self.start()

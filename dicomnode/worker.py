@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 EXIT_MODEL_ERROR = 3
 
 
+def worker_name(pid: int) -> str:
+    """How a worker is named on the jobs it claims (host and process id)."""
+    return f"{socket.gethostname()}:{pid}"
+
+
 def run_worker(settings: Settings, stop: threading.Event | None = None, *,
                poll_s: float = 1.0, max_jobs: int | None = None) -> int:
     """Process jobs until ``stop`` is set (or ``max_jobs`` are done); returns an exit code."""
@@ -37,7 +42,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None, *,
         # Jobs stay queued (nothing is lost); the supervisor retries with backoff.
         log.error("worker cannot load its model: %s", exc)
         return EXIT_MODEL_ERROR
-    name = f"{socket.gethostname()}:{os.getpid()}"
+    name = worker_name(os.getpid())
     log.info("worker %s ready (backend %s)", name, settings.segmentation.backend)
     done = 0
     while not stop.is_set():

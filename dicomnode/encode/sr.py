@@ -65,8 +65,12 @@ def _device_uid(manufacturer: str) -> str:
 def _segment_sources(seg: Dataset) -> dict[int, list[tuple[str, str]]]:
     """Segment number -> (SOP Class UID, SOP Instance UID) of the source images of its frames."""
     out: dict[int, list[tuple[str, str]]] = {}
+    # With one segment, the segment identification may sit in the shared functional groups.
+    shared = seg.get("SharedFunctionalGroupsSequence", [None])[0]
+    shared_id = shared.get("SegmentIdentificationSequence") if shared is not None else None
     for frame in seg.PerFrameFunctionalGroupsSequence:
-        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        ident = frame.get("SegmentIdentificationSequence") or shared_id
+        number = int(ident[0].ReferencedSegmentNumber)
         refs = out.setdefault(number, [])
         for derivation in frame.get("DerivationImageSequence", []):
             for src in derivation.SourceImageSequence:

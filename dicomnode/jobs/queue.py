@@ -92,6 +92,22 @@ def requeue(sessions: SessionFactory, job_id: int) -> None:
             series.reason = ""
 
 
+def requeue_worker(sessions: SessionFactory, worker: str) -> int:
+    """Re-queue the jobs a worker that died had claimed (its supervisor knows its name)."""
+    with sessions.begin() as session:
+        jobs = list(session.scalars(select(Job).where(Job.state == JobState.PROCESSING,
+                                                      Job.worker == worker)))
+        for job in jobs:
+            job.state = JobState.QUEUED
+            job.worker = None
+            series = session.get(Series, job.series_id)
+            if series is not None and series.version == job.version:
+                series.state = SeriesState.QUEUED
+    if jobs:
+        log.warning("re-queued %d jobs of stopped worker %s", len(jobs), worker)
+    return len(jobs)
+
+
 def requeue_stale(sessions: SessionFactory) -> int:
     """Re-queue jobs left ``processing`` by a worker that died; returns how many."""
     with sessions.begin() as session:

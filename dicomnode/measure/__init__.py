@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from dicomnode.anatomy import brain_geometry
 from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, OEDEMA, CTVolume, LabelMap, Measurements
 
-from dicomnode.anatomy import brain_geometry
 from .location import locate
 from .markers import density_markers, shape_markers
 from .volumes import abc2, volume_ml

@@ -23,8 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from dicomnode.domain import ICH, LABELS, CTVolume, LabelMap
 from dicomnode.anatomy import brain_mask, depth_mm
+from dicomnode.domain import ICH, LABELS, CTVolume, LabelMap
 
 LOW_HU, HIGH_HU = 50.0, 90.0
 SMOOTH_MM = 1.0
