@@ -270,9 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--iterations", type=int, default=40, help="iterations per epoch")
     t.add_argument("--batch-size", type=int, default=2)
-    t.add_argument("--filters", default="16,32,64,128")
+    t.add_argument("--filters", default="8,16,32,64")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.set_defaults(func=cmd_train_segmentation)
+    try:
+        from dicomnode.predict.cli import register as register_predict
+    except ImportError:  # the prediction recipes are not installed in this tree
+        pass
+    else:
+        register_predict(train_sub)
 
     try:
         from dicomnode.synth.cli import register as register_synth

@@ -33,15 +33,17 @@ CLASS_NAMES = {1: "ICH", 2: "IVH", 3: "oedema"}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 2.5)
+    spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.5)
     hu_window: tuple[float, float] = (-20.0, 120.0)
-    roi_size_zyx: tuple[int, int, int] = (32, 96, 96)
-    filters: tuple[int, ...] = (16, 32, 64, 128)
+    roi_size_zyx: tuple[int, int, int] = (24, 64, 64)
+    filters: tuple[int, ...] = (8, 16, 32, 64)
     epochs: int = 30
     iterations_per_epoch: int = 40
     batch_size: int = 2
     learning_rate: float = 2e-3
     validation_fraction: float = 0.15
+    max_validation_cases: int = 8
+    validate_every: int = 5
     seed: int = 0
     device: str = "auto"
 
@@ -128,7 +130,8 @@ def train(folders: Sequence[Path], out: Path, cfg: TrainConfig, *,
     device = select_device(cfg.device)
     cases = prepare(folders, cfg, out / ".cache")
     rng.shuffle(cases)
-    n_val = max(1, int(len(cases) * cfg.validation_fraction)) if len(cases) > 3 else 0
+    n_val = min(cfg.max_validation_cases,
+                max(1, int(len(cases) * cfg.validation_fraction))) if len(cases) > 3 else 0
     val, fit = cases[:n_val], cases[n_val:] or cases
     data = [dict(np.load(p)) for p in fit]
     arch = {"type": "DynUNet", "in_channels": 1, "out_channels": 4,
@@ -166,7 +169,7 @@ def train(folders: Sequence[Path], out: Path, cfg: TrainConfig, *,
             losses.append(float(loss.detach()))
         sched.step()
         metrics = {"loss": float(np.mean(losses))}
-        if val:
+        if val and (epoch % cfg.validate_every == 0 or epoch == cfg.epochs):
             net.eval()
             dices = []
             with torch.inference_mode():
@@ -178,16 +181,33 @@ def train(folders: Sequence[Path], out: Path, cfg: TrainConfig, *,
                     pred = logits.argmax(1)[0].cpu().numpy()
                     dices.append(_dice(pred == 1, case["labels"] == 1))
             metrics["val_ich_dice"] = float(np.mean(dices))
+        if val and "val_ich_dice" not in metrics:
+            log.info("epoch %d/%d %s", epoch, cfg.epochs, metrics)
+            if progress is not None:
+                progress(epoch, cfg.epochs, metrics)
+            continue
         score = metrics.get("val_ich_dice", -metrics["loss"])
         if score > best["dice"]:
             best = {"dice": score, "epoch": epoch, **metrics}
             torch.save({k: v.detach().half().cpu() for k, v in net.state_dict().items()}, weights)
+            # A usable bundle exists after every improvement, so a long run can be stopped.
+            write_bundle(out, _meta(out, arch, cfg, best, fit, val, device, started,
+                                    data_description, synthetic), weights)
         log.info("epoch %d/%d %s", epoch, cfg.epochs, metrics)
         if progress is not None:
             progress(epoch, cfg.epochs, metrics)
-    import monai
+    return write_bundle(out, _meta(out, arch, cfg, best, fit, val, device, started,
+                                   data_description, synthetic), weights)
 
-    meta = {
+
+def _meta(out: Path, arch: dict[str, Any], cfg: TrainConfig, best: dict[str, Any],
+          fit: list[Path], val: list[Path], device: Any, started: float,
+          data_description: str, synthetic: bool) -> dict[str, Any]:
+    """model.json content for the weights saved so far."""
+    import monai
+    import torch
+
+    return {
         "name": out.name, "version": datetime.now(UTC).strftime("%Y.%m.%d"), "backend": "unet",
         "architecture": arch, "labels": {str(k): v for k, v in CLASS_NAMES.items()},
         "spacing_mm": list(cfg.spacing_mm), "hu_window": list(cfg.hu_window),
@@ -207,7 +227,6 @@ def train(folders: Sequence[Path], out: Path, cfg: TrainConfig, *,
         "versions": {"torch": torch.__version__, "monai": monai.__version__,
                      "python": platform.python_version()},
     }
-    return write_bundle(out, meta, weights)
 
 
 def update_metrics(out: Path, metrics: dict[str, Any]) -> None:
