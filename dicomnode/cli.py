@@ -195,11 +195,12 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from dicomnode.demo import run_demo
 
-    settings = load_settings(args.config)
-    setup_logging("WARNING")
-    if args.backend:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    settings = load_settings(args.config)
+    settings = replace(settings, logging=replace(settings.logging, level="WARNING"))
+    setup_logging(settings.logging.level)
+    if args.backend:
         settings = replace(settings, segmentation=replace(settings.segmentation,
                                                           backend=args.backend))
     return run_demo(settings, Path(args.out), matrix=args.matrix)

@@ -59,4 +59,7 @@ def setup_logging(level: str = "INFO") -> None:
     # pynetdicom logs every PDU at INFO, including patient-identifying dataset summaries at
     # DEBUG; keep it at WARNING unless we debug.
     logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
-    logging.getLogger("apscheduler").setLevel("WARNING")
+    # "skipped: maximum number of running instances reached" is the intended overlap guard.
+    logging.getLogger("apscheduler").setLevel("ERROR")
+    # highdicom narrates every module it copies at INFO.
+    logging.getLogger("highdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
