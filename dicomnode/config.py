@@ -105,6 +105,14 @@ class SegmentationSettings:
 
 
 @dataclass(frozen=True)
+class PredictionSettings:
+    enabled: bool = True
+    he_model: Path | None = None
+    pse_model: Path | None = None
+    clinical_sidecar: Path | None = None
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
 
@@ -148,6 +156,7 @@ class Settings:
     assembly: AssemblySettings = field(default_factory=AssemblySettings)
     eligibility: EligibilitySettings = field(default_factory=EligibilitySettings)
     segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
+    prediction: PredictionSettings = field(default_factory=PredictionSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     destinations: tuple[Destination, ...] = ()
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
@@ -292,7 +301,8 @@ class _Validator:
     # -- sections ------------------------------------------------------------------------
     def build(self, raw: Mapping[str, Any], source: Path | None) -> Settings:
         sections = {"node", "access", "tls", "storage", "database", "assembly", "eligibility",
-                    "segmentation", "logging", "destinations", "delivery", "worker"}
+                    "segmentation", "prediction", "logging", "destinations", "delivery",
+                    "worker"}
         for key in sorted(set(raw) - sections):
             self.problems.append(f"unknown section or key {key!r}")
         d = Settings()
@@ -367,7 +377,8 @@ class _Validator:
                 self.problems.append("[tls] require_client_certificate needs ca_certificates")
         return Settings(source=source, node=node, access=access, tls=tls, storage=storage,
                         database=database, assembly=assembly, eligibility=eligibility,
-                        segmentation=segmentation, logging=logging_, destinations=self._destinations(raw))
+                        segmentation=segmentation, prediction=self._prediction(raw),
+                        logging=logging_, destinations=self._destinations(raw))
 
     def _eligibility(self, raw: Mapping[str, Any], d: EligibilitySettings) -> EligibilitySettings:
         t = self._table(raw, "eligibility", set(EligibilitySettings.__dataclass_fields__))
@@ -457,6 +468,29 @@ class _Validator:
         for name in sorted({n for n in names if names.count(n) > 1}):
             self.problems.append(f"[[destinations]] name {name!r} is used twice")
         return tuple(out)
+
+    def _prediction(self, raw: Mapping[str, Any]) -> PredictionSettings:
+        t = self._table(raw, "prediction", set(PredictionSettings.__dataclass_fields__))
+        s = "prediction"
+        repo = Path(__file__).resolve().parents[1]
+        # Keys left out: the reference models shipped in models/, when present.
+        defaults = {"he_model": repo / "models" / "he-hybrid-kbest-svm",
+                    "pse_model": repo / "models" / "pse-psenet"}
+        paths = {}
+        for key, default in defaults.items():
+            if key in t:
+                paths[key] = self._path(t, s, key, None)
+            else:
+                paths[key] = default if (default / "model.json").is_file() else None
+        for key, p in paths.items():
+            if p is not None and not (p / "model.json").is_file():
+                self.problems.append(f"[prediction] {key}: no model.json in {p}")
+        sidecar = self._path(t, s, "clinical_sidecar", None)
+        if sidecar is not None and not sidecar.is_file():
+            self.problems.append(f"[prediction] clinical_sidecar: file not found ({sidecar})")
+        return PredictionSettings(enabled=self._bool(t, s, "enabled", True),
+                                  he_model=paths["he_model"], pse_model=paths["pse_model"],
+                                  clinical_sidecar=sidecar)
 
     def _worker(self, raw: Mapping[str, Any]) -> WorkerSettings:
         t = self._table(raw, "worker", set(WorkerSettings.__dataclass_fields__))

@@ -35,14 +35,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Context:
-    """What every job needs, built once per process (the model stays loaded)."""
+    """What every job needs, built once per process (the models stay loaded)."""
 
     settings: Settings
     backend: SegmentationBackend
+    predictors: Any = None  # dicomnode.predict.serving.Predictors, when prediction is on
 
 
 def make_context(settings: Settings) -> Context:
-    return Context(settings=settings, backend=build_backend(settings.segmentation))
+    predictors = None
+    p = settings.prediction
+    if p.enabled:
+        from dicomnode.predict.serving import Predictors
+
+        predictors = Predictors.load(p.he_model, p.pse_model, p.clinical_sidecar)
+    return Context(settings=settings, backend=build_backend(settings.segmentation),
+                   predictors=predictors)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Analysis:
     labels: LabelMap
     measurements: Measurements
     timings_s: dict[str, float] = field(default_factory=dict)
+    predictions: dict[str, Any] = field(default_factory=dict)
 
 
 class _Timer:
@@ -75,7 +84,11 @@ def analyse(paths: Sequence[Path], ctx: Context) -> Analysis:
         labels = ctx.backend.segment(volume)
     with timer("measure"):
         measurements = measure(volume, labels)
-    return Analysis(volume, labels, measurements, timer.timings_s)
+    predictions: dict[str, Any] = {}
+    if ctx.predictors is not None:
+        with timer("predict"):
+            predictions = ctx.predictors.predict(volume, labels, measurements)
+    return Analysis(volume, labels, measurements, timer.timings_s, predictions)
 
 
 def source_datasets(paths: Sequence[Path], volume: CTVolume) -> list[Any]:
@@ -98,8 +111,8 @@ def _write_durably(ds: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *, version: int,
-                   predictions: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
+                   version: int) -> list[dict[str, Any]]:
     """SEG, TID 1500 SR and overlay images (plus PNG previews) written durably to ``out_dir``.
 
     Returns one item per DICOM object: kind, absolute path, SOP Class and Instance UIDs.
@@ -111,6 +124,11 @@ def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *, 
 
     sources = source_datasets(paths, analysis.volume)
     volume, labels, m = analysis.volume, analysis.labels, analysis.measurements
+    predictions = None
+    if analysis.predictions:
+        from dicomnode.predict.serving import for_encoders
+
+        predictions = for_encoders(analysis.predictions)
     seg = build_seg(sources, volume, labels, version=version, software_version=__version__)
     sr = build_sr(sources, seg, m, labels, version=version, predictions=predictions)
     overlays = build_overlays(sources, volume, labels, m, version=version,
@@ -141,6 +159,8 @@ def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
         "oedema_volume_ml": 0.0, "extra_axial_volume_ml": 0.0,
         "cortical_involvement": False, "site": "none", "largest_area_slice": None,
         "markers": {}, "warnings": [], "timings_s": dict(timings_s or {}),
+        "he_probability": None, "pse_probability": None, "cave_score": None,
+        "cave_partial": None,
     }
     if analysis is not None:
         m, lab = analysis.measurements, analysis.labels
@@ -157,6 +177,7 @@ def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
             "warnings": list(analysis.volume.warnings),
             "resampled": analysis.volume.resampled,
         })
+        record.update(analysis.predictions)
         record["timings_s"].update(analysis.timings_s)
     return record
 

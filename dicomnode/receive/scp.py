@@ -52,8 +52,9 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = node.acse_timeout_s
     ae.dimse_timeout = node.dimse_timeout_s
     ae.network_timeout = node.network_timeout_s
-    # The limit is shared out between receiving processes (each enforces its own part).
-    ae.maximum_associations = max(1, -(-node.max_associations // node.receiver_processes))
+    # Per process: the kernel spreads connections by hash, not evenly, so a shared-out limit
+    # would refuse senders while another process sits idle.
+    ae.maximum_associations = node.max_associations
     ae.maximum_pdu_size = node.maximum_pdu_bytes
     ae.require_called_aet = settings.access.require_called_aet
     ae.require_calling_aet = list(settings.access.allowed_calling_aets)
