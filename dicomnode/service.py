@@ -156,5 +156,6 @@ class _Child:
             self.start()
 
     def stop(self) -> None:
+        # A worker mid-job is not waited for long: its job is re-queued at the next start.
         if self.proc is not None:
-            stop_process(self.proc)
+            stop_process(self.proc, timeout_s=10.0)

@@ -23,12 +23,14 @@ from dicomnode.db.models import Instance
 from dicomnode.db.session import make_sessions
 from tests.conftest import EMPTY_CONFIG, GE_DIR, free_port, make_series, requires, write_series
 
+RECEIVE_ONLY = EMPTY_CONFIG.parent / "receive-only.toml"
+
 
 class ServeProcess:
     """Runs ``dicomnode serve`` on a free port; stop() sends SIGTERM, kill() SIGKILL."""
 
     def __init__(self, storage: Path, port: int, settle_s: float = 1.0,
-                 config: Path = EMPTY_CONFIG) -> None:
+                 config: Path = RECEIVE_ONLY) -> None:
         self.storage, self.port = storage, port
         self.log = storage.parent / f"serve-{port}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -172,13 +174,13 @@ def _children(pid: int) -> list[int]:
 
 def test_receiver_children_die_with_a_killed_parent(tmp_path: Path) -> None:
     config = tmp_path / "two.toml"
-    config.write_text("[node]\nreceiver_processes = 3\n")
+    config.write_text("[node]\nreceiver_processes = 3\n[worker]\nenabled = true\n")
     node = ServeProcess(tmp_path / "storage", free_port(), config=config)
     deadline = time.monotonic() + 20
-    while len(_children(node.proc.pid)) < 2 and time.monotonic() < deadline:
+    while len(_children(node.proc.pid)) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     children = _children(node.proc.pid)
-    assert len(children) == 2
+    assert len(children) == 3  # two more receivers and the worker
     node.kill()
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{c}").exists() and "Z" not in _state(c) for c in children):
