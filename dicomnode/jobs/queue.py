@@ -94,30 +94,28 @@ def requeue(sessions: SessionFactory, job_id: int) -> None:
 
 def requeue_worker(sessions: SessionFactory, worker: str) -> int:
     """Re-queue the jobs a worker that died had claimed (its supervisor knows its name)."""
+    n = _requeue_processing(sessions, Job.worker == worker)
+    if n:
+        log.warning("re-queued %d jobs of stopped worker %s", n, worker)
+    return n
+
+
+def requeue_stale(sessions: SessionFactory) -> int:
+    """Re-queue jobs left ``processing`` by a worker that died; returns how many."""
+    n = _requeue_processing(sessions)
+    if n:
+        log.warning("re-queued %d jobs left processing by a stopped worker", n)
+    return n
+
+
+def _requeue_processing(sessions: SessionFactory, *criteria: Any) -> int:
     with sessions.begin() as session:
         jobs = list(session.scalars(select(Job).where(Job.state == JobState.PROCESSING,
-                                                      Job.worker == worker)))
+                                                      *criteria)))
         for job in jobs:
             job.state = JobState.QUEUED
             job.worker = None
             series = session.get(Series, job.series_id)
             if series is not None and series.version == job.version:
                 series.state = SeriesState.QUEUED
-    if jobs:
-        log.warning("re-queued %d jobs of stopped worker %s", len(jobs), worker)
     return len(jobs)
-
-
-def requeue_stale(sessions: SessionFactory) -> int:
-    """Re-queue jobs left ``processing`` by a worker that died; returns how many."""
-    with sessions.begin() as session:
-        stale = list(session.scalars(select(Job).where(Job.state == JobState.PROCESSING)))
-        for job in stale:
-            job.state = JobState.QUEUED
-            job.worker = None
-            series = session.get(Series, job.series_id)
-            if series is not None and series.version == job.version:
-                series.state = SeriesState.QUEUED
-    if stale:
-        log.warning("re-queued %d jobs left processing by a stopped worker", len(stale))
-    return len(stale)
