@@ -54,3 +54,15 @@ def test_stale_processing_jobs_are_requeued(tmp_path: Path, ct_template: Dataset
     assert again.job_id == ref.job_id
     with store.sessions() as s:
         assert s.get(Job, ref.job_id).attempts == 2
+
+
+def test_a_dead_workers_jobs_go_back_to_the_queue(tmp_path: Path, ct_template: Dataset) -> None:
+    from dicomnode.jobs.queue import requeue_worker
+
+    store = _queued(tmp_path, ct_template, 2)
+    mine = claim_next(store.sessions, store.root, "host:111")
+    other = claim_next(store.sessions, store.root, "host:222")
+    assert requeue_worker(store.sessions, "host:111") == 1
+    assert claim_next(store.sessions, store.root, "host:333").job_id == mine.job_id
+    with store.sessions() as s:
+        assert s.get(Job, other.job_id).state == "processing"  # the live worker keeps its job
