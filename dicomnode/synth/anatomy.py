@@ -320,7 +320,8 @@ class Painter:
         self.put(None, np.maximum(-cav_u, cav_u - t_skull), Tissue.CORTICAL_BONE, hu["cortical_bone"])
         bb = self.box((0, -12, -58), (60, 84, 30))
         if bb is not None:
-            base = np.maximum(ellipsoid_sdf(*self.coords(bb, False), (0, -12, -58), (60, 84, 30)), -cav_u[bb])
+            base = np.maximum(ellipsoid_sdf(*self.coords(bb, False), (0, -12, -58), (60, 84, 30)),  # type: ignore[call-arg]
+                              -cav_u[bb])
             self.put(
                 bb,
                 np.maximum(base, cav_u[bb] - t_skull[bb] - 4.0),
