@@ -1,0 +1,536 @@
+"""Self-describing bundles of trained HE/PSE models (scikit-learn, stored with skops, never pickle).
+
+A bundle is a folder (format in docs/prediction.md "Model bundles"): ``model.json`` (what,
+how trained, feature names in order, library versions, file hashes, intended use),
+``model.skops`` (the fitted sklearn estimator, a Pipeline that imputes), optionally
+``radiomics-params.yaml`` and ``deep.pt`` + ``deep.json`` (a DeepFeatureExtractor).
+Inputs: a fitted estimator and its description (``save_predictor``) or a folder
+(``load_predictor``). Outputs: a :class:`Predictor`. Side effects: ``save_predictor`` writes
+the folder. Every refusal is a :class:`~dicomnode.errors.ModelError` that says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dicomnode.errors import ModelError
+
+if TYPE_CHECKING:
+    from dicomnode.domain import CTVolume, LabelMap, Measurements
+
+    from .deep import DeepFeatureExtractor
+
+__all__ = [
+    "ALLOWED_TYPES",
+    "BUNDLE_FORMAT",
+    "FORMAT_VERSION",
+    "SYNTHETIC_INTENDED_USE",
+    "Predictor",
+    "load_predictor",
+    "save_predictor",
+]
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "dicomnode-predictor"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.skops"
+META_FILE = "model.json"
+RADIOMICS_FILE = "radiomics-params.yaml"
+DEEP_FILE = "deep.pt"
+DEEP_CONFIG = "deep.json"
+TARGETS = ("he", "pse")
+SYNTHETIC_INTENDED_USE = "Fit on synthetic data; not clinically validated."
+
+#: Types skops does not trust by default that a bundle may hold (exact names as reported by
+#: ``skops.io.get_untrusted_types``). Everything else is refused at save and at load.
+ALLOWED_TYPES: frozenset[str] = frozenset(
+    {
+        "numpy.dtype",
+        "builtins.slice",
+        "collections.OrderedDict",
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.feature_selection._mutual_info.mutual_info_classif",
+        "sklearn.feature_selection._univariate_selection.chi2",
+        "sklearn.feature_selection._univariate_selection.f_classif",
+        "sklearn.metrics._classification.accuracy_score",
+        "sklearn.metrics._classification.balanced_accuracy_score",
+        "sklearn.metrics._classification.brier_score_loss",
+        "sklearn.metrics._classification.f1_score",
+        "sklearn.metrics._classification.log_loss",
+        "sklearn.metrics._ranking.average_precision_score",
+        "sklearn.metrics._ranking.roc_auc_score",
+        "sklearn.metrics._scorer._PassthroughScorer",
+        "sklearn.metrics._scorer._Scorer",
+        "sklearn.model_selection._split.KFold",
+        "sklearn.model_selection._split.StratifiedKFold",
+        "sklearn.model_selection._split.RepeatedStratifiedKFold",
+        "sklearn.tree._tree.Tree",
+        "sklearn.utils._bunch.Bunch",
+    }
+)
+
+# model.json key -> installed distribution names (first found). Major versions must match.
+_LIBRARIES = {
+    "scikit-learn": ("scikit-learn",),
+    "skops": ("skops",),
+    "numpy": ("numpy",),
+    "scipy": ("scipy",),
+    "pyradiomics": ("pyradiomics-bhklab", "pyradiomics"),
+    "torch": ("torch",),
+    "monai": ("monai",),
+}
+
+
+def _installed(lib: str) -> str | None:
+    for dist in _LIBRARIES[lib]:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _major(version: str) -> int | None:
+    head = str(version).strip().lstrip("vV").split(".")[0]
+    return int(head) if head.isdigit() else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _positive_index(model: Any) -> int:
+    classes = list(getattr(model, "classes_", []))
+    if len(classes) != 2:
+        raise ModelError(f"the model must be a fitted binary classifier, classes_ = {classes}")
+    for i, c in enumerate(classes):
+        if c is True or (not isinstance(c, str) and c == 1):
+            return i
+    raise ModelError(f"the model's classes must be 0/1 or False/True, got {classes}")
+
+
+def _check_names(names: Sequence[str]) -> list[str]:
+    names = list(names)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ModelError("feature_names must be a non-empty list of non-empty strings")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ModelError(f"duplicate feature names: {dup}")
+    return names
+
+
+def _describe_difference(expected: Sequence[str], given: Sequence[str]) -> str:
+    missing = [n for n in expected if n not in set(given)]
+    extra = [n for n in given if n not in set(expected)]
+    parts = []
+    if missing:
+        parts.append(f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    if extra:
+        parts.append(f"unexpected {extra[:10]}{' ...' if len(extra) > 10 else ''}")
+    if not parts:
+        i = next(i for i, (a, b) in enumerate(zip(expected, given, strict=True)) if a != b)
+        parts.append(
+            f"same names in another order (first difference at position {i}: "
+            f"model {expected[i]!r}, given {given[i]!r})"
+        )
+    return "; ".join(parts)
+
+
+def _model_checks(model: Any, names: list[str]) -> int:
+    if not hasattr(model, "predict_proba"):
+        raise ModelError(f"{type(model).__name__} has no predict_proba")
+    n_in = getattr(model, "n_features_in_", None)
+    if n_in is not None and int(n_in) != len(names):
+        raise ModelError(f"the model was fit on {n_in} features, {len(names)} feature names given")
+    fitted_names = getattr(model, "feature_names_in_", None)
+    if fitted_names is not None and list(fitted_names) != names:
+        raise ModelError(
+            "feature names differ from those the model was fit with: "
+            + _describe_difference(list(fitted_names), names)
+        )
+    return _positive_index(model)
+
+
+def _predict(model: Any, x: np.ndarray, positive: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        return np.asarray(model.predict_proba(x), dtype=float)[:, positive]
+
+
+def _untrusted(path: Path) -> list[str]:
+    import skops.io as sio
+
+    try:
+        return list(sio.get_untrusted_types(file=path))
+    except Exception as exc:  # noqa: BLE001 - any failure to parse the file is a bad bundle
+        raise ModelError(f"{path}: not a readable skops file ({type(exc).__name__}: {exc})") from exc
+
+
+def save_predictor(
+    folder: Path,
+    model: Any,
+    *,
+    name: str,
+    version: str,
+    target: str,
+    preset: str,
+    feature_names: Sequence[str],
+    training_data: Mapping[str, Any] | str,
+    metrics: Mapping[str, Any],
+    synthetic_training: bool,
+    calibration: Mapping[str, Any] | str | None = None,
+    intended_use: str | None = None,
+    radiomics_params: Path | None = None,
+    deep_extractor: DeepFeatureExtractor | None = None,
+    extra: Mapping[str, Any] | None = None,
+    extra_trusted: Iterable[str] = (),
+    overwrite: bool = False,
+) -> Path:
+    """Write a fitted sklearn classifier and its description to ``folder``; return ``model.json``.
+
+    ``model`` must take the features in ``feature_names`` order and cope with NaN (impute inside
+    the Pipeline): a row of NaN is predicted as a check. ``rad_*`` features need
+    ``radiomics_params``, ``deep_*`` features need ``deep_extractor``. Types skops does not
+    trust must be in :data:`ALLOWED_TYPES` or ``extra_trusted`` (a loader must then pass the
+    same ``extra_trusted``). Raises :class:`ModelError`.
+    """
+    import skops.io as sio
+
+    folder = Path(folder)
+    names = _check_names(feature_names)
+    if target not in TARGETS:
+        raise ModelError(f"target must be one of {TARGETS}, got {target!r}")
+    if not name or not version or not preset:
+        raise ModelError("name, version and preset must be non-empty")
+    positive = _model_checks(model, names)
+    try:
+        p = _predict(model, np.full((1, len(names)), np.nan), positive)
+    except ValueError as exc:
+        raise ModelError(
+            "the model cannot predict a row of missing values; impute inside the Pipeline "
+            f"(e.g. SimpleImputer): {exc}"
+        ) from exc
+    if not (0.0 <= float(p[0]) <= 1.0):
+        raise ModelError(f"predict_proba of a missing row is {p[0]}, not a probability")
+    uses_rad = any(n.startswith("rad_") for n in names)
+    deep_names = [n for n in names if n.startswith("deep_")]
+    if uses_rad and radiomics_params is None:
+        raise ModelError("the model uses rad_* features: radiomics_params is required")
+    if deep_names and deep_extractor is None:
+        raise ModelError("the model uses deep_* features: deep_extractor is required")
+    if deep_extractor is not None and not set(deep_names) <= set(deep_extractor.feature_names):
+        raise ModelError(
+            f"deep features {sorted(set(deep_names) - set(deep_extractor.feature_names))[:5]} "
+            "are not produced by the deep extractor"
+        )
+    if (folder / META_FILE).exists() and not overwrite:
+        raise ModelError(f"{folder} already holds a model bundle (overwrite=False)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in (MODEL_FILE, RADIOMICS_FILE, DEEP_FILE, DEEP_CONFIG):
+        (folder / stale).unlink(missing_ok=True)
+
+    # The payload repeats the feature names and target, so that model.json and the weights
+    # cannot drift apart unnoticed.
+    payload = {"estimator": model, "feature_names": names, "target": target, "format_version": FORMAT_VERSION}
+    sio.dump(payload, folder / MODEL_FILE)
+    allowed = ALLOWED_TYPES | set(extra_trusted)
+    untrusted = sorted(_untrusted(folder / MODEL_FILE))
+    refused = [t for t in untrusted if t not in allowed]
+    if refused:
+        (folder / MODEL_FILE).unlink()
+        raise ModelError(f"the model holds types outside the allow-list: {refused}")
+    files = [MODEL_FILE]
+    if radiomics_params is not None:
+        shutil.copyfile(radiomics_params, folder / RADIOMICS_FILE)
+        files.append(RADIOMICS_FILE)
+    if deep_extractor is not None:
+        deep_extractor.save(folder / DEEP_FILE)
+        files += [DEEP_FILE, DEEP_CONFIG]
+
+    libs = ["scikit-learn", "skops", "numpy", "scipy"]
+    if uses_rad or radiomics_params is not None:
+        libs.append("pyradiomics")
+    if deep_extractor is not None:
+        libs += ["torch", "monai"]
+    use = intended_use or "Research use: predicts {} from the admission non-contrast head CT.".format(
+        "haematoma expansion" if target == "he" else "post-stroke epilepsy"
+    )
+    if synthetic_training and SYNTHETIC_INTENDED_USE.lower().rstrip(".") not in use.lower():
+        use = f"{use.rstrip()} {SYNTHETIC_INTENDED_USE}"
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": str(version),
+        "target": target,
+        "preset": preset,
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "estimator": type(model).__name__,
+        "positive_class": 1,
+        "n_features": len(names),
+        "feature_names": names,
+        "libraries": {lib: _installed(lib) for lib in libs},
+        "python": platform.python_version(),
+        "training_data": _jsonable(training_data),
+        "metrics": _jsonable(metrics),
+        "calibration": _jsonable(calibration),
+        "intended_use": use,
+        "synthetic_training": bool(synthetic_training),
+        "skops_untrusted_types": untrusted,
+        "radiomics_params": RADIOMICS_FILE if radiomics_params is not None else None,
+        "deep_extractor": (
+            {"weights": DEEP_FILE, "config": DEEP_CONFIG, **deep_extractor.config()}
+            if deep_extractor
+            else None
+        ),
+        "files": {f: {"sha256": _sha256(folder / f), "bytes": (folder / f).stat().st_size} for f in files},
+        "extra": _jsonable(extra or {}),
+    }
+    tmp = folder / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, folder / META_FILE)
+    log.info("saved predictor %s %s (%s, %d features) to %s", name, version, target, len(names), folder)
+    return folder / META_FILE
+
+
+@dataclass
+class Predictor:
+    """A loaded, checked bundle. ``predict_proba`` builds the vector in ``feature_names`` order."""
+
+    folder: Path
+    name: str
+    version: str
+    target: str
+    preset: str
+    feature_names: tuple[str, ...]
+    model: Any
+    metadata: Mapping[str, Any]
+    positive_index: int
+    radiomics_params: Path | None = None
+    deep: DeepFeatureExtractor | None = None
+
+    @property
+    def synthetic_training(self) -> bool:
+        return bool(self.metadata.get("synthetic_training"))
+
+    @property
+    def intended_use(self) -> str:
+        return str(self.metadata.get("intended_use", ""))
+
+    def check_features(self, feature_names: Sequence[str]) -> None:
+        """Raise :class:`ModelError` unless ``feature_names`` equal the model's, in order."""
+        given = list(feature_names)
+        if given != list(self.feature_names):
+            raise ModelError(
+                f"model {self.name} {self.version}: feature names/order differ from the caller's: "
+                + _describe_difference(list(self.feature_names), given)
+            )
+
+    def vector(self, features: Mapping[str, float]) -> np.ndarray:
+        """(1, n) float array in the stored order; missing or non-numeric -> NaN."""
+        x = np.full((1, len(self.feature_names)), np.nan)
+        for j, n in enumerate(self.feature_names):
+            v = features.get(n)
+            if v is None:
+                continue
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                continue
+            x[0, j] = f if math.isfinite(f) else np.nan
+        return x
+
+    def predict_proba(self, features: Mapping[str, float]) -> float:
+        """Probability of the positive class (HE or PSE) for one study's feature dict.
+
+        Features the model does not use are ignored; those it uses but are absent are NaN
+        (imputed by the pipeline).
+        """
+        return float(_predict(self.model, self.vector(features), self.positive_index)[0])
+
+    def predict_proba_many(self, rows: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """``predict_proba`` of several studies at once, shape (N,)."""
+        if not rows:
+            return np.zeros(0)
+        x = np.vstack([self.vector(r) for r in rows])
+        return _predict(self.model, x, self.positive_index)
+
+    def extract(
+        self,
+        volume: CTVolume,
+        labels: LabelMap,
+        measurements: Measurements,
+        *,
+        header: Mapping[str, Any] | None = None,
+        clinical: Mapping[str, Any] | None = None,
+    ) -> dict[str, float]:
+        """``extract_features`` with this bundle's radiomics params and deep extractor."""
+        from .features import extract_features
+
+        return extract_features(
+            volume,
+            labels,
+            measurements,
+            header=header,
+            clinical=clinical,
+            radiomics_params=self.radiomics_params,
+            deep=self.deep,
+        )
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / META_FILE
+    if not path.is_file():
+        raise ModelError(f"{folder}: no {META_FILE}")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        raise ModelError(f"{path}: not a {BUNDLE_FORMAT} bundle")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: format version {meta.get('format_version')}, this dicomnode reads {FORMAT_VERSION}"
+        )
+    for key in ("name", "version", "target", "preset", "feature_names", "libraries", "files"):
+        if key not in meta:
+            raise ModelError(f"{path}: missing {key!r}")
+    if meta["target"] not in TARGETS:
+        raise ModelError(f"{path}: unknown target {meta['target']!r}")
+    if MODEL_FILE not in meta["files"]:
+        raise ModelError(f"{path}: {MODEL_FILE} is not listed in files")
+    return meta
+
+
+def load_predictor(
+    folder: Path,
+    *,
+    feature_names: Sequence[str] | None = None,
+    extra_trusted: Iterable[str] = (),
+) -> Predictor:
+    """Load and check a bundle written by :func:`save_predictor`.
+
+    Refuses (``ModelError``) when: ``model.json`` is missing or of another format; a listed file
+    is missing or its SHA-256 differs; a recorded library's major version differs from the
+    installed one (a minor difference of scikit-learn is logged); the skops file holds a type
+    outside :data:`ALLOWED_TYPES` and ``extra_trusted``; the estimator does not match the stored
+    feature names; or ``feature_names`` (what the caller will provide) differ in names or order.
+    """
+    import skops.io as sio
+
+    folder = Path(folder)
+    meta = _read_meta(folder)
+    for fname, info in meta["files"].items():
+        p = folder / fname
+        if not p.is_file():
+            raise ModelError(f"{folder}: {fname} is missing")
+        digest = _sha256(p)
+        if digest != info.get("sha256"):
+            raise ModelError(f"{folder}: {fname} hash differs from model.json (file changed or corrupt)")
+    for lib, saved in meta["libraries"].items():
+        if lib not in _LIBRARIES or saved is None:
+            continue
+        now = _installed(lib)
+        if now is None:
+            raise ModelError(f"{folder}: needs {lib} {saved}, which is not installed")
+        if _major(now) != _major(saved):
+            raise ModelError(f"{folder}: saved with {lib} {saved}, installed {now} (major version differs)")
+        if lib == "scikit-learn" and now.split(".")[:2] != str(saved).split(".")[:2]:
+            log.warning("%s: saved with scikit-learn %s, running %s", folder, saved, now)
+    allowed = ALLOWED_TYPES | set(extra_trusted)
+    untrusted = _untrusted(folder / MODEL_FILE)
+    refused = sorted(t for t in untrusted if t not in allowed)
+    if refused:
+        raise ModelError(f"{folder}: {MODEL_FILE} holds untrusted types {refused}")
+    try:
+        payload = sio.load(folder / MODEL_FILE, trusted=sorted(untrusted))
+    except Exception as exc:  # noqa: BLE001 - skops raises many types for a bad file
+        raise ModelError(f"{folder}: cannot load {MODEL_FILE} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or "estimator" not in payload:
+        raise ModelError(f"{folder}: {MODEL_FILE} is not a dicomnode predictor payload")
+    model = payload["estimator"]
+    names = _check_names(meta["feature_names"])
+    if list(payload.get("feature_names", [])) != names:
+        raise ModelError(
+            f"{folder}: model.json feature names differ from those stored with the estimator: "
+            + _describe_difference(list(payload.get("feature_names", [])), names)
+        )
+    if payload.get("target") != meta["target"]:
+        raise ModelError(
+            f"{folder}: model.json target {meta['target']!r} differs from the estimator's "
+            f"{payload.get('target')!r}"
+        )
+    positive = _model_checks(model, names)
+    rad = meta.get("radiomics_params")
+    rad_path = folder / rad if rad else None
+    if any(n.startswith("rad_") for n in names) and rad_path is None:
+        raise ModelError(f"{folder}: the model uses rad_* features but the bundle has no radiomics params")
+    deep = None
+    if meta.get("deep_extractor"):
+        from .deep import DeepFeatureExtractor
+
+        try:
+            deep = DeepFeatureExtractor.load(folder / meta["deep_extractor"]["weights"])
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+            raise ModelError(
+                f"{folder}: cannot load the deep extractor ({type(exc).__name__}: {exc})"
+            ) from exc
+    elif any(n.startswith("deep_") for n in names):
+        raise ModelError(f"{folder}: the model uses deep_* features but the bundle has no deep extractor")
+    pred = Predictor(
+        folder=folder,
+        name=str(meta["name"]),
+        version=str(meta["version"]),
+        target=str(meta["target"]),
+        preset=str(meta["preset"]),
+        feature_names=tuple(names),
+        model=model,
+        metadata=meta,
+        positive_index=positive,
+        radiomics_params=rad_path,
+        deep=deep,
+    )
+    if feature_names is not None:
+        pred.check_features(feature_names)
+    if pred.synthetic_training:
+        log.info("model %s %s: %s", pred.name, pred.version, pred.intended_use)
+    return pred
