@@ -117,8 +117,12 @@ def _factor(sy: float, sx: float) -> int:
 
 
 def _upsample(a: np.ndarray, f: int, shape: tuple[int, ...]) -> np.ndarray:
-    up = np.repeat(np.repeat(a, f, axis=1), f, axis=2)
-    return up[:, : shape[1], : shape[2]]
+    """Repeat each working pixel f x f times and fit ``shape`` exactly (odd sizes included)."""
+    up = np.repeat(np.repeat(a, f, axis=1), f, axis=2)[:, : shape[1], : shape[2]]
+    short = (0, shape[1] - up.shape[1]), (0, shape[2] - up.shape[2])
+    if short[0][1] or short[1][1]:
+        up = np.pad(up, ((0, 0), *short), mode="edge")
+    return up
 
 
 def brain_mask(hu: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> np.ndarray:

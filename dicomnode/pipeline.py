@@ -91,6 +91,10 @@ def analyse(paths: Sequence[Path], ctx: Context) -> Analysis:
     return Analysis(volume, labels, measurements, timer.timings_s, predictions)
 
 
+_SOURCE_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                 "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
 def source_datasets(paths: Sequence[Path], volume: CTVolume) -> list[Any]:
     """The source instances in the volume's slice order (each multi-frame instance once)."""
     import pydicom
@@ -98,6 +102,11 @@ def source_datasets(paths: Sequence[Path], volume: CTVolume) -> list[Any]:
     by_uid = {}
     for path in paths:
         ds = pydicom.dcmread(path)
+        # Type 2 attributes that real, anonymised series sometimes lack: our objects must carry
+        # them (empty), and highdicom copies them from the source (PS3.3 C.7.1.1, C.7.2.1).
+        for keyword in _SOURCE_TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
         by_uid[str(ds.SOPInstanceUID)] = ds
     order = list(dict.fromkeys(s.sop_instance_uid for s in volume.slices))
     return [by_uid[u] for u in order if u in by_uid]

@@ -131,3 +131,17 @@ def test_grid_mismatch_is_refused():
     other = volume_from_array(np.zeros((4, 8, 9)), (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="grid"):
         measure(vol, labels_like(other, np.zeros((4, 8, 9))))
+
+
+def test_brain_geometry_on_odd_sized_sub_millimetre_grids() -> None:
+    """A resampled tilted series can have odd in-plane sizes (e.g. 611 rows at 0.49 mm)."""
+    import numpy as np
+
+    from dicomnode.anatomy import brain_mask, depth_mm
+
+    hu = np.full((3, 61, 51), 30.0, np.float32)
+    mask = np.zeros(hu.shape, bool)
+    mask[:, 10:50, 10:40] = True
+    d = depth_mm(mask, (5.0, 0.49, 0.49))
+    assert d.shape == mask.shape and d[1, 30, 25] > 4.0 and d[0, 0, 0] == 0
+    assert brain_mask(hu, (5.0, 0.49, 0.49)).shape == hu.shape
