@@ -379,7 +379,8 @@ class _Validator:
         return Settings(source=source, node=node, access=access, tls=tls, storage=storage,
                         database=database, assembly=assembly, eligibility=eligibility,
                         segmentation=segmentation, prediction=self._prediction(raw),
-                        logging=logging_, destinations=self._destinations(raw))
+                        logging=logging_, destinations=self._destinations(raw),
+                        delivery=self._delivery(raw), worker=self._worker(raw))
 
     def _eligibility(self, raw: Mapping[str, Any], d: EligibilitySettings) -> EligibilitySettings:
         t = self._table(raw, "eligibility", set(EligibilitySettings.__dataclass_fields__))

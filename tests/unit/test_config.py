@@ -1,5 +1,6 @@
 """Configuration: lookup order, validation of every key, all problems at once."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,19 @@ def test_parse_peer() -> None:
     for bad in ("ORTHANC@host", "host:104", "A@h:0", "WAYTOOLONGAETITLE17@h:1"):
         with pytest.raises(ValueError):
             parse_peer(bad)
+
+
+def test_every_section_of_the_shipped_file_is_read(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[worker]\nenabled = false\npoll_interval_s = 0.5\n'
+                 '[delivery]\ninterval_s = 7\nretry_base_s = 3\n'
+                 '[segmentation]\nbackend = "unet"\n[prediction]\nenabled = false\n'
+                 '[[destinations]]\nname = "p"\nae_title = "PACS"\nhost = "h"\nport = 104\n')
+    s = load_settings(f)
+    assert (s.worker.enabled, s.worker.poll_interval_s) == (False, 0.5)
+    assert (s.delivery.interval_s, s.delivery.retry_base_s) == (7.0, 3.0)
+    assert s.segmentation.backend == "unet" and s.prediction.enabled is False
+    assert [d.ae_title for d in s.destinations] == ["PACS"]
+    shipped = tomllib.loads((REPO / "config" / "dicomnode.toml").read_text())
+    for section in shipped:
+        assert hasattr(s, section), section
