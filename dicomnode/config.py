@@ -476,14 +476,16 @@ class _Validator:
         s = "prediction"
         repo = Path(__file__).resolve().parents[1]
         # Keys left out: the reference models shipped in models/, when present.
-        defaults = {"he_model": repo / "models" / "he-hybrid-kbest-svm",
-                    "pse_model": repo / "models" / "pse-psenet"}
-        paths = {}
-        for key, default in defaults.items():
+        defaults = {"he_model": ("he-hybrid-kbest-svm", "he-multitask-he"),
+                    "pse_model": ("pse-psenet",)}
+        paths: dict[str, Path | None] = {}
+        for key, names in defaults.items():
             if key in t:
                 paths[key] = self._path(t, s, key, None)
             else:
-                paths[key] = default if (default / "model.json").is_file() else None
+                found = [repo / "models" / n for n in names
+                         if (repo / "models" / n / "model.json").is_file()]
+                paths[key] = found[0] if found else None
         for key, p in paths.items():
             if p is not None and not (p / "model.json").is_file():
                 self.problems.append(f"[prediction] {key}: no model.json in {p}")

@@ -1,0 +1,232 @@
+"""Validation report: one self-contained HTML page with inline SVG plots (no plotting library).
+
+Inputs: the result dict of :func:`dicomnode.predict.train.train_preset` (metrics with CIs,
+curves, confusion matrix, comparators, oracle AUC). Outputs: HTML text / file. Side effects:
+:func:`write_report` writes one file.
+
+Plots: ROC (``id="roc"``), precision-recall (``id="pr"``), calibration (``id="calibration"``)
+and decision curve (``id="dca"``), each an ``<svg>`` element with the class ``plot``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["line_plot_svg", "render_report", "write_report"]
+
+COLOURS = ("#1f5aa6", "#c8553d", "#2a9d8f", "#8d6cab", "#e9a03b", "#555555")
+W, H, ML, MR, MT, MB = 360, 300, 52, 14, 28, 44
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if isinstance(v, int | float) and math.isfinite(v) else "n/a"
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
+    start = math.ceil(lo / step) * step
+    out, t = [], start
+    while t <= hi + 1e-12:
+        out.append(round(t, 10))
+        t += step
+    return out
+
+
+def line_plot_svg(
+    plot_id: str,
+    title: str,
+    series: Sequence[Mapping[str, Any]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    xlim: tuple[float, float] = (0.0, 1.0),
+    ylim: tuple[float, float] = (0.0, 1.0),
+    diagonal: bool = False,
+) -> str:
+    """An ``<svg>`` line plot. Each series: ``{"x", "y", "label"}`` and optional ``"dash"``,
+    ``"points"`` (markers) and ``"colour"``. Values outside the limits are clipped."""
+    pw, ph = W - ML - MR, H - MT - MB
+    x0, x1 = xlim
+    y0, y1 = ylim
+
+    def sx(v: float) -> float:
+        return ML + (min(max(v, x0), x1) - x0) / (x1 - x0) * pw
+
+    def sy(v: float) -> float:
+        return MT + ph - (min(max(v, y0), y1) - y0) / (y1 - y0) * ph
+
+    e = html.escape
+    parts = [
+        f'<svg id="{e(plot_id)}" class="plot" xmlns="http://www.w3.org/2000/svg" width="{W}" '
+        f'height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{e(title)}">',
+        f'<title>{e(title)}</title>',
+        f'<rect x="{ML}" y="{MT}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>',
+        f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">{e(title)}</text>',
+    ]
+    for t in _ticks(x0, x1):
+        parts.append(f'<line x1="{sx(t):.1f}" y1="{MT + ph}" x2="{sx(t):.1f}" y2="{MT + ph + 4}" '
+                     f'stroke="#333"/><text x="{sx(t):.1f}" y="{MT + ph + 16}" text-anchor="middle" '
+                     f'font-size="10">{t:g}</text>'
+                     f'<line x1="{sx(t):.1f}" y1="{MT}" x2="{sx(t):.1f}" y2="{MT + ph}" stroke="#eee"/>')
+    for t in _ticks(y0, y1):
+        parts.append(f'<line x1="{ML - 4}" y1="{sy(t):.1f}" x2="{ML}" y2="{sy(t):.1f}" stroke="#333"/>'
+                     f'<text x="{ML - 6}" y="{sy(t) + 3:.1f}" text-anchor="end" font-size="10">{t:g}</text>'
+                     f'<line x1="{ML}" y1="{sy(t):.1f}" x2="{ML + pw}" y2="{sy(t):.1f}" stroke="#eee"/>')
+    parts.append(f'<text x="{ML + pw / 2}" y="{H - 8}" text-anchor="middle" font-size="11">'
+                 f'{e(xlabel)}</text>')
+    parts.append(f'<text x="14" y="{MT + ph / 2}" text-anchor="middle" font-size="11" '
+                 f'transform="rotate(-90 14 {MT + ph / 2})">{e(ylabel)}</text>')
+    if diagonal:
+        parts.append(f'<line class="reference" x1="{sx(x0):.1f}" y1="{sy(y0):.1f}" x2="{sx(x1):.1f}" '
+                     f'y2="{sy(y1):.1f}" stroke="#aaa" stroke-dasharray="4 3"/>')
+    for k, s in enumerate(series):
+        xs, ys = list(s["x"]), list(s["y"])
+        pts = [(sx(a), sy(b)) for a, b in zip(xs, ys, strict=True)
+               if isinstance(a, int | float) and isinstance(b, int | float)
+               and math.isfinite(a) and math.isfinite(b)]
+        if not pts:
+            continue
+        colour = s.get("colour", COLOURS[k % len(COLOURS)])
+        dash = ' stroke-dasharray="5 3"' if s.get("dash") else ""
+        d = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+        parts.append(f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="1.8"{dash} '
+                     f'points="{d}"><title>{e(str(s.get("label", "")))}</title></polyline>')
+        if s.get("points"):
+            parts.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.8" fill="{colour}"/>' for a, b in pts)
+        ly = MT + 12 + 13 * k
+        parts.append(f'<line x1="{ML + pw - 120}" y1="{ly - 3}" x2="{ML + pw - 104}" y2="{ly - 3}" '
+                     f'stroke="{colour}" stroke-width="2"{dash}/>'
+                     f'<text x="{ML + pw - 100}" y="{ly}" font-size="10">{e(str(s.get("label", "")))}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _roc(models: Mapping[str, Mapping[str, Any]]) -> str:
+    series = [{"x": m["curves"]["roc"]["fpr"], "y": m["curves"]["roc"]["tpr"],
+               "label": f"{name} ({_fmt(m['metrics']['auc']['value'])})"} for name, m in models.items()]
+    return line_plot_svg("roc", "ROC", series, xlabel="1 - specificity", ylabel="sensitivity", diagonal=True)
+
+
+def _pr(models: Mapping[str, Mapping[str, Any]]) -> str:
+    series = [{"x": m["curves"]["pr"]["recall"], "y": m["curves"]["pr"]["precision"],
+               "label": f"{name} (AP {_fmt(m['metrics']['average_precision']['value'])})"}
+              for name, m in models.items()]
+    prev = next(iter(models.values()))["curves"]["pr"]["prevalence"]
+    series.append({"x": [0, 1], "y": [prev, prev], "label": f"prevalence {prev:.2f}", "dash": True,
+                   "colour": "#999"})
+    return line_plot_svg("pr", "Precision-recall", series, xlabel="recall (sensitivity)", ylabel="precision")
+
+
+def _calibration(models: Mapping[str, Mapping[str, Any]]) -> str:
+    top = 0.0
+    series = []
+    for name, m in models.items():
+        c = m["curves"]["calibration"]
+        top = max([top, *c["predicted"], *c["observed"]])
+        series.append({"x": c["predicted"], "y": c["observed"], "label": name, "points": True})
+    lim = min(1.0, max(0.1, math.ceil(top * 10 + 0.5) / 10))
+    return line_plot_svg("calibration", "Calibration (quantile bins)", series, xlabel="mean predicted risk",
+                         ylabel="observed rate", xlim=(0, lim), ylim=(0, lim), diagonal=True)
+
+
+def _dca(models: Mapping[str, Mapping[str, Any]]) -> str:
+    first = next(iter(models.values()))["curves"]["dca"]
+    t = first["threshold"]
+    series = [{"x": m["curves"]["dca"]["threshold"], "y": m["curves"]["dca"]["model"], "label": name}
+              for name, m in models.items()]
+    series.append({"x": t, "y": first["treat_all"], "label": "treat all", "dash": True, "colour": "#999"})
+    series.append({"x": t, "y": first["treat_none"], "label": "treat none", "dash": True, "colour": "#333"})
+    top = max([0.02, *(v for s in series for v in s["y"])])
+    return line_plot_svg("dca", "Decision curve", series, xlabel="threshold probability",
+                         ylabel="net benefit", xlim=(0, max(t)), ylim=(-0.05, round(top * 1.1 + 0.005, 3)))
+
+
+def _metric_table(models: Mapping[str, Mapping[str, Any]], oracle: float | None) -> str:
+    names = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "average_precision", "brier")
+    head = "".join(f"<th>{n.replace('_', ' ')}</th>" for n in names)
+    rows = []
+    for model, m in models.items():
+        cells = "".join(
+            f"<td>{_fmt(m['metrics'][n]['value'])}<br><small>({_fmt(m['metrics'][n]['ci_low'])}–"
+            f"{_fmt(m['metrics'][n]['ci_high'])})</small></td>" for n in names)
+        rows.append(f"<tr><th>{html.escape(model)}</th>{cells}</tr>")
+    if oracle is not None:
+        rows.append(f"<tr><th>oracle (true risks)</th><td>{_fmt(oracle)}</td>"
+                    + "<td></td>" * (len(names) - 1) + "</tr>")
+    return f'<table class="metrics"><tr><th>model</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def _confusion(c: Mapping[str, int], threshold: float) -> str:
+    return (f'<table class="confusion"><caption>Confusion matrix at threshold {threshold:g} '
+            f'(out-of-fold, all repeats pooled)</caption>'
+            f'<tr><th></th><th>predicted +</th><th>predicted −</th></tr>'
+            f'<tr><th>outcome +</th><td>TP {c["tp"]}</td><td>FN {c["fn"]}</td></tr>'
+            f'<tr><th>outcome −</th><td>FP {c["fp"]}</td><td>TN {c["tn"]}</td></tr></table>')
+
+
+def render_report(result: Mapping[str, Any]) -> str:
+    """The HTML page of one training run (see :func:`dicomnode.predict.train.train_preset`)."""
+    e = html.escape
+    models = {result["preset"]: result["cv"], **result.get("comparators", {})}
+    main = result["cv"]
+    oracle = result.get("oracle_auc")
+    cal = main.get("calibration", {})
+    notes = "".join(f"<li>{e(n)}</li>" for n in result.get("notes", []))
+    gap = ""
+    if oracle is not None:
+        gap = (f"<p><b>Oracle AUC</b> of the true risks on the same patients: {_fmt(oracle)}; "
+               f"model {_fmt(main['metrics']['auc']['value'])} (gap "
+               f"{_fmt(oracle - main['metrics']['auc']['value'])}).</p>")
+    warning = ('<p class="warn">Fit on synthetic data; not clinically validated.</p>'
+               if result.get("synthetic") else "")
+    published = result.get("published") or {}
+    pub = ", ".join(f"{k} {v}" for k, v in published.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>dicomnode {e(result['target'].upper())} model: {e(result['preset'])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
+td {{ text-align: right; }} small {{ color: #666; }} .plots svg {{ margin: 6px; }}
+.warn {{ color: #a00; font-weight: bold; }}
+</style></head><body>
+<h1>{e(result['target'].upper())} prediction — preset <code>{e(result['preset'])}</code></h1>
+{warning}
+<p>{e(result.get('summary', ''))}</p>
+<p>Data: {e(result.get('data_description', ''))}. {result['n_cases']} cases, {result['n_positive']} with
+{e(result['target'].upper())} (prevalence {_fmt(result['n_positive'] / max(result['n_cases'], 1))}).
+Validation: stratified {result['folds']}-fold cross-validation repeated {result['repeats']} times (seed
+{result['seed']}); out-of-fold predictions averaged over repeats; 95% CIs by stratified bootstrap
+({result.get('n_boot', 0)} replicates). Threshold {result['threshold']:g}.</p>
+{gap}
+<h2>Metrics (cross-validated)</h2>
+{_metric_table(models, oracle)}
+<p>Calibration: intercept {_fmt(cal.get('intercept', float('nan')))},
+slope {_fmt(cal.get('slope', float('nan')))}
+(ideal 0 and 1), expected calibration error {_fmt(cal.get('ece', float('nan')))}.
+Per-repeat AUC: {', '.join(_fmt(a) for a in main.get('repeat_auc', []))}.</p>
+{_confusion(main['confusion'], result['threshold'])}
+<h2>Plots</h2>
+<div class="plots">{_roc(models)}{_pr(models)}{_calibration(models)}{_dca(models)}</div>
+<h2>Published figures of the method</h2><p>{e(pub) or 'none'}</p>
+<h2>Notes</h2><ul>{notes}</ul>
+<p><small>dicomnode {e(str(result.get('versions', {}).get('dicomnode', '')))};
+time {_fmt(result.get('seconds', float('nan')))} s.</small></p>
+</body></html>
+"""
+
+
+def write_report(result: Mapping[str, Any], path: Path) -> Path:
+    """Write :func:`render_report` to ``path`` (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(result), encoding="utf-8")
+    return path
