@@ -68,6 +68,12 @@ class Predictors:
             elif model.deep is not None or model.radiomics_params is not None:
                 features = {**features, **model.extract(volume, labels, m, header=header,
                                                         clinical=clinical)}
+            if any(n.startswith("img_") for n in model.feature_names) and \
+                    not any(n.startswith("img_") for n in features):
+                # Image presets take the lesion-centred slice stack as columns (cohort.ImageSpec).
+                from dicomnode.predict.cohort import ImageSpec, image_features
+
+                features = {**features, **image_features(volume, labels, ImageSpec())}
             out[f"{key}_probability"] = round(model.predict_proba(features), 4)
             out[f"{key}_model"] = model.name
             out[f"{key}_model_version"] = model.version
