@@ -53,17 +53,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
+    from dicomnode.procs import stop_on_signals
     from dicomnode.worker import run_worker
 
     settings = _settings(args)
     setup_logging(settings.logging.level)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    return run_worker(settings, stop, poll_s=settings.worker.poll_interval_s)
+    return run_worker(settings, stop_on_signals(), poll_s=settings.worker.poll_interval_s)
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
@@ -193,9 +188,9 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dicomnode.demo import run_demo
-
     from dataclasses import replace
+
+    from dicomnode.demo import run_demo
 
     settings = load_settings(args.config)
     settings = replace(settings, logging=replace(settings.logging, level="WARNING"))

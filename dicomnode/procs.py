@@ -11,6 +11,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,14 @@ def spawn_python(module: str, payload: Any) -> subprocess.Popen[bytes]:
     proc.stdin.write(pickle.dumps((os.getpid(), payload)))
     proc.stdin.close()
     return proc
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, for a process's main loop to wait on."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
 
 
 def read_payload() -> Any:

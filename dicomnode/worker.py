@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 
@@ -59,14 +58,11 @@ def run_worker(settings: Settings, stop: threading.Event | None = None, *,
 
 def main() -> int:
     """Entry point of the child process started by ``dicomnode serve``."""
-    from dicomnode.procs import read_payload
+    from dicomnode.procs import read_payload, stop_on_signals
 
     settings: Settings = read_payload()
     setup_logging(settings.logging.level)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    return run_worker(settings, stop)
+    return run_worker(settings, stop_on_signals(), poll_s=settings.worker.poll_interval_s)
 
 
 if __name__ == "__main__":

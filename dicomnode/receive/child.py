@@ -7,13 +7,11 @@ cores. It runs no scheduled jobs (the parent does) and dies with its parent.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 
 from dicomnode.config import Settings
 from dicomnode.db.session import make_sessions
 from dicomnode.logs import setup_logging
-from dicomnode.procs import read_payload
+from dicomnode.procs import read_payload, stop_on_signals
 from dicomnode.receive.scp import start_scp
 from dicomnode.receive.storage import InstanceStore
 
@@ -23,9 +21,7 @@ log = logging.getLogger(__name__)
 def main() -> int:
     settings: Settings = read_payload()
     setup_logging(settings.logging.level)
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped = stop_on_signals()
     sessions = make_sessions(settings.database_url,
                              sqlite_synchronous=settings.database.sqlite_synchronous)
     store = InstanceStore(settings.storage.path, sessions,

@@ -12,7 +12,6 @@ import logging
 import ssl
 from collections import defaultdict
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -161,7 +160,3 @@ def delivery_summary(sessions: SessionFactory, job_ids: list[int]) -> dict[int, 
                 s["errors"].append(f"{item.kind} -> {item.destination}: {item.last_error}")
     return out
 
-
-def output_path(root: Path, path: Path) -> str:
-    """Outbox paths are stored relative to the storage root."""
-    return path.relative_to(root).as_posix()
