@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow bench lint venv clean
+.PHONY: run test test-slow reliability bench lint venv clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# The full reliability profile (make test runs the reduced one); prints the figures table.
+reliability: $(STAMP)
+	DICOMNODE_RELIABILITY=full $(BIN)/python -m pytest tests/reliability -m 'not gpu' \
+		--timeout 3600 $(PYTEST_ARGS)
+	$(BIN)/python bench/reliability_report.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

@@ -40,7 +40,8 @@ class TrainConfig:
     epochs: int = 30
     iterations_per_epoch: int = 40
     batch_size: int = 2
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
+    warmup_iterations: int = 50
     validation_fraction: float = 0.15
     max_validation_cases: int = 8
     validate_every: int = 5
@@ -141,8 +142,14 @@ def train(folders: Sequence[Path], out: Path, cfg: TrainConfig, *,
                                       for i in range(len(cfg.filters) - 1)]}
     net = build_network(arch).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    total = cfg.epochs * cfg.iterations_per_epoch
+    # Linear warm-up, then cosine decay per iteration (not per epoch: short runs decay too).
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: min(
+        (it + 1) / max(1, cfg.warmup_iterations),
+        0.5 * (1 + np.cos(np.pi * min(it, total) / max(1, total)))))
+    # Batch Dice without the background: a patch without a class must not push that class's
+    # probabilities to zero everywhere (per-patch Dice of an empty class is all-or-nothing).
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     best: dict[str, Any] = {"dice": float("-inf")}
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "model.pt"
@@ -166,8 +173,8 @@ def train(folders: Sequence[Path], out: Path, cfg: TrainConfig, *,
                 loss = loss_fn(net(xb).float(), yb)
             loss.backward()
             opt.step()
+            sched.step()
             losses.append(float(loss.detach()))
-        sched.step()
         metrics = {"loss": float(np.mean(losses))}
         if val and (epoch % cfg.validate_every == 0 or epoch == cfg.epochs):
             net.eval()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -107,16 +108,18 @@ def make_cohort(
                 patient_name=f"SYNTH^C{seed}-{i:04d}",
                 patient_id=pid,
             )
-        ph = render_case(case, geom, lesion=case.lesion, scan=0)
-        base = write_scan(
-            out_dir / pid / "baseline",
-            case,
-            ph,
-            lesion=case.lesion,
-            scan=0,
-            acquired=case.baseline_time,
-            compress="none",
-        )
+        base = None if follow_up else _finished_scan(out_dir / pid / "baseline")
+        if base is None:
+            ph = render_case(case, geom, lesion=case.lesion, scan=0)
+            base = write_scan(
+                out_dir / pid / "baseline",
+                case,
+                ph,
+                lesion=case.lesion,
+                scan=0,
+                acquired=case.baseline_time,
+                compress="none",
+            )
         row.update(
             {
                 "age_y": case.age_y,
@@ -165,6 +168,18 @@ def make_cohort(
         w.writerows(rows)
     (out_dir / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
     return manifest
+
+
+def _finished_scan(folder: Path) -> SimpleNamespace | None:
+    """A scan an interrupted run already wrote (truth.json is written last), else None."""
+    path = folder / "truth.json"
+    if not path.is_file():
+        return None
+    t = json.loads(path.read_text())
+    return SimpleNamespace(study_instance_uid=t["study_instance_uid"],
+                           ich_volume_ml=t["ich_volume_ml"], ivh_volume_ml=t["ivh_volume_ml"],
+                           oedema_volume_ml=t["oedema_volume_ml"],
+                           cortical_involvement=t["cortical_involvement"])
 
 
 def _plain(v):

@@ -1,0 +1,49 @@
+"""Reliability suites: one profile switch and one place that records each scenario's figures.
+
+``DICOMNODE_RELIABILITY=full`` (``make reliability``) runs the full profile; anything else runs
+the reduced CI profile inside ``make test``. Each scenario calls ``record`` with its figures;
+``bench/reliability_report.py`` turns the records into the table of docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = "full" if os.environ.get("DICOMNODE_RELIABILITY") == "full" else "ci"
+RECORDS = Path(os.environ.get("DICOMNODE_RELIABILITY_RECORDS", REPO / "var" / "reliability"))
+T = TypeVar("T")
+
+
+def scale(ci: T, full: T) -> T:
+    """The value for the current profile."""
+    return full if PROFILE == "full" else ci
+
+
+def machine() -> str:
+    """One line describing this machine (CPU model, cores, memory)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text()
+                      .splitlines() if line.startswith("MemTotal"))
+        memory = f", {mem_kb / 2**20:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        memory = ""
+    return f"{model}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}"
+
+
+def record(scenario: str, how: str, **figures: Any) -> None:
+    """Write the figures of one scenario's last run to ``RECORDS/<scenario>.json``."""
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    entry = {"scenario": scenario, "how": how, "profile": PROFILE, "figures": figures,
+             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine()}
+    (RECORDS / f"{scenario}.json").write_text(json.dumps(entry, indent=2) + "\n")
