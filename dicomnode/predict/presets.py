@@ -40,6 +40,7 @@ __all__ = [
     "TRUSTED_TYPES",
     "CNNClassifier",
     "CNNFeatures",
+    "CutIndicators",
     "LassoSelector",
     "Preset",
     "build_preset",
@@ -57,6 +58,7 @@ TRUSTED_TYPES = (
     "dicomnode.predict.presets.CNNClassifier",
     "dicomnode.predict.presets.CNNFeatures",
     "dicomnode.predict.presets.LassoSelector",
+    "dicomnode.predict.presets.CutIndicators",
     "sklearn.metrics._ranking.roc_auc_score",  # the grid search's scorer (hybrid-kbest-svm)
 )
 #: Image columns are named ``img_c<C>x<H>x<W>_<i>`` so the stack shape travels with the names.
@@ -113,6 +115,8 @@ def _img_idx(names: Sequence[str]) -> list[int] | slice:
 #: Measured haematoma volume and cortical involvement (whatever 6a's feature names are).
 _VOLUME = [r"^m_ich_volume_ml$", r"^m_volume_ml$"]
 _CORTICAL = [r"^m_cortical_involvement$", r"^m_cortical"]
+#: CAVE's admission cut-offs (Haapaniemi et al. 2014): volume > 10 mL, age < 65 years.
+_CAVE_CUTS = [(r"^m_ich_volume_ml$", "gt", 10.0), (r"^hdr_age_y$", "lt", 65.0)]
 #: Variables that are not known at admission (kept out of image-only/admission presets).
 _NOT_AT_ADMISSION = [r"early_seizure"]
 
@@ -159,6 +163,13 @@ def build_psenet(names: Sequence[str], *, seed: int = 0, tiny: bool = False) -> 
                _img_idx(names))]
     if side:
         parts.append(("cortical_volume", _tab(), side))
+    # The published cut-offs of CAVE (volume > 10 mL, age < 65) as indicators: a linear model
+    # on volume and age alone cannot represent a step in risk at a threshold.
+    cuts = [(i, op, value) for pattern, op, value in _CAVE_CUTS
+            for i in _idx(names, patterns=[pattern])]
+    if cuts:
+        parts.append(("cave_cuts", CutIndicators(tuple((op, value) for _, op, value in cuts)),
+                      [i for i, _, _ in cuts]))
     return Pipeline([
         ("features", ColumnTransformer(parts)),
         ("scale", StandardScaler()),
@@ -287,7 +298,8 @@ def build_hybrid_kbest_svm(names: Sequence[str], *, seed: int = 0, tiny: bool = 
 
 PRESETS: dict[str, Preset] = {
     "psenet": Preset(
-        "psenet", "A", "deep image score + cortical involvement + volume (+ header age/sex)",
+        "psenet", "A", "deep image score + cortical involvement + volume (+ header age/sex, "
+        "CAVE cut-offs volume > 10 mL and age < 65)",
         ("pse", "he"), build_psenet, uses_images=True, comparators=("psenet-clinical-rf",),
         published={"target": "pse", "n": 1130, "auc": 0.840, "accuracy": 0.876, "f1": 0.621,
                    "sensitivity": 0.716, "specificity": 0.897, "baseline_auc": 0.787,
@@ -343,6 +355,28 @@ def build_preset(name: str, feature_names: Sequence[str], *, seed: int = 0,
     if preset.uses_images and image_shape_of(feature_names) is None:
         raise ValueError(f"preset {name!r} needs image columns (img_*); build the table with images")
     return preset.build(list(feature_names), seed=seed, tiny=tiny)
+
+
+class CutIndicators(BaseEstimator, TransformerMixin):
+    """0/1 columns ``x > value`` (``"gt"``) or ``x < value`` (``"lt"``), one per input column;
+    a missing value gives 0 (the condition is not known to hold)."""
+
+    def __init__(self, cuts: tuple[tuple[str, float], ...] = ()):
+        self.cuts = cuts
+
+    def fit(self, X, y=None):
+        for op, _ in self.cuts:
+            if op not in ("gt", "lt"):
+                raise ValueError(f"cut operator must be 'gt' or 'lt', got {op!r}")
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def transform(self, X):
+        X = np.asarray(X, dtype=float)
+        with np.errstate(invalid="ignore"):
+            cols = [(X[:, j] > v) if op == "gt" else (X[:, j] < v)
+                    for j, (op, v) in enumerate(self.cuts)]
+        return np.column_stack(cols).astype(float) if cols else np.zeros((len(X), 0))
 
 
 class LassoSelector(BaseEstimator, TransformerMixin):

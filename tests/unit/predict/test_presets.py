@@ -110,3 +110,16 @@ def test_synthetic_variants_and_lasso():
     y = (X[:, 0] + 0.1 * rng.normal(size=120) > 0).astype(int)
     sel = P.LassoSelector(cv=3).fit(X, y)
     assert sel.support_[0] and sel.transform(X).shape[1] >= 3
+
+
+def test_cave_cut_indicators():
+    cut = P.CutIndicators((("gt", 10.0), ("lt", 65.0))).fit(np.zeros((1, 2)))
+    X = np.array([[12.0, 70.0], [10.0, 64.0], [np.nan, np.nan], [3.0, 40.0]])
+    assert cut.transform(X).tolist() == [[1, 0], [0, 1], [0, 0], [0, 1]]
+    with pytest.raises(ValueError, match="operator"):
+        P.CutIndicators((("ge", 1.0),)).fit(X)
+    names = ["m_ich_volume_ml", "m_cortical_involvement", "hdr_age_y", "img_c1x2x2_0",
+             "img_c1x2x2_1", "img_c1x2x2_2", "img_c1x2x2_3"]
+    steps = dict((n, t) for n, t, _ in P.build_preset("psenet", names, tiny=True)
+                 .named_steps["features"].transformers)
+    assert steps["cave_cuts"].cuts == (("gt", 10.0), ("lt", 65.0))
