@@ -178,6 +178,7 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
         cfg = TrainConfig(epochs=args.epochs, iterations_per_epoch=args.iterations,
                           batch_size=args.batch_size, device=args.device,
                           learning_rate=args.lr, validate_every=args.validate_every,
+                          threads=args.threads, init_weights=args.init,
                           filters=tuple(int(f) for f in args.filters.split(",")))
         task = progress.add_task("training", total=cfg.epochs)
         path = train(folders, Path(args.out), cfg, data_description=description,
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=2)
     t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
     t.add_argument("--validate-every", type=int, default=5, metavar="EPOCHS")
+    t.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    t.add_argument("--init", metavar="MODEL_PT", help="start from these weights (fine-tuning)")
     t.add_argument("--filters", default="8,16,32,64")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.set_defaults(func=cmd_train_segmentation)

@@ -62,10 +62,26 @@ class StorageSettings:
     fsync: bool = True
 
 
+def redact_url(url: str) -> str:
+    """The database URL with its password replaced by ``***``, for logs and messages."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<not a database URL>"
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str = ""
+    # Excluded from repr: a PostgreSQL URL carries the password (see __repr__).
+    url: str = field(default="", repr=False)
     sqlite_synchronous: str = "FULL"
+
+    def __repr__(self) -> str:
+        url = redact_url(self.url) if self.url else ""
+        return f"DatabaseSettings(url={url!r}, sqlite_synchronous={self.sqlite_synchronous!r})"
 
 
 @dataclass(frozen=True)
@@ -348,7 +364,7 @@ class _Validator:
         )
         t = self._table(raw, "database", set(DatabaseSettings.__dataclass_fields__))
         database = DatabaseSettings(
-            url=self._str(t, "database", "url", ""),
+            url=self._database_url(self._str(t, "database", "url", "")),
             sqlite_synchronous=self._get(t, "database", "sqlite_synchronous", "FULL",
                                          lambda x: x in ("FULL", "NORMAL", "EXTRA"),
                                          "FULL, NORMAL or EXTRA"),
@@ -381,6 +397,27 @@ class _Validator:
                         segmentation=segmentation, prediction=self._prediction(raw),
                         logging=logging_, destinations=self._destinations(raw),
                         delivery=self._delivery(raw), worker=self._worker(raw))
+
+    def _database_url(self, url: str) -> str:
+        """Check that the URL parses and its driver is installed; never echo the password."""
+        if not url:
+            return url
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            dialect = make_url(url).get_dialect()
+            dialect.import_dbapi()
+        except NoSuchModuleError:  # a subclass of ArgumentError: first
+            self.problems.append(f"[database] url {redact_url(url)}: unknown database dialect")
+        except (ArgumentError, ValueError):
+            self.problems.append("[database] url: not a database URL (value not shown: it may "
+                                 "hold a password)")
+        except ImportError as exc:
+            self.problems.append(f"[database] url {redact_url(url)}: database driver "
+                                 f"{exc.name!r} not installed (PostgreSQL: pip install "
+                                 "'.[postgres]')")
+        return url
 
     def _eligibility(self, raw: Mapping[str, Any], d: EligibilitySettings) -> EligibilitySettings:
         t = self._table(raw, "eligibility", set(EligibilitySettings.__dataclass_fields__))

@@ -98,10 +98,13 @@ class Node:
     def stop(self) -> None:
         """Stop accepting, let running associations end, stop the scheduler."""
         self._stopped.set()
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=True)
+        # Children first: a child restarted by the supervisor was spawned from a scheduler
+        # thread, and PR_SET_PDEATHSIG fires when that *thread* exits, so shutting the
+        # scheduler down first would SIGKILL it instead of letting it stop cleanly.
         for child in self.children:
             child.stop()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
         if self.server is not None:
             self.server.shutdown()
             self.server = None

@@ -14,6 +14,19 @@ import numpy as np
 
 _ORIENTATION_TOLERANCE = 1e-3
 _UNEVEN_TOLERANCE_MM = 0.05
+_PIXEL_SPACING_TOLERANCE_MM = 1e-3
+
+
+def _mixed_reconstructions(instances: list[dict[str, Any]]) -> list[str]:
+    """What differs between instances that one reconstruction would share (matrix, spacing)."""
+    matrices = {tuple(g["matrix"]) for g in instances if g.get("matrix")}
+    spacings = [tuple(g["pixel_spacing_mm"]) for g in instances if g.get("pixel_spacing_mm")]
+    out = []
+    if len(matrices) > 1:
+        out.append(f"{len(matrices)} matrix sizes")
+    if spacings and not np.allclose(spacings, spacings[0], atol=_PIXEL_SPACING_TOLERANCE_MM):
+        out.append("different pixel spacings")
+    return out
 
 
 def _frames(instances: list[dict[str, Any]]) -> list[tuple[list[float] | None, list[float] | None]]:
@@ -33,12 +46,16 @@ def series_geometry(instances: list[dict[str, Any]]) -> dict[str, Any]:
 
     Keys: ``n_frames``, ``missing_geometry``, ``orientation_consistent``, ``iop``, ``normal``,
     ``spacing_mm`` (min/median/mean/max), ``largest_gap_mm``, ``uneven_spacing``, ``tilt_deg``,
-    ``duplicate_positions``, ``extent_mm``, ``axial_angle_deg`` (normal vs patient z).
+    ``duplicate_positions``, ``extent_mm``, ``axial_angle_deg`` (normal vs patient z), and
+    ``mixed`` (what shows two reconstructions under one Series Instance UID) when present.
     """
     frames = _frames(instances)
     usable = [(np.asarray(p, float), np.asarray(o, float)) for p, o in frames
               if p is not None and o is not None]
     out: dict[str, Any] = {"n_frames": len(frames), "missing_geometry": len(frames) - len(usable)}
+    mixed = _mixed_reconstructions(instances)
+    if mixed:
+        out["mixed"] = mixed
     if not usable:
         out["orientation_consistent"] = False
         return out

@@ -65,6 +65,11 @@ def evaluate(attrs: dict[str, Any], geometry: dict[str, Any], n_instances: int,
                 f"{rules.max_slice_thickness_mm:g} mm")
     if n_instances < rules.min_instances and geometry.get("n_frames", 0) < rules.min_instances:
         return f"{n_instances} instances, fewer than {rules.min_instances}"
+    if geometry.get("mixed"):
+        return f"mixed series: {' and '.join(geometry['mixed'])} in one series"
+    spacing = attrs.get("pixel_spacing_mm")
+    if spacing is not None and min(spacing) <= 0:
+        return f"pixel spacing {spacing} mm is not positive"
     if geometry.get("missing_geometry"):
         return f"{geometry['missing_geometry']} frames lack position or orientation"
     if not geometry.get("orientation_consistent", False):

@@ -73,8 +73,20 @@ def handle_store(event: Event, store: InstanceStore) -> int:
         return status.PROCESSING_FAILURE
 
 
+def _malformed(primitive: object) -> str:
+    """Why an A-ASSOCIATE-RQ lacks what PS3.8 9.3.2 requires, or "" when it is complete."""
+    if getattr(primitive, "maximum_length_received", None) is None:
+        return "association request without User Information (maximum length)"
+    if getattr(primitive, "implementation_class_uid", None) is None:
+        return "association request without Implementation Class UID"
+    if not getattr(primitive, "presentation_context_definition_list", None):
+        return "association request without presentation contexts"
+    return ""
+
+
 def handle_requested(event: Event, access: AccessSettings, sessions: SessionFactory) -> None:
-    """A-ASSOCIATE-RQ: refuse peers outside the allowed IP networks (pynetdicom has no IP list).
+    """A-ASSOCIATE-RQ: refuse peers outside the allowed IP networks (pynetdicom has no IP list),
+    and requests lacking mandatory items (pynetdicom would accept them).
 
     Calling and called AE titles are checked by pynetdicom itself (``require_calling_aet``,
     ``require_called_aet``); this adds the network check and records every refusal.
@@ -91,12 +103,12 @@ def handle_requested(event: Event, access: AccessSettings, sessions: SessionFact
         allowed = any(ip in ipaddress.ip_network(n) for n in access.allowed_networks)
     except ValueError:
         allowed = False
-    if allowed:
+    reason = "" if allowed else "peer address not in allowed networks"
+    reason = reason or _malformed(primitive)
+    if not reason:
         return
-    log.warning("association from %s (calling %s) rejected: address not in allowed networks",
-                address, calling)
-    record_association(sessions, calling, called, address, "rejected",
-                       "peer address not in allowed networks")
+    log.warning("association from %s (calling %s) rejected: %s", address, calling, reason)
+    record_association(sessions, calling, called, address, "rejected", reason)
     event.assoc.acse.send_reject(status.RJ_PERMANENT, status.RJ_SOURCE_SERVICE_USER,
                                  status.RJ_NO_REASON)
     # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ has been sent

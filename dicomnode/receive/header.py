@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
+import struct
 from typing import Any
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -21,6 +24,20 @@ STORED_CLASSES = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE,
 # makes a UID safe as a path part (no separators, no "..").
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _LENIENT_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# Image Type has a handful of values in practice; more is hostile and must not reach the database.
+_MAX_IMAGE_TYPE_VALUES = 16
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+# How the first fragment of each encapsulated syntax begins (PS3.5 A.4; ISO 10918, 15444, 14495).
+_JPEG_SOI = (b"\xff\xd8",)
+_J2K_START = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
+_MAGIC = {
+    "1.2.840.10008.1.2.4.50": _JPEG_SOI, "1.2.840.10008.1.2.4.51": _JPEG_SOI,
+    "1.2.840.10008.1.2.4.57": _JPEG_SOI, "1.2.840.10008.1.2.4.70": _JPEG_SOI,
+    "1.2.840.10008.1.2.4.80": _JPEG_SOI, "1.2.840.10008.1.2.4.81": _JPEG_SOI,
+    "1.2.840.10008.1.2.4.90": _J2K_START, "1.2.840.10008.1.2.4.91": _J2K_START,
+}
+_RLE = "1.2.840.10008.1.2.5"
 
 
 def check_uid(value: object, keyword: str) -> str:
@@ -30,18 +47,21 @@ def check_uid(value: object, keyword: str) -> str:
     and single dots is refused.
     """
     text = str(value) if value is not None else ""
-    if not text or len(text) > 64 or not _LENIENT_UID_RE.match(text):
+    if not text:
+        raise InstanceRejected(status.CANNOT_UNDERSTAND, f"{keyword} missing")
+    if len(text) > 64 or not _LENIENT_UID_RE.match(text):
         shown = text[:80].encode("unicode_escape").decode("ascii")
         raise InstanceRejected(status.CANNOT_UNDERSTAND, f"invalid {keyword} {shown!r}")
     return text
 
 
 def _floats(value: Any, n: int) -> list[float] | None:
+    """n finite numbers, or None (nan and inf are as unusable as a missing value)."""
     try:
         out = [float(v) for v in value]
     except (TypeError, ValueError):
         return None
-    return out if len(out) == n else None
+    return out if len(out) == n and all(map(math.isfinite, out)) else None
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -56,9 +76,10 @@ def _text(ds: Dataset, keyword: str) -> str:
 def _number(ds: Dataset, keyword: str) -> float | None:
     try:
         value = ds.get(keyword)
-        return None if value is None or value == "" else float(value)
+        number = None if value is None or value == "" else float(value)
     except (TypeError, ValueError):
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _enhanced_frames(ds: Dataset) -> list[dict[str, Any]]:
@@ -88,7 +109,10 @@ def read_header(ds: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
     InstanceRejected
         When an attribute every CT image must have is missing or unusable.
     """
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    values = ds.get("ImageType") or []
+    if isinstance(values, str | bytes):  # one value: not a list of its characters
+        values = [values]
+    image_type = [str(v).upper() for v in values][:_MAX_IMAGE_TYPE_VALUES]
     spacing = _floats(ds.get("PixelSpacing"), 2)
     series = {
         "modality": _text(ds, "Modality"),
@@ -115,29 +139,109 @@ def read_header(ds: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
         "images_in_acquisition": _number(ds, "ImagesInAcquisition"),
         "number_of_frames": int(_number(ds, "NumberOfFrames") or 1),
         "image_type": image_type,
+        # Per instance, so that two reconstructions sharing one Series Instance UID show.
+        "matrix": [series["rows"], series["columns"]],
+        "pixel_spacing_mm": spacing,
     }
     if series["sop_class_uid"] != CT_IMAGE_STORAGE:
         geometry["frames"] = _enhanced_frames(ds)
     return series, geometry
 
 
+def check_encoding(ds: Dataset, transfer_syntax: str) -> None:
+    """Refuse a data set that is truncated or not encoded as the transfer syntax says.
+
+    Only the top-level elements as read are inspected (no value is converted): a defined-length
+    value shorter than its length field means the stream ended early, and an element read with
+    another VR encoding means the sender lied about the transfer syntax (pydicom would guess).
+    """
+    implicit = UID(transfer_syntax).is_implicit_VR
+    for elem in ds.elements():
+        if not isinstance(elem, RawDataElement):
+            continue
+        if elem.is_implicit_VR != implicit:
+            found = "Implicit" if elem.is_implicit_VR else "Explicit"
+            raise InstanceRejected(status.CANNOT_UNDERSTAND,
+                                   f"data set is encoded {found} VR, transfer syntax "
+                                   f"{transfer_syntax} says otherwise")
+        if (elem.length != _UNDEFINED_LENGTH and isinstance(elem.value, bytes)
+                and len(elem.value) < elem.length):
+            raise InstanceRejected(status.CANNOT_UNDERSTAND,
+                                   f"data set truncated: element {elem.tag} has "
+                                   f"{len(elem.value)} of {elem.length} bytes")
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    return value if isinstance(value, int) else None
+
+
 def check_image(ds: Dataset, transfer_syntax: str) -> None:
-    """Refuse CT instances that can never be loaded (missing or short pixel data)."""
+    """Refuse CT instances that can never be loaded, or whose pixel module contradicts itself.
+
+    PS3.3 C.7.6.3 (Image Pixel) and C.8.2.1 (CT Image): one sample, MONOCHROME1/2, Bits Stored
+    within Bits Allocated; the Pixel Data length must match the header (PS3.5 8.1.1) and an
+    encapsulated syntax must carry fragments that begin like its codestream (PS3.5 A.4).
+    No pixel is decoded here.
+    """
+    def refuse(reason: str) -> InstanceRejected:
+        return InstanceRejected(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, reason)
+
     for keyword in ("Rows", "Columns", "BitsAllocated"):
         value = ds.get(keyword)
         if not isinstance(value, int) or value <= 0:
-            raise InstanceRejected(status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                                   f"{keyword} missing or invalid ({value!r})")
-    if ds.BitsAllocated not in (8, 16, 32):
-        raise InstanceRejected(status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                               f"BitsAllocated {ds.BitsAllocated} not valid for CT")
+            raise refuse(f"{keyword} missing or invalid ({value!r})")
+    bits = ds.BitsAllocated
+    if bits not in (8, 16, 32):
+        raise refuse(f"BitsAllocated {bits} not valid for CT")
+    stored = _int(ds, "BitsStored")
+    if stored is not None and not 1 <= stored <= bits:
+        raise refuse(f"BitsStored {stored} not within BitsAllocated {bits}")
+    samples = _int(ds, "SamplesPerPixel") or 1
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise refuse(f"SamplesPerPixel {samples}, {photometric}: CT is one greyscale sample")
+    if _int(ds, "PixelRepresentation") not in (None, 0, 1):
+        raise refuse(f"PixelRepresentation {ds.PixelRepresentation} is neither 0 nor 1")
     if "PixelData" not in ds:
-        raise InstanceRejected(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "no Pixel Data")
-    if not UID(transfer_syntax).is_compressed:
-        frames = int(_number(ds, "NumberOfFrames") or 1)
-        samples = int(ds.get("SamplesPerPixel") or 1)
-        expected = ds.Rows * ds.Columns * frames * samples * (ds.BitsAllocated // 8)
-        actual = len(ds.PixelData)
-        if actual < expected:
-            raise InstanceRejected(status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                                   f"Pixel Data has {actual} bytes, {expected} expected")
+        raise refuse("no Pixel Data")
+    encapsulated = ds["PixelData"].is_undefined_length
+    if UID(transfer_syntax).is_compressed:
+        if not encapsulated:
+            raise refuse(f"Pixel Data not encapsulated, but transfer syntax {transfer_syntax} "
+                         "is compressed")
+        _check_first_fragment(ds.PixelData, transfer_syntax)
+        return
+    if encapsulated:
+        raise refuse("encapsulated Pixel Data in a native transfer syntax")
+    frames = int(_number(ds, "NumberOfFrames") or 1)
+    row_bytes = ds.Columns * samples * (bits // 8)
+    expected = ds.Rows * row_bytes * frames
+    actual = len(ds.PixelData)
+    # A byte of padding to even length is normal; a whole row more means the header lies.
+    if actual < expected or actual - expected >= row_bytes:
+        raise refuse(f"Pixel Data has {actual} bytes, {expected} expected from Rows, Columns, "
+                     "Number of Frames and Bits Allocated")
+
+
+def _check_first_fragment(data: bytes, transfer_syntax: str) -> None:
+    """The first fragment after the Basic Offset Table begins like the syntax's codestream."""
+    head = b""
+    if len(data) >= 8 and data[:4] == _ITEM_TAG:
+        (offset_table,) = struct.unpack("<I", data[4:8])
+        item = 8 + offset_table
+        if data[item:item + 4] == _ITEM_TAG:
+            head = data[item + 8:item + 16]
+    reason = ""
+    if not head:
+        reason = "encapsulated Pixel Data has no fragment"
+    elif transfer_syntax == _RLE:
+        segments = struct.unpack("<I", head[:4])[0] if len(head) >= 8 else 0
+        offset = struct.unpack("<I", head[4:8])[0] if len(head) >= 8 else 0
+        if not 1 <= segments <= 15 or offset != 64:
+            reason = "first fragment is not an RLE header"
+    elif transfer_syntax in _MAGIC and not head.startswith(_MAGIC[transfer_syntax]):
+        name = "JPEG 2000" if _MAGIC[transfer_syntax] is _J2K_START else "JPEG"
+        reason = f"first fragment is not a {name} codestream"
+    if reason:
+        raise InstanceRejected(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, reason)

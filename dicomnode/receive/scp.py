@@ -7,9 +7,12 @@ never sees a refused context; what we do not process is acknowledged and counted
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import threading
+import time
+from typing import Any
 
 from pydicom import uid
 from pynetdicom import AE, AllStoragePresentationContexts, _config
@@ -79,7 +82,69 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-class _SharedPortServer(ThreadedAssociationServer):
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with every accepted connection bounded in time.
+
+    pynetdicom leaves accepted sockets without a timeout, does the TLS handshake in the
+    accepting thread, and keeps an association slot for ``acse_timeout_s`` after a peer connects
+    and closes. So one peer stalling mid-PDU would hold a slot for ever, one silent TLS peer would
+    stop every other association, and port scans or load-balancer health checks would use up
+    ``max_associations``. Here each socket gets ``network_timeout_s``, the handshake runs in the
+    connection's own thread, and no association starts before the peer has sent a byte.
+    """
+
+    # socketserver's default backlog of 5 drops SYNs when a router opens many associations at
+    # once, and each dropped SYN costs the sender a 1 s retransmission.
+    request_queue_size = 128
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._closing = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        client.settimeout(self.ae.network_timeout)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except OSError as exc:  # ssl.SSLError is an OSError; so is a timeout
+                log.warning("TLS handshake with %s failed: %s", client_address[0], exc)
+                self.shutdown_request(request)
+                return
+        elif not self._peer_speaks(request):
+            log.debug("connection from %s closed before any PDU", client_address[0])
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+    def _peer_speaks(self, sock: socket.socket) -> bool:
+        """Wait up to the ACSE timeout for the first byte; False on close, silence or stop."""
+        deadline = time.monotonic() + float(self.ae.acse_timeout or 0)
+        poller = select.poll()  # not select(): descriptors above 1024 are normal under load
+        poller.register(sock, select.POLLIN)
+        while not self._closing.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if poller.poll(int(min(remaining, 0.5) * 1000) + 1):
+                try:
+                    return bool(sock.recv(1, socket.MSG_PEEK))
+                except OSError:
+                    return False
+        return False
+
+    def server_close(self) -> None:
+        self._closing.set()
+        super().server_close()
+
+
+class _SharedPortServer(_Server):
     """Binds with SO_REUSEPORT so several receiving processes share one port."""
 
     def server_bind(self) -> None:
@@ -99,7 +164,7 @@ def start_scp(settings: Settings, store: InstanceStore, sessions: SessionFactory
         (settings.node.bind_address, settings.node.port),
         evt_handlers=bindings(store, settings.access, sessions),
         ssl_context=ctx,
-        server_class=_SharedPortServer if reuse_port else ThreadedAssociationServer)
+        server_class=_SharedPortServer if reuse_port else _Server)
     threading.Thread(target=server.serve_forever, name="dicomnode-scp", daemon=True).start()
     ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it
     host, port = server.server_address[:2]

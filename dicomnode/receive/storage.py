@@ -32,7 +32,13 @@ from dicomnode.db.models import (
 from dicomnode.db.session import SessionFactory
 from dicomnode.errors import InstanceRejected
 from dicomnode.receive import status
-from dicomnode.receive.header import STORED_CLASSES, check_image, check_uid, read_header
+from dicomnode.receive.header import (
+    STORED_CLASSES,
+    check_encoding,
+    check_image,
+    check_uid,
+    read_header,
+)
 from dicomnode.receive.recorder import Record, Recorder
 
 log = logging.getLogger(__name__)
@@ -115,6 +121,7 @@ class InstanceStore:
             except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
                 raise InstanceRejected(status.CANNOT_UNDERSTAND, f"dataset cannot be decoded: "
                                        f"{type(exc).__name__}: {exc}") from exc
+            check_encoding(ds, transfer_syntax)
         ds_class = str(ds.get("SOPClassUID", ""))
         ds_instance = str(ds.get("SOPInstanceUID", ""))
         if ds_class and ds_class != sop_class_uid:

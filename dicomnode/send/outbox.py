@@ -84,7 +84,9 @@ def deliver_due(sessions: SessionFactory, settings: Settings, *,
     with sessions() as session:
         due = list(session.scalars(select(OutboxItem).where(
             OutboxItem.state == OutboxState.PENDING, OutboxItem.next_attempt_at <= now)
-            .order_by(OutboxItem.id).limit(_BATCH)))
+            # Fewest attempts first: an object that keeps failing (e.g. makes the peer abort
+            # the association) goes to the back and cannot starve the objects behind it.
+            .order_by(OutboxItem.attempts, OutboxItem.id).limit(_BATCH)))
     by_dest: dict[str, list[OutboxItem]] = defaultdict(list)
     for item in due:
         by_dest[item.destination].append(item)
@@ -98,11 +100,16 @@ def deliver_due(sessions: SessionFactory, settings: Settings, *,
                                                         f"destination {name!r} not configured")
                         for i in items}
         else:
-            outcomes = store_items([(i.sop_instance_uid, root / i.path, i.sop_class_uid)
-                                    for i in items], dest.ae_title, dest.host, dest.port,
-                                   calling_aet=settings.delivery.calling_ae_title,
-                                   timeout_s=settings.delivery.timeout_s,
-                                   ssl_context=_ssl_context(dest))
+            try:
+                outcomes = store_items([(i.sop_instance_uid, root / i.path, i.sop_class_uid)
+                                        for i in items], dest.ae_title, dest.host, dest.port,
+                                       calling_aet=settings.delivery.calling_ae_title,
+                                       timeout_s=settings.delivery.timeout_s,
+                                       ssl_context=_ssl_context(dest))
+            except Exception as exc:  # noqa: BLE001 - one destination must not stop the others
+                log.exception("delivery to %s failed unexpectedly", name)
+                outcomes = {i.sop_instance_uid: ItemOutcome("transient", f"{type(exc).__name__}: "
+                                                            f"{exc}") for i in items}
         _record(sessions, settings, items, outcomes, now)
         for o in outcomes.values():
             counts[o.result] += 1
@@ -117,8 +124,8 @@ def _record(sessions: SessionFactory, settings: Settings, items: list[OutboxItem
             outcome = outcomes.get(item.sop_instance_uid,
                                    ItemOutcome("transient", "not attempted"))
             row = session.get(OutboxItem, item.id)
-            if row is None:
-                continue
+            if row is None or outcome.result == "deferred":
+                continue  # deferred: not tried, so still due, and no attempt is counted
             row.attempts += 1
             row.last_error = "" if outcome.result == "sent" else outcome.detail
             if outcome.result == "sent":

@@ -114,7 +114,8 @@ def _store_one(assoc, path: Path) -> int:  # type: ignore[no-untyped-def]
 
 @dataclass(frozen=True)
 class ItemOutcome:
-    """What happened to one object: ``sent``, ``transient`` (retry later) or ``permanent``."""
+    """What happened to one object: ``sent``, ``transient`` (retry later), ``permanent``, or
+    ``deferred`` (not tried: the association was lost on an earlier object)."""
 
     result: str
     detail: str = ""
@@ -131,6 +132,20 @@ def classify_status(status: int) -> str:
     if 0xA700 <= status <= 0xA7FF or status == 0x0110:  # out of resources, processing failure
         return "transient"
     return "permanent"
+
+
+def read_output(path: Path, sop_instance_uid: str, sop_class_uid: str) -> Any:
+    """Read a result file for sending; ValueError (``cannot read output: ...``) if it is
+    missing, damaged or not the object its outbox row names."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on a damaged file
+        raise ValueError(f"cannot read output: {type(exc).__name__}: {exc}") from exc
+    if str(ds.get("SOPInstanceUID", "")) != sop_instance_uid or \
+            str(ds.get("SOPClassUID", "")) != sop_class_uid:
+        raise ValueError(f"cannot read output: {path.name} does not hold {sop_instance_uid} "
+                         "(damaged or replaced)")
+    return ds
 
 
 def store_items(items: list[tuple[str, Path, str]], ae_title: str, host: str, port: int, *,
@@ -165,29 +180,44 @@ def store_items(items: list[tuple[str, Path, str]], ae_title: str, host: str, po
                 for u, _, _ in items}
     accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
     out: dict[str, ItemOutcome] = {}
+    lost = False  # set on the first object without an answer; the flag, not is_established,
+    # decides, because pynetdicom may still report the association up for a moment after it
     try:
         for sop_uid, path, sop_class in items:
             if sop_class not in accepted:
                 out[sop_uid] = ItemOutcome("permanent", f"SOP class {sop_class} not accepted")
                 continue
-            if not assoc.is_established:
-                out[sop_uid] = ItemOutcome("transient", "association lost")
+            if lost or not assoc.is_established:
+                # Lost on an earlier object: this one was not tried and must not pay for it.
+                lost = True
+                out[sop_uid] = ItemOutcome("deferred", "association lost before this item")
                 continue
             try:
-                ds = pydicom.dcmread(path)
-                rsp = assoc.send_c_store(ds)
-            except (OSError, InvalidDicomError) as exc:
-                out[sop_uid] = ItemOutcome("permanent", f"cannot read output: {exc}")
+                ds = read_output(path, sop_uid, sop_class)
+            except ValueError as exc:
+                out[sop_uid] = ItemOutcome("permanent", str(exc))
                 continue
-            except (RuntimeError, ValueError) as exc:  # aborted, no context, timeout
-                out[sop_uid] = ItemOutcome("transient", f"{type(exc).__name__}: {exc}")
+            try:
+                rsp = assoc.send_c_store(ds)
+            except Exception as exc:  # noqa: BLE001 - pynetdicom raises many types per dataset
+                detail = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, RuntimeError | OSError) or not assoc.is_established:
+                    lost = True  # the association failed: worth a retry
+                    out[sop_uid] = ItemOutcome("transient", detail)
+                else:
+                    # The association is fine but this object cannot be sent (no context for
+                    # its transfer syntax, elements that cannot be encoded): retrying cannot help.
+                    out[sop_uid] = ItemOutcome("permanent", detail)
                 continue
             if rsp is None or "Status" not in rsp:
+                lost = True
                 out[sop_uid] = ItemOutcome("transient", "no response (timeout or abort)")
                 continue
             status = int(rsp.Status)
             out[sop_uid] = ItemOutcome(classify_status(status), f"status 0x{status:04X}", status)
     finally:
-        if assoc.is_established:
+        if assoc.is_established and lost:
+            assoc.abort()
+        elif assoc.is_established:
             assoc.release()
     return out

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from dicomnode.orthanc import Orthanc
 from dicomnode.synth import make_study
 from tests.conftest import free_port
-from tests.integration.test_serve_process import ServeProcess, status_json
+from tests.reliability.harness import ServeProcess, status_json
 
 pytestmark = [pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc absent"),
               pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK absent")]

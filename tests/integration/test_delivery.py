@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import CTImageStorage, SegmentationStorage
+from pynetdicom.sop_class import SegmentationStorage
 from sqlalchemy import select
 
 from dicomnode.config import Destination, Settings
@@ -19,6 +18,7 @@ from dicomnode.db.session import make_sessions
 from dicomnode.orthanc import Orthanc, free_port
 from dicomnode.send.outbox import deliver_due, enqueue, resend
 from tests.conftest import make_series, make_settings
+from tests.reliability.harness import PickyPacs
 
 
 def _job_with_outputs(settings: Settings, ct_template: Dataset, kinds: dict[str, int],
@@ -97,25 +97,9 @@ def test_outage_then_every_result_arrives_exactly_once(tmp_path: Path,
         assert len(pacs.get("/instances")) == 4
 
 
-class RefusingPacs:
-    """A pynetdicom SCP that accepts CT Image Storage only (no SEG), like many old PACS."""
-
-    def __init__(self) -> None:
-        self.received: list[str] = []
-        ae = AE(ae_title="OLDPACS")
-        ae.add_supported_context(CTImageStorage)
-        self.port = free_port()
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
-
-    def _store(self, event: evt.Event) -> int:
-        self.received.append(str(event.request.AffectedSOPInstanceUID))
-        return 0
-
-
 def test_refused_seg_is_permanent_and_overlays_still_arrive(tmp_path: Path,
                                                             ct_template: Dataset) -> None:
-    pacs = RefusingPacs()
+    pacs = PickyPacs(free_port())
     try:
         dest = Destination(name="old", ae_title="OLDPACS", host="127.0.0.1", port=pacs.port,
                            outputs=("seg", "sr"))
@@ -140,7 +124,7 @@ def test_refused_seg_is_permanent_and_overlays_still_arrive(tmp_path: Path,
 
 
 def test_rejected_association_is_permanent(tmp_path: Path, ct_template: Dataset) -> None:
-    pacs = RefusingPacs()
+    pacs = PickyPacs(free_port())
     pacs.server.ae.require_called_aet = True
     try:
         dest = Destination(name="wrong", ae_title="NOTTHEM", host="127.0.0.1", port=pacs.port,
@@ -152,5 +136,51 @@ def test_rejected_association_is_permanent(tmp_path: Path, ct_template: Dataset)
         enqueue(sessions, job_id, items, settings.destinations)
         assert deliver_due(sessions, settings) == {"permanent": 2}
         assert set(_states(settings).values()) == {"failed"}
+    finally:
+        pacs.server.shutdown()
+
+
+def test_damaged_output_fails_once_and_the_rest_is_sent(tmp_path: Path,
+                                                        ct_template: Dataset) -> None:
+    pacs = PickyPacs(free_port())
+    try:
+        dest = Destination(name="old", ae_title="OLDPACS", host="127.0.0.1", port=pacs.port,
+                           outputs=("overlay",))
+        settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest]})
+        settings.storage.path.mkdir(parents=True)
+        job_id, items = _job_with_outputs(settings, ct_template, {"overlay": 4})
+        cut, gone = (settings.storage.path / items[i]["path"] for i in (0, 2))
+        cut.write_bytes(cut.read_bytes()[:400])  # file meta only: no SOP Instance UID
+        gone.unlink()
+        sessions = make_sessions(settings.database_url)
+        enqueue(sessions, job_id, items, settings.destinations)
+        assert deliver_due(sessions, settings) == {"permanent": 2, "sent": 2}
+        assert deliver_due(sessions, settings, now=_later(600)) == {}  # never retried
+        assert sorted(pacs.received) == sorted(items[i]["sop_instance_uid"] for i in (1, 3))
+    finally:
+        pacs.server.shutdown()
+
+
+def test_object_that_aborts_the_association_does_not_hold_back_the_others(
+        tmp_path: Path, ct_template: Dataset) -> None:
+    settings = make_settings(tmp_path / "storage", **{"delivery.retry_base_s": 1.0})
+    settings.storage.path.mkdir(parents=True)
+    job_id, items = _job_with_outputs(settings, ct_template, {"overlay": 4})
+    flaky = items[0]["sop_instance_uid"]
+    pacs = PickyPacs(free_port(), abort_first={flaky: 5})
+    try:
+        dest = Destination(name="old", ae_title="OLDPACS", host="127.0.0.1", port=pacs.port,
+                           outputs=("overlay",))
+        settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest]})
+        sessions = make_sessions(settings.database_url)
+        enqueue(sessions, job_id, items, settings.destinations)
+        # The first object makes the PACS abort: it is retried later, the others were not
+        # tried (no attempt counted) and go first in the next round.
+        assert deliver_due(sessions, settings) == {"transient": 1, "deferred": 3}
+        assert deliver_due(sessions, settings, now=_later(1)) == {"sent": 3, "transient": 1}
+        assert pacs.received == [i["sop_instance_uid"] for i in items[1:]]
+        with sessions() as s:
+            attempts = {o.sop_instance_uid: o.attempts for o in s.scalars(select(OutboxItem))}
+        assert attempts[flaky] == 2 and {attempts[i["sop_instance_uid"]] for i in items[1:]} == {1}
     finally:
         pacs.server.shutdown()

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,61 +17,14 @@ from sqlalchemy import select
 
 from dicomnode.db.models import Instance
 from dicomnode.db.session import make_sessions
-from tests.conftest import EMPTY_CONFIG, GE_DIR, free_port, make_series, requires, write_series
-
-RECEIVE_ONLY = EMPTY_CONFIG.parent / "receive-only.toml"
-
-
-class ServeProcess:
-    """Runs ``dicomnode serve`` on a free port; stop() sends SIGTERM, kill() SIGKILL."""
-
-    def __init__(self, storage: Path, port: int, settle_s: float = 1.0,
-                 config: Path = RECEIVE_ONLY) -> None:
-        self.storage, self.port = storage, port
-        self.log = storage.parent / f"serve-{port}.log"
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(config),
-                 "--storage", str(storage), "--port", str(port), "--settle-s", str(settle_s)],
-                stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("serve did not start listening")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-
-def status_json(storage: Path) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--json", "--config",
-                          str(EMPTY_CONFIG), "--storage", str(storage)],
-                         check=True, capture_output=True, text=True, timeout=60)
-    return json.loads(out.stdout)
-
-
-def wait_for_state(storage: Path, state: str, timeout_s: float = 30) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    rows: list[dict] = []
-    while time.monotonic() < deadline:
-        rows = status_json(storage)
-        if rows and all(r["state"] == state for r in rows):
-            return rows
-        time.sleep(0.5)
-    raise AssertionError(f"series did not reach {state}: {rows}")
+from tests.conftest import GE_DIR, free_port, make_series, requires, write_series
+from tests.reliability.harness import (
+    ServeProcess,
+    children,
+    wait_for_state,
+    wait_gone,
+    wait_until,
+)
 
 
 @requires("storescu")
@@ -160,36 +109,12 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path,
         node.stop()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def test_receiver_children_die_with_a_killed_parent(tmp_path: Path) -> None:
     config = tmp_path / "two.toml"
     config.write_text("[node]\nreceiver_processes = 3\n[worker]\nenabled = true\n")
     node = ServeProcess(tmp_path / "storage", free_port(), config=config)
-    deadline = time.monotonic() + 20
-    while len(_children(node.proc.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    children = _children(node.proc.pid)
-    assert len(children) == 3  # two more receivers and the worker
+    kids = wait_until(lambda: len(children(node.pid)) >= 3 and children(node.pid), 20,
+                      "two more receivers and the worker")
+    assert len(kids) == 3
     node.kill()
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{c}").exists() and "Z" not in _state(c) for c in children):
-        assert time.monotonic() < deadline, "receiver children outlived their parent"
-        time.sleep(0.1)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"
+    wait_gone(kids, timeout_s=10)

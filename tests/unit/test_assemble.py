@@ -79,6 +79,8 @@ GOOD_GEOMETRY = {"n_frames": 30, "missing_geometry": 0, "orientation_consistent"
             pixel_spacing_mm=[0.8, 0.8]), {**GOOD_GEOMETRY, "extent_mm": 400.0}, "head CT"),
     # No body part and no description, but the extent and field of view fit a head.
     (_attrs(body_part="", series_description=""), GOOD_GEOMETRY, None),
+    (_attrs(pixel_spacing_mm=[-0.45, 0.45]), GOOD_GEOMETRY, "not positive"),
+    (_attrs(), {**GOOD_GEOMETRY, "mixed": ["2 matrix sizes"]}, "mixed series"),
 ])
 def test_eligibility_rules(attrs: dict, geometry: dict, fragment: str | None) -> None:
     reason = evaluate(attrs, geometry, 30, RULES)
@@ -94,6 +96,15 @@ def test_bone_kernel_is_a_preference_not_a_filter() -> None:
     soft = [Sibling("1.2.3", "STANDARD", "queued")]
     assert "preferred" in evaluate(bone, GOOD_GEOMETRY, 30, RULES, soft)
     assert evaluate(bone, GOOD_GEOMETRY, 30, RULES, [Sibling("1.2.3", "BONE", "queued")]) is None
+
+
+def test_two_reconstructions_in_one_series_show_as_mixed() -> None:
+    one = {"ipp": [0, 0, 0], "iop": [1, 0, 0, 0, 1, 0], "matrix": [512, 512],
+           "pixel_spacing_mm": [0.45, 0.45]}
+    other = {**one, "ipp": [0, 0, 5], "matrix": [256, 256], "pixel_spacing_mm": [0.9, 0.9]}
+    assert series_geometry([one, other])["mixed"] == ["2 matrix sizes",
+                                                      "different pixel spacings"]
+    assert "mixed" not in series_geometry([one, {**one, "ipp": [0, 0, 5]}])
 
 
 def test_too_few_instances() -> None:
