@@ -10,8 +10,18 @@ import json
 from pathlib import Path
 
 
+def _value(v: object) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
 def _figures(figures: dict) -> str:
-    return "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in figures.items())
+    # Per-case outcomes are in the JSON record; the table keeps the counts.
+    return "; ".join(f"{k.replace('_', ' ')} {_value(v)}" for k, v in figures.items()
+                     if k != "per_case")
 
 
 def main() -> int:

@@ -69,7 +69,8 @@ def make_phantoms(root: Path, n: int, matrix: int) -> list[dict]:
     return cases
 
 
-def run_backend(backend: str, cases: list[dict], ensemble: int, device: str) -> dict:
+def run_backend(backend: str, cases: list[dict], ensemble: int, device: str,
+                unet_model: str | None = None) -> dict:
     """In this (child) process: build the backend once, then time and score every case."""
     import SimpleITK as sitk
 
@@ -83,6 +84,8 @@ def run_backend(backend: str, cases: list[dict], ensemble: int, device: str) -> 
 
     seg = replace(settings.segmentation, backend=backend, device=device,
                   blast_ct_ensemble_size=ensemble)
+    if unet_model:
+        seg = replace(seg, unet_model=Path(unet_model))
     t0 = time.perf_counter()
     model = build_backend(seg)
     out = {"backend": backend, "model_load_s": time.perf_counter() - t0, "cases": []}
@@ -151,12 +154,14 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data", default=str(REPO / "var" / "bench-segment"),
                     help="where held-out phantoms are made once and reused")
+    ap.add_argument("--unet-model", help="a unet bundle folder (default: the configured one)")
     ap.add_argument("--json", help="also write the summaries to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:  # one backend in its own process, for a clean peak-memory figure
         spec = json.loads(Path(args.child).read_text())
-        result = run_backend(spec["backend"], spec["cases"], args.ensemble, args.device)
+        result = run_backend(spec["backend"], spec["cases"], args.ensemble, args.device,
+                             args.unet_model)
         Path(args.child).write_text(json.dumps(result))
         return 0
     from rich.console import Console
@@ -174,7 +179,8 @@ def main() -> int:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
             json.dump({"backend": backend, "cases": cases}, fh)
         proc = subprocess.run([sys.executable, __file__, "--child", fh.name,
-                               "--ensemble", str(args.ensemble), "--device", args.device],
+                               "--ensemble", str(args.ensemble), "--device", args.device,
+                               *(["--unet-model", args.unet_model] if args.unet_model else [])],
                               check=False)
         if proc.returncode:
             console.print(f"[red]{backend}: failed (exit {proc.returncode})")
