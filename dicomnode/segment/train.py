@@ -47,6 +47,7 @@ class TrainConfig:
     validate_every: int = 5
     seed: int = 0
     device: str = "auto"
+    antialias: bool = True  # Gaussian before downsampling (see unet.resample_to_spacing)
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default (all cores)
     init_weights: str | None = None  # start from these weights (a bundle's model.pt)
 
@@ -71,10 +72,10 @@ def prepare(folders: Sequence[Path], cfg: TrainConfig, cache: Path) -> list[Path
     cache.mkdir(parents=True, exist_ok=True)
     out = []
     for folder in folders:
-        target = cache / f"{folder.name}.npz"
+        target = cache / f"{folder.name}{'-aa' if cfg.antialias else ''}.npz"
         if not target.is_file():
             image, labels = read_case(folder)
-            img = resample_to_spacing(image, cfg.spacing_mm)
+            img = resample_to_spacing(image, cfg.spacing_mm, antialias=cfg.antialias)
             lab = sitk.Resample(labels, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                                 sitk.sitkUInt8)
             np.savez_compressed(target, image=normalise(sitk.GetArrayViewFromImage(img),
@@ -228,7 +229,8 @@ def _meta(out: Path, arch: dict[str, Any], cfg: TrainConfig, best: dict[str, Any
         "name": out.name, "version": datetime.now(UTC).strftime("%Y.%m.%d"), "backend": "unet",
         "architecture": arch, "labels": {str(k): v for k, v in CLASS_NAMES.items()},
         "spacing_mm": list(cfg.spacing_mm), "hu_window": list(cfg.hu_window),
-        "roi_size_zyx": list(cfg.roi_size_zyx), "dtype": "float16 weights, float32 compute",
+        "roi_size_zyx": list(cfg.roi_size_zyx), "antialias": cfg.antialias,
+        "dtype": "float16 weights, float32 compute",
         "min_component_ml": 0.1,
         "synthetic_training": synthetic,
         "intended_use": ("Research and demonstration only. Fit on synthetic data; not clinically "

@@ -13,7 +13,7 @@ from dicomnode.domain import ICH, CTVolume
 from dicomnode.errors import ModelError
 from dicomnode.segment.bundle import load_bundle
 from dicomnode.segment.train import TrainConfig, read_case, synth_cases, train
-from dicomnode.segment.unet import UNetBackend
+from dicomnode.segment.unet import UNetBackend, resample_to_spacing
 
 TINY = TrainConfig(spacing_mm=(4.0, 4.0, 5.0), roi_size_zyx=(16, 32, 32), filters=(4, 8, 16),
                    epochs=2, iterations_per_epoch=2, batch_size=1, device="cpu")
@@ -38,6 +38,7 @@ def test_training_writes_a_self_describing_bundle(bundle_dir: Path) -> None:
     assert meta["labels"] == {"1": "ICH", "2": "IVH", "3": "oedema"}
     assert meta["synthetic_training"] is True and "synthetic" in meta["intended_use"]
     assert meta["spacing_mm"] == [4.0, 4.0, 5.0] and meta["training"]["cases"] >= 2
+    assert meta["antialias"] is True  # inference must smooth as the training data were
     assert load_bundle(bundle_dir, backend="unet").name == "bundle"
 
 
@@ -67,3 +68,19 @@ def test_tampered_or_mismatched_bundles_are_refused(bundle_dir: Path, tmp_path: 
         load_bundle(bundle_dir, backend="blast_ct")
     with pytest.raises(ModelError, match="not found"):
         UNetBackend(tmp_path / "nowhere", device="cpu")
+
+
+def test_antialiased_downsampling_keeps_geometry_and_removes_voxel_noise() -> None:
+    rng = np.random.default_rng(0)
+    noise = sitk.GetImageFromArray(rng.normal(40.0, 20.0, (40, 128, 128)).astype(np.float32))
+    noise.SetSpacing((0.5, 0.5, 1.0))
+    noise.SetOrigin((-32.0, -32.0, 10.0))
+    plain = resample_to_spacing(noise, (2.0, 2.0, 2.5))
+    smooth = resample_to_spacing(noise, (2.0, 2.0, 2.5), antialias=True)
+    assert smooth.GetSize() == plain.GetSize() == (32, 32, 16)
+    assert smooth.GetOrigin() == plain.GetOrigin() and smooth.GetSpacing() == (2.0, 2.0, 2.5)
+    sd_plain = float(sitk.GetArrayViewFromImage(plain).std())
+    sd_smooth = float(sitk.GetArrayViewFromImage(smooth).std())
+    # Linear interpolation keeps most of the per-voxel noise; the Gaussian removes most of it.
+    assert sd_plain > 10.0 and sd_smooth < sd_plain / 3
+    assert float(sitk.GetArrayViewFromImage(smooth).mean()) == pytest.approx(40.0, abs=1.0)
