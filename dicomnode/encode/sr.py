@@ -138,7 +138,8 @@ def _prediction_items(predictions: Mapping[str, Any], labels: LabelMap) -> list[
         if kind == "probability":
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"prediction {key!r}: probability must be in [0, 1], got {value}")
-            value, unit = 100.0 * value, codes.UNIT_PERCENT
+            # 0.01 % steps: finer digits are float noise in the Decimal String.
+            value, unit = round(100.0 * value, 2), codes.UNIT_PERCENT
         else:
             unit = codes.UNIT_SCORE
         model = str(spec.get("model") or ("CAVE" if key == "cave" else key))

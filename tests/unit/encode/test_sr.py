@@ -14,7 +14,7 @@ from dicomnode.domain import ICH, IVH, OEDEMA
 from dicomnode.encode import build_seg, build_sr, codes, uids
 
 PREDICTIONS = {
-    "expansion": {"probability": 0.31, "model": "he-logreg", "model_version": "1.2",
+    "expansion": {"probability": 0.3100004, "model": "he-logreg", "model_version": "1.2",
                   "synthetic_training": True},
     "epilepsy": 0.12,
     "cave": {"score": 2, "model": "CAVE", "model_version": "2014", "synthetic": False},
@@ -128,7 +128,7 @@ def test_volumes_and_ich_details(plain_case: Case) -> None:
     assert _num(ich, codes.MARKERS["sphericity"].name) == [(pytest.approx(0.81), ("1", "UCUM"))]
     assert _num(ich, codes.MARKERS["hu_cv"].name) == []  # NaN left out
     # predictions: percent and score, each with its model
-    assert _num(ich, codes.HE_RISK) == [(pytest.approx(31.0), ("%", "UCUM"))]
+    assert _num(ich, codes.HE_RISK) == [(31.0, ("%", "UCUM"))]  # rounded to 0.01 %
     assert _num(ich, codes.PSE_RISK) == [(pytest.approx(12.0), ("%", "UCUM"))]
     assert _num(ich, codes.CAVE_SCORE) == [(2.0, ("{score}", "UCUM"))]
     names = [i.TextValue for i in _items(ich) if i.ValueType == "TEXT" and _name(i) == ("111001", "DCM")]
