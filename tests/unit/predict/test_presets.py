@@ -123,3 +123,18 @@ def test_cave_cut_indicators():
     steps = dict((n, t) for n, t, _ in P.build_preset("psenet", names, tiny=True)
                  .named_steps["features"].transformers)
     assert steps["cave_cuts"].cuts == (("gt", 10.0), ("lt", 65.0))
+
+
+def test_platt_scaling_never_inverts_the_ranking():
+    from dicomnode.predict.cnn import platt_scaling
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(200) < 0.2).astype(int)
+    good = y * 2.0 + rng.normal(0, 1, 200)
+    slope, _ = platt_scaling(good, y)
+    assert slope > 0.5
+    slope, intercept = platt_scaling(-good, y)  # anti-correlated on this validation part
+    assert 0 < slope <= 1e-3
+    p = 1 / (1 + np.exp(-(slope * -good + intercept)))
+    assert p.mean() == pytest.approx(y.mean(), abs=0.01)
+    assert np.all(np.diff(p[np.argsort(-good)]) >= 0)  # the network's order is kept
