@@ -253,13 +253,18 @@ class PickyPacs:
     """A pynetdicom SCP that accepts only the given SOP classes, like many older PACS.
 
     ``abort_first`` maps SOP Instance UIDs to how many times the PACS aborts the association
-    when it receives that object (a flaky object) before it accepts it.
+    when it receives that object (a flaky object) before it accepts it; ``abort_first_of_class``
+    (SOP Class UID, times) makes the first object of that class it receives the flaky one
+    (``flaky_uid``).
     """
 
     def __init__(self, port: int, classes: Sequence[str] = (CTImageStorage,),
-                 ae_title: str = "OLDPACS", abort_first: dict[str, int] | None = None) -> None:
+                 ae_title: str = "OLDPACS", abort_first: dict[str, int] | None = None,
+                 abort_first_of_class: tuple[str, int] | None = None) -> None:
         self.received: list[str] = []
         self.abort_first = dict(abort_first or {})
+        self.abort_first_of_class = abort_first_of_class
+        self.flaky_uid: str | None = None
         self.aborts = 0
         ae = AE(ae_title=ae_title)
         for c in classes:
@@ -270,6 +275,10 @@ class PickyPacs:
 
     def _store(self, event: evt.Event) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
+        if (self.abort_first_of_class and self.flaky_uid is None
+                and str(event.request.AffectedSOPClassUID) == self.abort_first_of_class[0]):
+            self.flaky_uid = uid
+            self.abort_first[uid] = self.abort_first_of_class[1]
         if self.abort_first.get(uid, 0) > 0:
             self.abort_first[uid] -= 1
             self.aborts += 1
