@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pydicom
 from pydicom.uid import generate_uid
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import func, select
 
@@ -266,6 +266,10 @@ class PickyPacs:
         self.abort_first_of_class = abort_first_of_class
         self.flaky_uid: str | None = None
         self.aborts = 0
+        # An in-process node started by an earlier test (receive.scp.build_ae) turns pynetdicom's
+        # process-wide UNRESTRICTED_STORAGE_SERVICE on, which would make this PACS accept every
+        # storage class at association time, SEG included.
+        _config.UNRESTRICTED_STORAGE_SERVICE = False
         ae = AE(ae_title=ae_title)
         for c in classes:
             ae.add_supported_context(c)
