@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,9 +31,9 @@ SITES = ("basal_ganglia", "thalamus", "lobar", "lobar_subcortical", "cerebellar"
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    from _common import machine_info  # bench/ is on sys.path when this file runs
+
+    m = machine_info()
     gpu = ""
     try:
         import torch
@@ -43,7 +42,7 @@ def machine() -> str:
             gpu = f", GPU {torch.cuda.get_device_name(0)}"
     except ImportError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB{gpu}; Python {platform.python_version()}"
+    return f"{m['cpu']}, {m['cores']} cores, {m['ram']}{gpu}; Python {m['python']}"
 
 
 def make_phantoms(root: Path, n: int, matrix: int) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -55,6 +56,15 @@ def _job_with_outputs(settings: Settings, ct_template: Dataset, kinds: dict[str,
     return job_id, items
 
 
+def _outbox_case(tmp_path: Path, ct_template: Dataset, dest: Destination,
+                 kinds: dict[str, int], **overrides: object) -> tuple[Settings, Any, int, list[dict]]:
+    """Settings with one destination, a job with output files, and the sessions."""
+    settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest], **overrides})
+    settings.storage.path.mkdir(parents=True)
+    job_id, items = _job_with_outputs(settings, ct_template, kinds)
+    return settings, make_sessions(settings.database_url), job_id, items
+
+
 def _states(settings: Settings) -> dict[str, str]:
     sessions = make_sessions(settings.database_url)
     with sessions() as s:
@@ -72,11 +82,9 @@ def test_outage_then_every_result_arrives_exactly_once(tmp_path: Path,
     pacs = Orthanc(tmp_path / "orthanc")
     dest = Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=pacs.dicom_port,
                        outputs=("sr", "overlay"))
-    settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest],
-                                                      "delivery.retry_base_s": 1.0})
-    settings.storage.path.mkdir(parents=True)
-    job_id, items = _job_with_outputs(settings, ct_template, {"sr": 1, "overlay": 3, "seg": 1})
-    sessions = make_sessions(settings.database_url)
+    settings, sessions, job_id, items = _outbox_case(
+        tmp_path, ct_template, dest, {"sr": 1, "overlay": 3, "seg": 1},
+        **{"delivery.retry_base_s": 1.0})
     assert enqueue(sessions, job_id, items, settings.destinations) == 4  # no SEG wanted
     assert enqueue(sessions, job_id, items, settings.destinations) == 0  # idempotent
     # PACS down: transient, retried later, nothing lost.
@@ -103,10 +111,8 @@ def test_refused_seg_is_permanent_and_overlays_still_arrive(tmp_path: Path,
     try:
         dest = Destination(name="old", ae_title="OLDPACS", host="127.0.0.1", port=pacs.port,
                            outputs=("seg", "sr"))
-        settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest]})
-        settings.storage.path.mkdir(parents=True)
-        job_id, items = _job_with_outputs(settings, ct_template, {"seg": 1, "overlay": 2})
-        sessions = make_sessions(settings.database_url)
+        settings, sessions, job_id, items = _outbox_case(tmp_path, ct_template, dest,
+                                                         {"seg": 1, "overlay": 2})
         assert enqueue(sessions, job_id, items, settings.destinations) == 1  # the SEG only
         assert deliver_due(sessions, settings) == {"permanent": 1}
         # The refusal is recorded and the overlays were queued instead; they arrive.
@@ -129,10 +135,8 @@ def test_rejected_association_is_permanent(tmp_path: Path, ct_template: Dataset)
     try:
         dest = Destination(name="wrong", ae_title="NOTTHEM", host="127.0.0.1", port=pacs.port,
                            outputs=("overlay",))
-        settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest]})
-        settings.storage.path.mkdir(parents=True)
-        job_id, items = _job_with_outputs(settings, ct_template, {"overlay": 2})
-        sessions = make_sessions(settings.database_url)
+        settings, sessions, job_id, items = _outbox_case(tmp_path, ct_template, dest,
+                                                         {"overlay": 2})
         enqueue(sessions, job_id, items, settings.destinations)
         assert deliver_due(sessions, settings) == {"permanent": 2}
         assert set(_states(settings).values()) == {"failed"}
@@ -146,13 +150,11 @@ def test_damaged_output_fails_once_and_the_rest_is_sent(tmp_path: Path,
     try:
         dest = Destination(name="old", ae_title="OLDPACS", host="127.0.0.1", port=pacs.port,
                            outputs=("overlay",))
-        settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest]})
-        settings.storage.path.mkdir(parents=True)
-        job_id, items = _job_with_outputs(settings, ct_template, {"overlay": 4})
+        settings, sessions, job_id, items = _outbox_case(tmp_path, ct_template, dest,
+                                                         {"overlay": 4})
         cut, gone = (settings.storage.path / items[i]["path"] for i in (0, 2))
         cut.write_bytes(cut.read_bytes()[:400])  # file meta only: no SOP Instance UID
         gone.unlink()
-        sessions = make_sessions(settings.database_url)
         enqueue(sessions, job_id, items, settings.destinations)
         assert deliver_due(sessions, settings) == {"permanent": 2, "sent": 2}
         assert deliver_due(sessions, settings, now=_later(600)) == {}  # never retried
@@ -163,16 +165,14 @@ def test_damaged_output_fails_once_and_the_rest_is_sent(tmp_path: Path,
 
 def test_object_that_aborts_the_association_does_not_hold_back_the_others(
         tmp_path: Path, ct_template: Dataset) -> None:
-    settings = make_settings(tmp_path / "storage", **{"delivery.retry_base_s": 1.0})
-    settings.storage.path.mkdir(parents=True)
-    job_id, items = _job_with_outputs(settings, ct_template, {"overlay": 4})
-    flaky = items[0]["sop_instance_uid"]
-    pacs = PickyPacs(free_port(), abort_first={flaky: 5})
+    pacs = PickyPacs(free_port())
     try:
         dest = Destination(name="old", ae_title="OLDPACS", host="127.0.0.1", port=pacs.port,
                            outputs=("overlay",))
-        settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest]})
-        sessions = make_sessions(settings.database_url)
+        settings, sessions, job_id, items = _outbox_case(tmp_path, ct_template, dest,
+                                                         {"overlay": 4})
+        flaky = items[0]["sop_instance_uid"]
+        pacs.abort_first[flaky] = 5
         enqueue(sessions, job_id, items, settings.destinations)
         # The first object makes the PACS abort: it is retried later, the others were not
         # tried (no attempt counted) and go first in the next round.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,19 +25,11 @@ def scale(ci: T, full: T) -> T:
 
 
 def machine() -> str:
-    """One line describing this machine (CPU model, cores, memory)."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text()
-                      .splitlines() if line.startswith("MemTotal"))
-        memory = f", {mem_kb / 2**20:.1f} GiB"
-    except (OSError, StopIteration, ValueError):
-        memory = ""
-    return f"{model}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}"
+    """One line describing this machine (CPU model, cores, memory, Python)."""
+    from bench._common import machine_info
+
+    m = machine_info()
+    return f"{m['cpu']}, {m['cores']} cores, {m['ram']}, Python {m['python']}"
 
 
 def record(scenario: str, how: str, **figures: Any) -> None:
