@@ -64,7 +64,8 @@ def make_phantoms(root: Path, n: int, matrix: int) -> list[dict]:
             truth = json.loads((folder / "truth.json").read_text())
             cases.append({"folder": str(folder), "thickness_mm": thickness,
                           "negative": negative,
-                          "truth_ich_ml": float(truth.get("ich_volume_ml") or 0.0)})
+                          "truth_ich_ml": float(truth.get("ich_volume_ml") or 0.0),
+                          "truth_ivh_ml": float(truth.get("ivh_volume_ml") or 0.0)})
     return cases
 
 
@@ -138,6 +139,12 @@ def summarise(result: dict) -> dict:
                 "seconds_segment": round(float(np.median([r["segment_s"] for r in pos])), 2),
                 "slices": pos[0]["slices"],
             }
+    # Per case, for the model card and for checking a summary by hand.
+    summary["cases"] = [
+        {"case": Path(r["folder"]).name, "truth_ich_ml": r.get("truth_ich_ml"),
+         "ich_ml": round(r["ich_ml"], 2), "truth_ivh_ml": r.get("truth_ivh_ml"),
+         "ivh_ml": round(r["ivh_ml"], 2),
+         "dice": round(r["dice"], 3) if "dice" in r else None} for r in rows]
     ge = next(r for r in rows if r.get("ge"))
     summary["ge_real_normal_ich_ivh_ml"] = round(ge["ich_ml"] + ge["ivh_ml"], 2)
     summary["ge_seconds"] = round(ge["load_s"] + ge["segment_s"] + ge["measure_s"], 2)

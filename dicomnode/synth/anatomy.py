@@ -51,6 +51,7 @@ class Tissue(IntEnum):
     SINUS_AIR = 14
     GLOBE = 15
     CHOROID = 16
+    VENOUS_SINUS = 17  # dural venous sinuses: flowing blood, a haemorrhage mimic on every scan
 
 
 PARENCHYMA = (Tissue.CORTEX, Tissue.WHITE_MATTER, Tissue.DEEP_GREY, Tissue.CEREBELLUM, Tissue.BRAINSTEM)
@@ -84,6 +85,7 @@ class AnatomyParams:
     calcifications: tuple[Calcification, ...]
     gyri: Waves
     skull_waves: Waves
+    venous_hu: float = 52.0
 
     @classmethod
     def sample(cls, rng: np.random.Generator, *, age_y: float, sex: str) -> AnatomyParams:
@@ -129,6 +131,11 @@ class AnatomyParams:
                         rng.uniform(140, 220),
                     )
                 )
+        gyri = Waves.random(rng, 12, 26.0)
+        skull_waves = Waves.random(rng, 6, 70.0)
+        # Drawn last so that every earlier draw (and so every older phantom) stays the same.
+        # Venous blood is 40-60 HU (haematocrit-dependent); up to ~65 in dehydration.
+        venous_hu = float(rng.uniform(44.0, 64.0))
         return cls(
             scale=tuple(float(v) for v in scale),  # type: ignore[arg-type]
             atrophy=atrophy,
@@ -142,8 +149,9 @@ class AnatomyParams:
             midline_bend_mm=float(rng.uniform(-2.0, 2.0)),
             hu={k: float(v) for k, v in hu.items()},
             calcifications=tuple(calcs),
-            gyri=Waves.random(rng, 12, 26.0),
-            skull_waves=Waves.random(rng, 6, 70.0),
+            gyri=gyri,
+            skull_waves=skull_waves,
+            venous_hu=venous_hu,
         )
 
 
@@ -294,6 +302,7 @@ class Painter:
         self._cortex(cav_w, cav_u)
         self._deep_structures()
         self._csf_spaces(cav_w)
+        self._venous_sinuses(cav_u)
         self._calcifications()
         if not intracranial_only:
             self._petrous()
@@ -411,6 +420,27 @@ class Painter:
             self.ellipsoid(Tissue.CHOROID, 32.0, (s * 19, 27, 10), (4, 5, 3))
         self.ellipsoid(Tissue.VENTRICLE, hu["csf"] - 2, (0, 6, -6), (1.5 * vs + 0.5, 13, 9))
         self.ellipsoid(Tissue.VENTRICLE, hu["csf"] - 2, (0, 32, -50), (6, 4, 6))
+
+    def _venous_sinuses(self, cav_u) -> None:
+        """Superior sagittal, transverse and straight sinuses: tubes of venous blood that lie
+        against the inner table (and along the falx-tentorium junction), fixed to the skull."""
+        p = self.p
+        x, y, z = self.u
+        depth = -cav_u  # mm inside the inner table
+        fz = floor_z(x, y)
+        xm = x - F32(p.midline_bend_mm)
+        r = F32(3.5)  # radius; the tube touches the inner table
+        sss = np.sqrt(xm * xm + (depth - r) ** 2) - r
+        sss = np.maximum.reduce([sss, fz + F32(4.0) - z, F32(-60.0) - y])
+        r_t = F32(3.0)
+        transverse = np.sqrt((z - (fz - F32(1.2))) ** 2 + (depth - r_t) ** 2) - r_t
+        transverse = np.maximum(transverse, F32(40.0) - y)
+        self.put(None, np.minimum(sss, transverse), Tissue.VENOUS_SINUS, p.venous_hu)
+        box = self.box((0, 46, -18), (4, 18, 20))
+        if box is not None:
+            bx, by, bz = self.coords(box, False)
+            straight = capsule_sdf(bx, by, bz, (0, 32, -2), (0, 60, -33), 2.5)
+            self.put(box, straight, Tissue.VENOUS_SINUS, p.venous_hu)
 
     def _calcifications(self) -> None:
         for c in self.p.calcifications:

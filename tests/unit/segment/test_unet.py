@@ -84,3 +84,48 @@ def test_antialiased_downsampling_keeps_geometry_and_removes_voxel_noise() -> No
     # Linear interpolation keeps most of the per-voxel noise; the Gaussian removes most of it.
     assert sd_plain > 10.0 and sd_smooth < sd_plain / 3
     assert float(sitk.GetArrayViewFromImage(smooth).mean()) == pytest.approx(40.0, abs=1.0)
+
+
+def test_bundle_thresholds_relabel_blood_by_probability() -> None:
+    from dicomnode.domain import IVH
+    from dicomnode.segment.unet import apply_thresholds
+
+    argmax = np.array([0, 0, ICH, ICH, IVH], np.uint8)
+    p_ich = np.array([0.40, 0.30, 0.60, 0.33, 0.40], np.float32)
+    p_ivh = np.array([0.10, 0.10, 0.20, 0.10, 0.45], np.float32)
+    out = apply_thresholds(argmax, {ICH: p_ich, IVH: p_ivh}, {ICH: 0.35})
+    # below-argmax ICH taken, weak ICH dropped, IVH-dominant voxel left as IVH
+    assert out.tolist() == [ICH, 0, ICH, 0, IVH]
+    assert apply_thresholds(argmax, {}, {}) is argmax
+
+
+def test_labels_outside_the_skull_are_cleared(tmp_path: Path) -> None:
+    from dicomnode.segment.unet import keep_intracranial
+
+    image, _ = read_case(synth_cases(tmp_path, 1, seed=900002, matrix=64)[0])
+    hu = sitk.GetArrayFromImage(image)
+    everywhere = np.full(hu.shape, ICH, np.uint8)
+    kept = keep_intracranial(everywhere, volume_of(image))
+    # cortical bone and air go; calcifications (pineal, a few hundred HU) are intracranial
+    assert not kept[hu > 1000].any() and not kept[hu < -500].any()
+    z = hu.shape[0] // 2
+    assert kept[z, 32, 32] == ICH  # the middle of the brain stays
+    assert 0.05 < kept.mean() / ICH < 0.9
+
+
+def test_validation_prefers_large_haematomas_and_some_negatives(tmp_path: Path) -> None:
+    from dicomnode.segment.train import split_validation
+
+    cfg = TrainConfig(spacing_mm=(2.0, 2.0, 2.5), max_validation_cases=8)  # 10 uL voxels
+    cases = []
+    for i, voxels in enumerate([0, 100, 2000, 0, 50, 3000, 0, 800, 600, 0] * 6):
+        labels = np.zeros(4000, np.uint8)
+        labels[:voxels] = 1
+        np.savez(tmp_path / f"c{i}.npz", labels=labels)
+        cases.append(tmp_path / f"c{i}.npz")
+    val, fit = split_validation(cases, cfg)
+    ml = {p: float((np.load(p)["labels"] == 1).sum()) * 0.01 for p in cases}
+    assert len(val) == 8 and not set(val) & set(fit) and len(fit) == len(cases) - 8
+    # two negatives (a quarter), then haematomas >= 5 mL only; 1 and 0.5 mL clots never
+    assert sorted(ml[p] for p in val) == [0, 0, 6.0, 8.0, 20.0, 20.0, 30.0, 30.0]
+    assert split_validation(cases[:3], cfg) == ([], cases[:3])

@@ -46,6 +46,7 @@ def clean_phantom():
         (Tissue.CSF, 0, 15),
         (Tissue.VENTRICLE, 0, 15),
         (Tissue.DIPLOE, 700, 1800),
+        (Tissue.VENOUS_SINUS, 40, 64),  # thin tubes: partial volume with bone and brain
     ],
 )
 def test_tissue_hu_in_stated_ranges(clean_phantom, tissue, lo, hi):
@@ -53,6 +54,14 @@ def test_tissue_hu_in_stated_ranges(clean_phantom, tissue, lo, hi):
     values = ph.hu[(ph.tissue == tissue) & (ph.labels == 0)]
     assert values.size > 20
     assert lo <= np.median(values) <= hi
+
+
+def test_venous_sinuses_are_blood_dense_and_never_labelled(clean_phantom):
+    case, ph = clean_phantom
+    sinus = ph.tissue == Tissue.VENOUS_SINUS
+    assert 44.0 <= case.anatomy.venous_hu <= 64.0
+    assert sinus.sum() * 2.5 * (250 / 128) ** 2 / 1000 > 2.0  # mL: sagittal, transverse, straight
+    assert not (ph.labels[sinus] > 0).any()  # a mimic, not a haemorrhage
 
 
 def test_bone_calcification_and_lesion_densities(clean_phantom):
