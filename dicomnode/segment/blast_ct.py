@@ -142,7 +142,7 @@ class BlastCTBackend:
     batch_size : int
         110^3 patches per forward pass (does not change results).
     half_precision : bool or None
-        None: bf16 (or fp16) autocast on CUDA, fp32 on CPU. True/False force it on/off.
+        None: fp16 autocast on CUDA, fp32 on CPU. True/False force it on/off (bf16 on CPU).
     skip_empty_patches : bool
         Give background, without running the network, to tiles whose 30^3 output region is all
         air (normalised input == -1). Off by default: it can change labels (see the model card).
@@ -181,8 +181,10 @@ class BlastCTBackend:
         use_half = on_cuda if half_precision is None else bool(half_precision)
         self.autocast_dtype = None
         if use_half:
-            self.autocast_dtype = (torch.bfloat16 if not on_cuda or torch.cuda.is_bf16_supported()
-                                   else torch.float16)
+            # fp16 on CUDA: its 10-bit mantissa (bf16: 7) keeps per-class volumes closer to fp32.
+            # Measured (bench/blast_precision.py, CPU): bf16 moved 2 % of the voxels between ICH
+            # and extra-axial blood, skipping empty patches and batching moved none.
+            self.autocast_dtype = torch.float16 if on_cuda else torch.bfloat16
         if channels_last is None:
             channels_last = on_cuda
         self._memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format

@@ -3,8 +3,8 @@
 The volume is resampled to the bundle's spacing, clipped to its HU window and scaled to [0, 1];
 MONAI's sliding-window inference with Gaussian blending gives class probabilities, which are
 resampled back onto the volume's grid (linear) before the argmax, so the mask keeps sub-voxel
-boundaries at the source resolution. Then: optional per-class thresholds from the bundle,
-labels kept inside the skull only, blood components under the bundle's minimum dropped.
+boundaries at the source resolution. Then labels are kept inside the skull only and blood
+components under the bundle's minimum are dropped.
 CUDA with bf16 autocast when present, else the CPU.
 """
 
@@ -96,10 +96,6 @@ class UNetBackend:
                 raise ModelError(f"{self.bundle.folder}: unknown label name {name!r}")
             self.class_values[cls] = _LABEL_VALUES[name]
         self.min_component_ml = float(self.bundle.meta.get("min_component_ml", 0.0))
-        # Optional per-class probability thresholds by label name, e.g. {"ICH": 0.4}.
-        self.thresholds = {_LABEL_VALUES[n]: float(t) for n, t
-                           in self.bundle.meta.get("thresholds", {}).items()
-                           if n in _LABEL_VALUES}
 
     def probabilities(self, volume: CTVolume) -> tuple[np.ndarray, sitk.Image]:
         """Class probabilities (C, z, y, x) on the model grid, and that grid as an image."""
@@ -129,20 +125,15 @@ class UNetBackend:
         target = volume.image
         best = np.zeros(sitk.GetArrayViewFromImage(target).shape, np.float32)
         labels = np.zeros(best.shape, np.uint8)
-        kept: dict[int, np.ndarray] = {}  # canonical label -> probability, for thresholds
         # Background competes like any class: start from its probability.
         for cls in range(probs.shape[0]):
             img = sitk.GetImageFromArray(probs[cls])
             img.CopyInformation(grid)
             p = sitk.GetArrayFromImage(sitk.Resample(img, target, sitk.Transform(),
                                                      sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-            value = self.class_values.get(cls, 0) if cls else 0
             win = p > best
             best[win] = p[win]
-            labels[win] = value
-            if value in (ICH, IVH) and self.thresholds:
-                kept[value] = p
-        labels = apply_thresholds(labels, kept, self.thresholds)
+            labels[win] = self.class_values.get(cls, 0) if cls else 0
         labels = keep_intracranial(labels, volume)
         labels = remove_small_components(labels, target.GetSpacing(), self.min_component_ml)
         out = sitk.GetImageFromArray(labels)
@@ -151,30 +142,6 @@ class UNetBackend:
                         model_version=self.bundle.version,
                         labels={v: LABELS[v] for v in self.class_values.values()},
                         synthetic_training=self.bundle.synthetic_training)
-
-
-def apply_thresholds(labels: np.ndarray, probs: dict[int, np.ndarray],
-                     thresholds: dict[int, float]) -> np.ndarray:
-    """Label a voxel ``c`` where p(c) >= its threshold and p(c) is the highest blood probability.
-
-    The thresholds come from the bundle (picked on validation phantoms, never on test data):
-    a softmax argmax is not calibrated for volume, and a lower threshold for a class whose
-    volume the model under-reports corrects that bias.
-    """
-    if not thresholds:
-        return labels
-    out = labels.copy()
-    for value, t in thresholds.items():
-        p = probs.get(value)
-        if p is None:
-            continue
-        others = [q for v, q in probs.items() if v != value]
-        take = p >= t
-        for q in others:
-            take &= p >= q
-        out[(out == value) & ~take] = 0
-        out[take] = value
-    return out
 
 
 def keep_intracranial(labels: np.ndarray, volume: CTVolume) -> np.ndarray:

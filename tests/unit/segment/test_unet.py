@@ -86,19 +86,6 @@ def test_antialiased_downsampling_keeps_geometry_and_removes_voxel_noise() -> No
     assert float(sitk.GetArrayViewFromImage(smooth).mean()) == pytest.approx(40.0, abs=1.0)
 
 
-def test_bundle_thresholds_relabel_blood_by_probability() -> None:
-    from dicomnode.domain import IVH
-    from dicomnode.segment.unet import apply_thresholds
-
-    argmax = np.array([0, 0, ICH, ICH, IVH], np.uint8)
-    p_ich = np.array([0.40, 0.30, 0.60, 0.33, 0.40], np.float32)
-    p_ivh = np.array([0.10, 0.10, 0.20, 0.10, 0.45], np.float32)
-    out = apply_thresholds(argmax, {ICH: p_ich, IVH: p_ivh}, {ICH: 0.35})
-    # below-argmax ICH taken, weak ICH dropped, IVH-dominant voxel left as IVH
-    assert out.tolist() == [ICH, 0, ICH, 0, IVH]
-    assert apply_thresholds(argmax, {}, {}) is argmax
-
-
 def test_labels_outside_the_skull_are_cleared(tmp_path: Path) -> None:
     from dicomnode.segment.unet import keep_intracranial
 
