@@ -120,22 +120,21 @@ def _augment(x: np.ndarray, y: np.ndarray, rng: random.Random) -> tuple[np.ndarr
     return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y)
 
 
-def split_validation(cases: list[Path], cfg: TrainConfig) -> tuple[list[Path], list[Path]]:
-    """(validation, fit) cases: validation prefers haematomas of at least
-    ``VALIDATION_MIN_ML`` (the quality target's range; Dice of a 1 mL clot is mostly noise)
-    plus a quarter negatives (reported, not scored), so that the best epoch is picked on what
-    the targets measure."""
+def split_validation(cases: Sequence[Path], ich_ml: Sequence[float],
+                     cfg: TrainConfig) -> tuple[list[Path], list[Path]]:
+    """(validation, fit) cases, given each case's ICH volume: validation prefers haematomas of
+    at least ``VALIDATION_MIN_ML`` (the quality target's range; Dice of a 1 mL clot is mostly
+    noise) plus a quarter negatives (reported, not scored), so that the best epoch is picked on
+    what the targets measure."""
+    cases = list(cases)
     if len(cases) <= 3:
         return [], cases
     n_val = min(cfg.max_validation_cases, max(1, int(len(cases) * cfg.validation_fraction)))
-    voxel_ml = float(np.prod(cfg.spacing_mm)) / 1000.0
-    big, negative, rest = [], [], []
-    for p in cases:
-        ich_ml = float((np.load(p)["labels"] == 1).sum()) * voxel_ml
-        (big if ich_ml >= VALIDATION_MIN_ML else negative if ich_ml == 0 else rest).append(p)
+    big = [p for p, ml in zip(cases, ich_ml, strict=True) if ml >= VALIDATION_MIN_ML]
+    negative = [p for p, ml in zip(cases, ich_ml, strict=True) if ml == 0]
     n_neg = min(len(negative), n_val // 4)
     val = negative[:n_neg] + big[: n_val - n_neg]
-    val += [p for p in rest + big + negative if p not in val][: n_val - len(val)]
+    val += [p for p in cases if p not in val][: n_val - len(val)]
     fit = [p for p in cases if p not in val]
     return val, fit or cases
 
@@ -161,8 +160,12 @@ def train(folders: Sequence[Path], out: Path, cfg: TrainConfig, *,
     device = select_device(cfg.device)
     cases = prepare(folders, cfg, out / ".cache")
     rng.shuffle(cases)
-    val, fit = split_validation(cases, cfg)
-    data = [dict(np.load(p)) for p in fit]
+    loaded = {p: dict(np.load(p)) for p in cases}  # read once: split, then fit
+    voxel_ml = float(np.prod(cfg.spacing_mm)) / 1000.0
+    val, fit = split_validation(
+        cases, [float((loaded[p]["labels"] == 1).sum()) * voxel_ml for p in cases], cfg)
+    data = [loaded.pop(p) for p in fit]
+    del loaded  # validation cases are re-read per validation, as before
     arch = {"type": "DynUNet", "in_channels": 1, "out_channels": 4,
             "filters": list(cfg.filters),
             "kernels": [[3, 3, 3]] * len(cfg.filters),
@@ -215,7 +218,6 @@ def train(folders: Sequence[Path], out: Path, cfg: TrainConfig, *,
         if val and (epoch % cfg.validate_every == 0 or epoch == cfg.epochs):
             net.eval()
             dices, negative_ml = [], [0.0]
-            voxel_ml = float(np.prod(cfg.spacing_mm)) / 1000.0
             with torch.inference_mode():
                 for p in val:
                     case = np.load(p)
