@@ -110,8 +110,7 @@ class EligibilitySettings:
 
 @dataclass(frozen=True)
 class SegmentationSettings:
-    # "threshold" until a unet bundle that meets its quality targets ships (see its model card).
-    backend: str = "threshold"
+    backend: str = "unet"
     unet_model: Path = Path("models/ich-unet-synth")
     unet_mirror: bool = False
     blast_ct_model: Path = Path("../shared/models/blast-ct-v1")

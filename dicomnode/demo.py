@@ -48,7 +48,10 @@ class BuiltinPacs:
         self.server.shutdown()
 
 
-def run_demo(settings: Settings, out: Path, *, matrix: int = 256, timeout_s: float = 600) -> int:
+def run_demo(settings: Settings, out: Path, *, matrix: int = 256, timeout_s: float = 600,
+             work: Path | None = None) -> int:
+    """Run the loop once; 0 when the result was delivered. ``work``: where node storage, the
+    PACS and the study go (default: a new temporary folder, kept for inspection)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -58,7 +61,7 @@ def run_demo(settings: Settings, out: Path, *, matrix: int = 256, timeout_s: flo
     from dicomnode.synth import make_study
 
     console = Console()
-    work = Path(tempfile.mkdtemp(prefix="dicomnode-demo-"))
+    work = work or Path(tempfile.mkdtemp(prefix="dicomnode-demo-"))
     pacs: Any
     if shutil.which("Orthanc"):
         pacs = Orthanc(work / "orthanc").start()
