@@ -11,6 +11,7 @@ docs/measurements.md ("Brain mask").
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +143,28 @@ def brain_mask(hu: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> np
     h = np.pad(hu, ((0, 0), (0, py), (0, px)), mode="edge").astype(np.float32, copy=False)
     h = h.reshape(nz, (ny + py) // f, f, (nx + px) // f, f).mean(axis=(2, 4))
     return _upsample(_brain_mask(h, (sz, sy * f, sx * f)), f, hu.shape)
+
+
+# image id -> (weak reference to the image, its brain mask); an entry goes with its image
+_MASKS: dict[int, tuple[weakref.ref[sitk.Image], np.ndarray]] = {}
+
+
+def image_brain_mask(image: sitk.Image) -> np.ndarray:
+    """``brain_mask`` of a HU image, computed once while the image lives.
+
+    The segmentation backends and the measure stage both need the mask of the same series
+    (about 3 s for a 1 mm, 512-matrix head CT on 2 cores); the result is read-only.
+    """
+    key = id(image)
+    hit = _MASKS.get(key)
+    if hit is not None and hit[0]() is image:
+        return hit[1]
+    hu = np.asarray(sitk.GetArrayViewFromImage(image), np.float32)
+    spacing = tuple(float(s) for s in image.GetSpacing()[::-1])
+    mask = brain_mask(hu, spacing)  # type: ignore[arg-type]
+    mask.flags.writeable = False
+    _MASKS[key] = (weakref.ref(image, lambda _ref: _MASKS.pop(key, None)), mask)
+    return mask
 
 
 def depth_mm(mask: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from dicomnode.anatomy import brain_geometry
+from dicomnode.anatomy import brain_geometry, image_brain_mask
 from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, OEDEMA, CTVolume, LabelMap, Measurements
 
 from .location import locate
@@ -60,7 +60,7 @@ def measure(volume: CTVolume, labels: LabelMap) -> Measurements:
         )
     hu = sitk.GetArrayViewFromImage(volume.image)
     est = abc2(ich, spacing)  # type: ignore[arg-type]
-    geom = brain_geometry(np.asarray(hu), volume.image)
+    geom = brain_geometry(np.asarray(hu), volume.image, mask=image_brain_mask(volume.image))
     loc = locate(ich, geom)
     markers: dict[str, Any] = {
         "abc2_a_mm": est.a_mm,

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from dicomnode.anatomy import brain_mask, depth_mm
+from dicomnode.anatomy import brain_mask, depth_mm, image_brain_mask
 from dicomnode.domain import ICH, LABELS, CTVolume, LabelMap
 
 LOW_HU, HIGH_HU = 50.0, 90.0
@@ -62,21 +62,24 @@ class ThresholdBackend:
     def segment(self, volume: CTVolume) -> LabelMap:
         hu = sitk.GetArrayFromImage(volume.image).astype(np.float32, copy=False)
         spacing = tuple(float(s) for s in volume.image.GetSpacing()[::-1])
-        blood = self.blood_mask(hu, spacing)  # type: ignore[arg-type]
+        blood = self.blood_mask(hu, spacing,  # type: ignore[arg-type]
+                                brain=image_brain_mask(volume.image))
         labels = np.where(blood, np.uint8(ICH), np.uint8(0)).astype(np.uint8)
         out = sitk.GetImageFromArray(labels)
         out.CopyInformation(volume.image)
         return LabelMap(image=out, backend=self.name, model=self.model, model_version=self.model_version,
                         labels={ICH: LABELS[ICH]}, synthetic_training=self.synthetic_training)
 
-    def blood_mask(self, hu: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> np.ndarray:
-        """Bool (z, y, x): voxels taken as fresh blood."""
+    def blood_mask(self, hu: np.ndarray, spacing_zyx_mm: tuple[float, float, float],
+                   brain: np.ndarray | None = None) -> np.ndarray:
+        """Bool (z, y, x): voxels taken as fresh blood (``brain``: the mask, when known)."""
         if hu.ndim != 3:
             raise ValueError(f"hu must be 3-D (z, y, x), got shape {hu.shape}")
         sz, sy, sx = spacing_zyx_mm
-        brain = brain_mask(hu, spacing_zyx_mm)
+        if brain is None:
+            brain = brain_mask(hu, spacing_zyx_mm)
         if not brain.any():
-            return brain
+            return np.zeros(hu.shape, dtype=bool)
         smooth = ndi.gaussian_filter(hu, sigma=(0.0, SMOOTH_MM / sy, SMOOTH_MM / sx))
         depth = depth_mm(brain, spacing_zyx_mm)
         near_hyper = ndi.binary_dilation(hu >= HYPERDENSE_HU, structure=np.ones((3, 3, 3), dtype=bool))

@@ -145,18 +145,16 @@ class UNetBackend:
 
 
 def keep_intracranial(labels: np.ndarray, volume: CTVolume) -> np.ndarray:
-    """Clear every label outside the intracranial soft tissue (``anatomy.brain_mask``).
+    """Clear every label outside the intracranial soft tissue (``anatomy.image_brain_mask``).
 
     Blood, IVH and oedema lie inside the skull by definition; this removes responses in the
     scalp, skull base and facial soft tissue that no training phantom can cover completely.
     """
     if not labels.any():
         return labels
-    from dicomnode.anatomy import brain_mask
+    from dicomnode.anatomy import image_brain_mask
 
-    hu = sitk.GetArrayViewFromImage(volume.image)
-    spacing_zyx = tuple(float(v) for v in volume.image.GetSpacing()[::-1])
-    inside = brain_mask(np.asarray(hu, np.float32), spacing_zyx)  # type: ignore[arg-type]
+    inside = image_brain_mask(volume.image)
     out = labels.copy()
     out[~inside] = 0
     return out

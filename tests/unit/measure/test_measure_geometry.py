@@ -145,3 +145,31 @@ def test_brain_geometry_on_odd_sized_sub_millimetre_grids() -> None:
     d = depth_mm(mask, (5.0, 0.49, 0.49))
     assert d.shape == mask.shape and d[1, 30, 25] > 4.0 and d[0, 0, 0] == 0
     assert brain_mask(hu, (5.0, 0.49, 0.49)).shape == hu.shape
+
+
+def test_image_brain_mask_is_computed_once_per_image() -> None:
+    """Segmentation and measurement share one mask per series; a new image gets its own."""
+    import gc
+
+    import SimpleITK as sitk
+
+    from dicomnode import anatomy
+
+    hu = np.full((6, 40, 40), -1000.0, np.float32)
+    hu[:, 5:35, 5:35] = 1000.0  # skull
+    hu[:, 8:32, 8:32] = 30.0  # brain
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((2.0, 2.0, 5.0))
+    first = anatomy.image_brain_mask(image)
+    assert first is anatomy.image_brain_mask(image)  # cached
+    assert not first.flags.writeable
+    np.testing.assert_array_equal(first, anatomy.brain_mask(hu, (5.0, 2.0, 2.0)))
+    assert first[3, 20, 20] and not first[3, 2, 2]
+
+    other = sitk.GetImageFromArray(np.full_like(hu, -1000.0))
+    other.SetSpacing((2.0, 2.0, 5.0))
+    assert not anatomy.image_brain_mask(other).any()  # not the first image's mask
+    n = len(anatomy._MASKS)
+    del image
+    gc.collect()
+    assert len(anatomy._MASKS) == n - 1  # the entry went with its image
