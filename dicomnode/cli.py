@@ -153,25 +153,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if records else 1
 
 
+def _floats(text: str, n: int, option: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) != n:
+        raise ValueError(f"{option} needs {n} comma-separated numbers, got {text!r}")
+    return values
+
+
 def cmd_train_segmentation(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from dicomnode.segment.train import TrainConfig, synth_cases, train
+    from dicomnode.segment.train import TrainConfig, is_synthetic_case, synth_cases, train
 
     setup_logging("INFO")
     folders = [p for d in args.data for p in sorted(Path(d).iterdir())
                if (p / "labels.nii.gz").is_file()]
-    description = f"{len(folders)} labelled cases from {', '.join(args.data)}" if folders else ""
-    synthetic = not folders
+    # Data folders made by `dicomnode synth` keep the bundle marked as fit on synthetic data.
+    synthetic = all(is_synthetic_case(p) for p in folders)
+    kind = "synthetic phantoms (dicomnode.synth)" if synthetic else "labelled cases"
+    description = f"{len(folders)} {kind} from {', '.join(args.data)}" if folders else ""
+    thicknesses = tuple(float(v) for v in args.synth_thickness.split(","))
+    sx, sy, sz = _floats(args.spacing, 3, "--spacing")
+    lo, hi = _floats(args.hu_window, 2, "--hu-window")
     with Progress() as progress:
         if args.synth:
             task = progress.add_task("synthetic phantoms", total=args.synth)
             made = synth_cases(Path(args.synth_dir), args.synth, matrix=args.synth_matrix,
+                               seed=args.synth_seed, thicknesses_mm=thicknesses,
                                progress=lambda i: progress.update(task, completed=i))
             folders += made
             description = "; ".join(filter(None, [
                 description, f"{len(made)} synthetic phantoms (dicomnode.synth, matrix "
-                f"{args.synth_matrix}, seeds from 1000)"]))
+                f"{args.synth_matrix}, seeds from {args.synth_seed}, slice thickness drawn "
+                f"from {', '.join(f'{t:g}' for t in thicknesses)} mm)"]))
         if not folders:
             raise ValueError("no training cases: give --data folders with labels.nii.gz "
                              "or --synth N")
@@ -179,7 +193,8 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, device=args.device,
                           learning_rate=args.lr, validate_every=args.validate_every,
                           threads=args.threads, init_weights=args.init,
-                          filters=tuple(int(f) for f in args.filters.split(",")))
+                          filters=tuple(int(f) for f in args.filters.split(",")),
+                          spacing_mm=(sx, sy, sz), hu_window=(lo, hi))
         task = progress.add_task("training", total=cfg.epochs)
         path = train(folders, Path(args.out), cfg, data_description=description,
                      synthetic=synthetic,
@@ -264,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also make N synthetic phantoms to train on")
     t.add_argument("--synth-dir", default="var/train-synth", metavar="DIR")
     t.add_argument("--synth-matrix", type=int, default=160)
+    t.add_argument("--synth-seed", type=int, default=1000, help="seed of the first phantom")
+    t.add_argument("--synth-thickness", default="1.25,2.5,5,5", metavar="MM,...",
+                   help="slice thicknesses to draw from (repeat one to weight it)")
     t.add_argument("--out", default="models/ich-unet-synth", metavar="DIR")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--iterations", type=int, default=40, help="iterations per epoch")
@@ -273,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     t.add_argument("--init", metavar="MODEL_PT", help="start from these weights (fine-tuning)")
     t.add_argument("--filters", default="8,16,32,64")
+    t.add_argument("--spacing", default="2,2,2.5", metavar="X,Y,Z",
+                   help="model grid spacing in mm")
+    t.add_argument("--hu-window", default="-20,120", metavar="LO,HI",
+                   help="HU range scaled to 0..1 (write --hu-window=-20,200)")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.set_defaults(func=cmd_train_segmentation)
     try:

@@ -291,12 +291,23 @@ def update_metrics(out: Path, metrics: dict[str, Any]) -> None:
     path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
-def synth_cases(out_dir: Path, n: int, *, seed: int = 1000, matrix: int = 160,
-                progress: Callable[[int], None] | None = None) -> list[Path]:
-    """Make ``n`` varied synthetic phantoms for training (about 1 in 5 without blood).
+def is_synthetic_case(folder: Path) -> bool:
+    """True for a case folder written by ``dicomnode synth`` (its truth.json says so)."""
+    try:
+        truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(truth, dict) and truth.get("generator") == "dicomnode.synth"
 
-    Seeds start at ``seed`` so training phantoms never reuse the held-out evaluation seeds
-    (which start at 900000 in bench/segment.py).
+
+def synth_cases(out_dir: Path, n: int, *, seed: int = 1000, matrix: int = 160,
+                thicknesses_mm: Sequence[float] = (1.25, 2.5, 5.0, 5.0),
+                progress: Callable[[int], None] | None = None) -> list[Path]:
+    """Make ``n`` varied synthetic phantoms for training (about 1 in 5 without blood), each
+    with a slice thickness drawn from ``thicknesses_mm`` (repeat a value to weight it).
+
+    Seeds start at ``seed`` so training phantoms never reuse the validation or held-out
+    evaluation seeds (from 800000 and 900000).
     """
     from dicomnode.synth import SITES, make_study
 
@@ -305,13 +316,17 @@ def synth_cases(out_dir: Path, n: int, *, seed: int = 1000, matrix: int = 160,
     folders = []
     for i in range(n):
         folder = out_dir / f"case-{seed + i:06d}"
+        # Draw every case's parameters even when it exists, so that a resumed run makes the
+        # same cases as an uninterrupted one.
+        negative = rng.random() < 0.2
+        volume_ml = float(np.exp(rng.uniform(np.log(0.5), np.log(120))))
+        site, thickness_mm = rng.choice(sites), rng.choice(list(thicknesses_mm))
+        ivh, noise_sd_hu, artefacts = rng.random() < 0.3, rng.uniform(3, 8), rng.random() < 0.8
         if not (folder / "labels.nii.gz").is_file():
-            negative = rng.random() < 0.2
-            volume_ml = float(np.exp(rng.uniform(np.log(0.5), np.log(120))))
             make_study(folder, seed=seed + i, matrix=matrix,
-                       hemorrhage_ml=None if negative else volume_ml, site=rng.choice(sites),
-                       thickness_mm=rng.choice([1.25, 2.5, 5.0, 5.0]), ivh=rng.random() < 0.3,
-                       noise_sd_hu=rng.uniform(3, 8), artefacts=rng.random() < 0.8)
+                       hemorrhage_ml=None if negative else volume_ml, site=site,
+                       thickness_mm=thickness_mm, ivh=ivh, noise_sd_hu=noise_sd_hu,
+                       artefacts=artefacts)
         folders.append(folder)
         if progress is not None:
             progress(i + 1)
