@@ -11,24 +11,35 @@ the folder. Every refusal is a :class:`~dicomnode.errors.ModelError` that says w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
 import platform
 import shutil
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dicomnode.errors import ModelError
+
+from .bundle_checks import (
+    ALLOWED_TYPES,
+    LIBRARIES,
+    check_names,
+    describe_difference,
+    installed_version,
+    jsonable,
+    major_version,
+    model_checks,
+    predict_positive,
+    sha256,
+    untrusted_types,
+)
 
 if TYPE_CHECKING:
     from dicomnode.domain import CTVolume, LabelMap, Measurements
@@ -56,154 +67,6 @@ DEEP_FILE = "deep.pt"
 DEEP_CONFIG = "deep.json"
 TARGETS = ("he", "pse")
 SYNTHETIC_INTENDED_USE = "Fit on synthetic data; not clinically validated."
-
-#: Types skops does not trust by default that a bundle may hold (exact names as reported by
-#: ``skops.io.get_untrusted_types``). Everything else is refused at save and at load.
-ALLOWED_TYPES: frozenset[str] = frozenset(
-    {
-        "numpy.dtype",
-        "builtins.slice",
-        "collections.OrderedDict",
-        "sklearn.calibration._CalibratedClassifier",
-        "sklearn.calibration._SigmoidCalibration",
-        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        "sklearn.feature_selection._mutual_info.mutual_info_classif",
-        "sklearn.feature_selection._univariate_selection.chi2",
-        "sklearn.feature_selection._univariate_selection.f_classif",
-        "sklearn.metrics._classification.accuracy_score",
-        "sklearn.metrics._classification.balanced_accuracy_score",
-        "sklearn.metrics._classification.brier_score_loss",
-        "sklearn.metrics._classification.f1_score",
-        "sklearn.metrics._classification.log_loss",
-        "sklearn.metrics._ranking.average_precision_score",
-        "sklearn.metrics._ranking.roc_auc_score",
-        "sklearn.metrics._scorer._PassthroughScorer",
-        "sklearn.metrics._scorer._Scorer",
-        "sklearn.model_selection._split.KFold",
-        "sklearn.model_selection._split.StratifiedKFold",
-        "sklearn.model_selection._split.RepeatedStratifiedKFold",
-        "sklearn.tree._tree.Tree",
-        "sklearn.utils._bunch.Bunch",
-    }
-)
-
-# model.json key -> installed distribution names (first found). Major versions must match.
-_LIBRARIES = {
-    "scikit-learn": ("scikit-learn",),
-    "skops": ("skops",),
-    "numpy": ("numpy",),
-    "scipy": ("scipy",),
-    "pyradiomics": ("pyradiomics-bhklab", "pyradiomics"),
-    "torch": ("torch",),
-    "monai": ("monai",),
-}
-
-
-def _installed(lib: str) -> str | None:
-    for dist in _LIBRARIES[lib]:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def _major(version: str) -> int | None:
-    head = str(version).strip().lstrip("vV").split(".")[0]
-    return int(head) if head.isdigit() else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _positive_index(model: Any) -> int:
-    classes = list(getattr(model, "classes_", []))
-    if len(classes) != 2:
-        raise ModelError(f"the model must be a fitted binary classifier, classes_ = {classes}")
-    for i, c in enumerate(classes):
-        if c is True or (not isinstance(c, str) and c == 1):
-            return i
-    raise ModelError(f"the model's classes must be 0/1 or False/True, got {classes}")
-
-
-def _check_names(names: Sequence[str]) -> list[str]:
-    names = list(names)
-    if not names or not all(isinstance(n, str) and n for n in names):
-        raise ModelError("feature_names must be a non-empty list of non-empty strings")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ModelError(f"duplicate feature names: {dup}")
-    return names
-
-
-def _describe_difference(expected: Sequence[str], given: Sequence[str]) -> str:
-    missing = [n for n in expected if n not in set(given)]
-    extra = [n for n in given if n not in set(expected)]
-    parts = []
-    if missing:
-        parts.append(f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    if extra:
-        parts.append(f"unexpected {extra[:10]}{' ...' if len(extra) > 10 else ''}")
-    if not parts:
-        i = next(i for i, (a, b) in enumerate(zip(expected, given, strict=True)) if a != b)
-        parts.append(
-            f"same names in another order (first difference at position {i}: "
-            f"model {expected[i]!r}, given {given[i]!r})"
-        )
-    return "; ".join(parts)
-
-
-def _model_checks(model: Any, names: list[str]) -> int:
-    if not hasattr(model, "predict_proba"):
-        raise ModelError(f"{type(model).__name__} has no predict_proba")
-    n_in = getattr(model, "n_features_in_", None)
-    if n_in is not None and int(n_in) != len(names):
-        raise ModelError(f"the model was fit on {n_in} features, {len(names)} feature names given")
-    fitted_names = getattr(model, "feature_names_in_", None)
-    if fitted_names is not None and list(fitted_names) != names:
-        raise ModelError(
-            "feature names differ from those the model was fit with: "
-            + _describe_difference(list(fitted_names), names)
-        )
-    return _positive_index(model)
-
-
-def _predict(model: Any, x: np.ndarray, positive: int) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="X does not have valid feature names")
-        return np.asarray(model.predict_proba(x), dtype=float)[:, positive]
-
-
-def _untrusted(path: Path) -> list[str]:
-    import skops.io as sio
-
-    try:
-        return list(sio.get_untrusted_types(file=path))
-    except Exception as exc:  # noqa: BLE001 - any failure to parse the file is a bad bundle
-        raise ModelError(f"{path}: not a readable skops file ({type(exc).__name__}: {exc})") from exc
-
 
 def save_predictor(
     folder: Path,
@@ -236,14 +99,14 @@ def save_predictor(
     import skops.io as sio
 
     folder = Path(folder)
-    names = _check_names(feature_names)
+    names = check_names(feature_names)
     if target not in TARGETS:
         raise ModelError(f"target must be one of {TARGETS}, got {target!r}")
     if not name or not version or not preset:
         raise ModelError("name, version and preset must be non-empty")
-    positive = _model_checks(model, names)
+    positive = model_checks(model, names)
     try:
-        p = _predict(model, np.full((1, len(names)), np.nan), positive)
+        p = predict_positive(model, np.full((1, len(names)), np.nan), positive)
     except ValueError as exc:
         raise ModelError(
             "the model cannot predict a row of missing values; impute inside the Pipeline "
@@ -273,7 +136,7 @@ def save_predictor(
     payload = {"estimator": model, "feature_names": names, "target": target, "format_version": FORMAT_VERSION}
     sio.dump(payload, folder / MODEL_FILE)
     allowed = ALLOWED_TYPES | set(extra_trusted)
-    untrusted = sorted(_untrusted(folder / MODEL_FILE))
+    untrusted = sorted(untrusted_types(folder / MODEL_FILE))
     refused = [t for t in untrusted if t not in allowed]
     if refused:
         (folder / MODEL_FILE).unlink()
@@ -308,11 +171,11 @@ def save_predictor(
         "positive_class": 1,
         "n_features": len(names),
         "feature_names": names,
-        "libraries": {lib: _installed(lib) for lib in libs},
+        "libraries": {lib: installed_version(lib) for lib in libs},
         "python": platform.python_version(),
-        "training_data": _jsonable(training_data),
-        "metrics": _jsonable(metrics),
-        "calibration": _jsonable(calibration),
+        "training_data": jsonable(training_data),
+        "metrics": jsonable(metrics),
+        "calibration": jsonable(calibration),
         "intended_use": use,
         "synthetic_training": bool(synthetic_training),
         "skops_untrusted_types": untrusted,
@@ -322,8 +185,8 @@ def save_predictor(
             if deep_extractor
             else None
         ),
-        "files": {f: {"sha256": _sha256(folder / f), "bytes": (folder / f).stat().st_size} for f in files},
-        "extra": _jsonable(extra or {}),
+        "files": {f: {"sha256": sha256(folder / f), "bytes": (folder / f).stat().st_size} for f in files},
+        "extra": jsonable(extra or {}),
     }
     tmp = folder / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
@@ -362,7 +225,7 @@ class Predictor:
         if given != list(self.feature_names):
             raise ModelError(
                 f"model {self.name} {self.version}: feature names/order differ from the caller's: "
-                + _describe_difference(list(self.feature_names), given)
+                + describe_difference(list(self.feature_names), given)
             )
 
     def vector(self, features: Mapping[str, float]) -> np.ndarray:
@@ -385,14 +248,14 @@ class Predictor:
         Features the model does not use are ignored; those it uses but are absent are NaN
         (imputed by the pipeline).
         """
-        return float(_predict(self.model, self.vector(features), self.positive_index)[0])
+        return float(predict_positive(self.model, self.vector(features), self.positive_index)[0])
 
     def predict_proba_many(self, rows: Sequence[Mapping[str, float]]) -> np.ndarray:
         """``predict_proba`` of several studies at once, shape (N,)."""
         if not rows:
             return np.zeros(0)
         x = np.vstack([self.vector(r) for r in rows])
-        return _predict(self.model, x, self.positive_index)
+        return predict_positive(self.model, x, self.positive_index)
 
     def extract(
         self,
@@ -463,21 +326,21 @@ def load_predictor(
         p = folder / fname
         if not p.is_file():
             raise ModelError(f"{folder}: {fname} is missing")
-        digest = _sha256(p)
+        digest = sha256(p)
         if digest != info.get("sha256"):
             raise ModelError(f"{folder}: {fname} hash differs from model.json (file changed or corrupt)")
     for lib, saved in meta["libraries"].items():
-        if lib not in _LIBRARIES or saved is None:
+        if lib not in LIBRARIES or saved is None:
             continue
-        now = _installed(lib)
+        now = installed_version(lib)
         if now is None:
             raise ModelError(f"{folder}: needs {lib} {saved}, which is not installed")
-        if _major(now) != _major(saved):
+        if major_version(now) != major_version(saved):
             raise ModelError(f"{folder}: saved with {lib} {saved}, installed {now} (major version differs)")
         if lib == "scikit-learn" and now.split(".")[:2] != str(saved).split(".")[:2]:
             log.warning("%s: saved with scikit-learn %s, running %s", folder, saved, now)
     allowed = ALLOWED_TYPES | set(extra_trusted)
-    untrusted = _untrusted(folder / MODEL_FILE)
+    untrusted = untrusted_types(folder / MODEL_FILE)
     refused = sorted(t for t in untrusted if t not in allowed)
     if refused:
         raise ModelError(f"{folder}: {MODEL_FILE} holds untrusted types {refused}")
@@ -488,18 +351,18 @@ def load_predictor(
     if not isinstance(payload, dict) or "estimator" not in payload:
         raise ModelError(f"{folder}: {MODEL_FILE} is not a dicomnode predictor payload")
     model = payload["estimator"]
-    names = _check_names(meta["feature_names"])
+    names = check_names(meta["feature_names"])
     if list(payload.get("feature_names", [])) != names:
         raise ModelError(
             f"{folder}: model.json feature names differ from those stored with the estimator: "
-            + _describe_difference(list(payload.get("feature_names", [])), names)
+            + describe_difference(list(payload.get("feature_names", [])), names)
         )
     if payload.get("target") != meta["target"]:
         raise ModelError(
             f"{folder}: model.json target {meta['target']!r} differs from the estimator's "
             f"{payload.get('target')!r}"
         )
-    positive = _model_checks(model, names)
+    positive = model_checks(model, names)
     rad = meta.get("radiomics_params")
     rad_path = folder / rad if rad else None
     if any(n.startswith("rad_") for n in names) and rad_path is None:
