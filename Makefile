@@ -38,9 +38,11 @@ reliability: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 
+# mypy runs inside bench/: its scripts import each other as top-level modules (not a package).
 lint: $(STAMP)
 	$(BIN)/ruff check dicomnode tests bench
 	$(BIN)/mypy dicomnode
+	cd bench && $(abspath $(BIN))/mypy --config-file ../pyproject.toml *.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
