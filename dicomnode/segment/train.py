@@ -72,9 +72,13 @@ def read_case(folder: Path) -> tuple[sitk.Image, sitk.Image]:
 def prepare(folders: Sequence[Path], cfg: TrainConfig, cache: Path) -> list[Path]:
     """Resample every case to the model spacing once; returns the cached ``.npz`` files."""
     cache.mkdir(parents=True, exist_ok=True)
+    # The name holds everything the cached array depends on: a retrain into the same folder
+    # with another grid or window must not reuse stale arrays.
+    key = (f"{'x'.join(f'{v:g}' for v in cfg.spacing_mm)}mm_{cfg.hu_window[0]:g}_"
+           f"{cfg.hu_window[1]:g}HU{'_aa' if cfg.antialias else ''}")
     out = []
     for folder in folders:
-        target = cache / f"{folder.name}{'-aa' if cfg.antialias else ''}.npz"
+        target = cache / f"{folder.name}_{key}.npz"
         if not target.is_file():
             image, labels = read_case(folder)
             img = resample_to_spacing(image, cfg.spacing_mm, antialias=cfg.antialias)

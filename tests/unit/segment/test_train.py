@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import dicomnode.synth as synth
 from dicomnode.cli import main
-from dicomnode.segment.train import is_synthetic_case, synth_cases
+from dicomnode.segment.train import TrainConfig, is_synthetic_case, prepare, synth_cases
 
 
 def _record(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict[str, Any]]:
@@ -65,3 +66,16 @@ def test_train_command_records_grid_window_and_synthetic_data(
     # Phantoms passed as --data still mark the bundle (and its SEG/SR) as synthetic.
     assert meta["synthetic_training"] is True
     assert meta["training"]["data"].startswith("2 synthetic phantoms (dicomnode.synth)")
+
+
+def test_the_preparation_cache_follows_grid_and_window(tmp_path: Path) -> None:
+    case = synth_cases(tmp_path / "data", 1, seed=900101, matrix=64)
+    default = prepare(case, TrainConfig(), tmp_path / "cache")
+    wide = prepare(case, TrainConfig(hu_window=(-20.0, 200.0)), tmp_path / "cache")
+    coarse = prepare(case, TrainConfig(spacing_mm=(4.0, 4.0, 5.0)), tmp_path / "cache")
+    assert len({default[0], wide[0], coarse[0]}) == 3  # none reuses another's array
+    assert prepare(case, TrainConfig(), tmp_path / "cache") == default
+    img_default, img_wide = np.load(default[0])["image"], np.load(wide[0])["image"]
+    # Bone clips at 1.0 in both; soft tissue sits lower in the wider window.
+    assert img_default.max() == 1.0 and img_wide.max() == 1.0
+    assert np.mean(img_wide) < np.mean(img_default)
