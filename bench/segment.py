@@ -8,6 +8,11 @@ seconds per series (load, segment, measure) with peak memory, each backend in it
     .venv/bin/python bench/segment.py                        # unet and threshold, 512 matrix
     .venv/bin/python bench/segment.py --backends unet --n 4 --matrix 256 --quick
     .venv/bin/python bench/segment.py --backends blast_ct --ensemble 1   # slow on CPU
+    .venv/bin/python bench/segment.py --validation --backends unet --unet-model DIR
+
+``--validation`` scores the tuning split instead (seeds from 800000, one phantom without blood
+per thickness, no GE scan): model choices are made there, so the held-out figures and the GE
+scan stay untouched by them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 GE_DIR = REPO.parent / "shared" / "data" / "ge-head-ct-tilt"
 HELD_OUT_SEED = 900000
+VALIDATION_SEED = 800000
 SITES = ("basal_ganglia", "thalamus", "lobar", "lobar_subcortical", "cerebellar", "brainstem")
 
 
@@ -45,22 +51,25 @@ def machine() -> str:
     return f"{m['cpu']}, {m['cores']} cores, {m['ram']}{gpu}; Python {m['python']}"
 
 
-def make_phantoms(root: Path, n: int, matrix: int) -> list[dict]:
-    """Held-out phantoms: n with blood per thickness (5 and 1 mm), and 2 without per thickness."""
+def make_phantoms(root: Path, n: int, matrix: int, validation: bool = False) -> list[dict]:
+    """Held-out phantoms: n with blood per thickness (5 and 1 mm), and 2 without per thickness.
+    With ``validation``: the tuning split (other seeds, sites and IVH cases; 1 without blood)."""
     from dicomnode.synth import make_study
 
+    base, site_shift, ivh_rest, n_negative = ((VALIDATION_SEED, 2, 1, 1) if validation
+                                              else (HELD_OUT_SEED, 0, 0, 2))
     cases = []
     for thickness in (5.0, 1.0):
-        for i in range(n + 2):
-            seed = HELD_OUT_SEED + int(thickness * 1000) + i
+        for i in range(n + n_negative):
+            seed = base + int(thickness * 1000) + i
             negative = i >= n
             rng = np.random.default_rng(seed)
             volume_ml = None if negative else float(np.exp(rng.uniform(np.log(5), np.log(80))))
             folder = root / f"t{thickness:g}-{seed}"
             if not (folder / "truth.json").is_file():
                 make_study(folder, seed=seed, matrix=matrix, thickness_mm=thickness,
-                           hemorrhage_ml=volume_ml, site=SITES[i % len(SITES)],
-                           ivh=bool(i % 3 == 0))
+                           hemorrhage_ml=volume_ml, site=SITES[(i + site_shift) % len(SITES)],
+                           ivh=bool(i % 3 == ivh_rest))
             truth = json.loads((folder / "truth.json").read_text())
             cases.append({"folder": str(folder), "thickness_mm": thickness,
                           "negative": negative,
@@ -70,7 +79,7 @@ def make_phantoms(root: Path, n: int, matrix: int) -> list[dict]:
 
 
 def run_backend(backend: str, cases: list[dict], ensemble: int, device: str,
-                unet_model: str | None = None) -> dict:
+                unet_model: str | None = None, with_ge: bool = True) -> dict:
     """In this (child) process: build the backend once, then time and score every case."""
     import SimpleITK as sitk
 
@@ -89,7 +98,7 @@ def run_backend(backend: str, cases: list[dict], ensemble: int, device: str,
     t0 = time.perf_counter()
     model = build_backend(seg)
     out = {"backend": backend, "model_load_s": time.perf_counter() - t0, "cases": []}
-    for case in cases + [{"folder": str(GE_DIR), "ge": True}]:
+    for case in cases + ([{"folder": str(GE_DIR), "ge": True}] if with_ge else []):
         folder = Path(case["folder"])
         files = sorted((folder / "dicom").glob("*.dcm")) if not case.get("ge") else \
             sorted(folder.glob("*.dcm"))
@@ -145,9 +154,10 @@ def summarise(result: dict) -> dict:
          "ich_ml": round(r["ich_ml"], 2), "truth_ivh_ml": r.get("truth_ivh_ml"),
          "ivh_ml": round(r["ivh_ml"], 2),
          "dice": round(r["dice"], 3) if "dice" in r else None} for r in rows]
-    ge = next(r for r in rows if r.get("ge"))
-    summary["ge_real_normal_ich_ivh_ml"] = round(ge["ich_ml"] + ge["ivh_ml"], 2)
-    summary["ge_seconds"] = round(ge["load_s"] + ge["segment_s"] + ge["measure_s"], 2)
+    ge = next((r for r in rows if r.get("ge")), None)
+    if ge is not None:
+        summary["ge_real_normal_ich_ivh_ml"] = round(ge["ich_ml"] + ge["ivh_ml"], 2)
+        summary["ge_seconds"] = round(ge["load_s"] + ge["segment_s"] + ge["measure_s"], 2)
     return summary
 
 
@@ -158,8 +168,10 @@ def main() -> int:
     ap.add_argument("--matrix", type=int, default=512)
     ap.add_argument("--ensemble", type=int, default=12, help="BLAST-CT models (1-12)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--data", default=str(REPO / "var" / "bench-segment"),
-                    help="where held-out phantoms are made once and reused")
+    ap.add_argument("--data", help="where the phantoms are made once and reused "
+                    "(default var/bench-segment, or var/val512 with --validation)")
+    ap.add_argument("--validation", action="store_true",
+                    help="the tuning split (seeds from 800000), without the GE scan")
     ap.add_argument("--unet-model", help="a unet bundle folder (default: the configured one)")
     ap.add_argument("--json", help="also write the summaries to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -167,7 +179,7 @@ def main() -> int:
     if args.child:  # one backend in its own process, for a clean peak-memory figure
         spec = json.loads(Path(args.child).read_text())
         result = run_backend(spec["backend"], spec["cases"], args.ensemble, args.device,
-                             args.unet_model)
+                             args.unet_model, with_ge=not args.validation)
         Path(args.child).write_text(json.dumps(result))
         return 0
     from rich.console import Console
@@ -177,15 +189,18 @@ def main() -> int:
     console.print(f"dicomnode segmentation benchmark {time.strftime('%Y-%m-%d')}")
     console.print(f"machine: {machine()}")
     t = time.perf_counter()
-    cases = make_phantoms(Path(args.data), args.n, args.matrix)
-    console.print(f"{len(cases)} held-out phantoms ({args.matrix}x{args.matrix}) ready in "
-                  f"{time.perf_counter() - t:.0f} s under {args.data}")
+    split = "validation" if args.validation else "held-out"
+    data = args.data or str(REPO / "var" / ("val512" if args.validation else "bench-segment"))
+    cases = make_phantoms(Path(data), args.n, args.matrix, validation=args.validation)
+    console.print(f"{len(cases)} {split} phantoms ({args.matrix}x{args.matrix}) ready in "
+                  f"{time.perf_counter() - t:.0f} s under {data}")
     summaries = []
     for backend in args.backends.split(","):
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
             json.dump({"backend": backend, "cases": cases}, fh)
         proc = subprocess.run([sys.executable, __file__, "--child", fh.name,
                                "--ensemble", str(args.ensemble), "--device", args.device,
+                               *(["--validation"] if args.validation else []),
                                *(["--unet-model", args.unet_model] if args.unet_model else [])],
                               check=False)
         if proc.returncode:
@@ -193,7 +208,8 @@ def main() -> int:
             continue
         summaries.append(summarise(json.loads(Path(fh.name).read_text())))
         os.unlink(fh.name)
-    table = Table(title="ICH segmentation on held-out phantoms and the real GE scan")
+    table = Table(title=f"ICH segmentation on {split} phantoms" +
+                  ("" if args.validation else " and the real GE scan"))
     for col in ("backend", "slices", "n", "Dice mean (min)", "|dV| mL", "within max(1 mL,10%)",
                 "negatives max mL", "s/series (segment)", "GE real FP mL", "peak MB"):
         table.add_column(col)
@@ -207,7 +223,7 @@ def main() -> int:
                           str(q["abs_volume_error_ml_mean"]), q["within_max_1ml_10pct"],
                           str(q["negatives_max_ml"]),
                           f"{q['seconds_load_segment_measure']} ({q['seconds_segment']})",
-                          str(s["ge_real_normal_ich_ivh_ml"]), str(s["peak_rss_mb"]))
+                          str(s.get("ge_real_normal_ich_ivh_ml", "-")), str(s["peak_rss_mb"]))
     console.print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(summaries, indent=2))
