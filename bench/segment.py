@@ -6,7 +6,7 @@ volume reported on the real normal GE head CT in ../shared/data (its only real c
 seconds per series (load, segment, measure) with peak memory, each backend in its own process.
 
     .venv/bin/python bench/segment.py                        # unet and threshold, 512 matrix
-    .venv/bin/python bench/segment.py --backends unet --n 4 --matrix 256 --quick
+    .venv/bin/python bench/segment.py --backends unet --n 4 --matrix 256
     .venv/bin/python bench/segment.py --backends blast_ct --ensemble 1   # slow on CPU
     .venv/bin/python bench/segment.py --validation --backends unet --unet-model DIR
 
