@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from .bundle_checks import jsonable
 from .cohort import CohortTable
 from .metrics import (
     calibration_curve,
@@ -178,20 +179,6 @@ def train_preset(table: CohortTable, target: str, preset: str, *, out: Path | No
     return result
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def headline(result: dict[str, Any]) -> dict[str, Any]:
     """The metrics that go into model.json and the docs table (value and 95% CI)."""
     m = result["cv"]["metrics"]
@@ -204,7 +191,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     out["n_cases"], out["n_positive"] = result["n_cases"], result["n_positive"]
     if "oracle_auc" in result:
         out["oracle_auc"] = result["oracle_auc"]
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def write_outputs(result: dict[str, Any], model, names: list[str], out: Path) -> None:
@@ -231,7 +218,7 @@ def write_outputs(result: dict[str, Any], model, names: list[str], out: Path) ->
                                          "see dicomnode.predict.cohort.ImageSpec"}
     _save_bundle(model, names, out, meta)
     write_report(result, out / "report.html")
-    (out / "validation.json").write_text(json.dumps(_jsonable(_strip(result)), indent=1) + "\n")
+    (out / "validation.json").write_text(json.dumps(jsonable(_strip(result)), indent=1) + "\n")
     write_model_card(result, out / "MODEL_CARD.md")
 
 
