@@ -56,8 +56,8 @@ def main() -> int:
     from rich.table import Table
 
     from dicomnode.domain import LABELS
+    from dicomnode.lab.synth import make_study
     from dicomnode.segment.blast_ct import BlastCTBackend, crop_around
-    from dicomnode.synth import make_study
 
     if args.threads:
         torch.set_num_threads(args.threads)

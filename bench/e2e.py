@@ -23,13 +23,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dicomnode.orthanc import Orthanc, free_port  # noqa: E402
+from dicomnode.lab.orthanc import Orthanc, free_port  # noqa: E402
 
 SETTLE_S = 2.0
 
 
 def run_one(work: Path, thickness_mm: float, matrix: int, backend: str) -> dict:
-    from dicomnode.synth import make_study
+    from dicomnode.lab.synth import make_study
 
     study = make_study(work / f"study-{thickness_mm:g}", seed=424242, hemorrhage_ml=30.0,
                        site="basal_ganglia", ivh=True, matrix=matrix, thickness_mm=thickness_mm)

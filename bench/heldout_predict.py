@@ -25,8 +25,8 @@ SECTION = "## Held-out evaluation"
 
 def evaluate(model_dir: Path, table, threshold: float | None = None) -> dict:
     """Figures of one served bundle on the cohort's feature table."""
+    from dicomnode.predict.estimators import TRUSTED_TYPES
     from dicomnode.predict.bundle import load_predictor
-    from dicomnode.predict.presets import TRUSTED_TYPES
 
     pred = load_predictor(model_dir, extra_trusted=TRUSTED_TYPES)
     X, y, rows = table.target(pred.target)
@@ -39,7 +39,7 @@ def evaluate(model_dir: Path, table, threshold: float | None = None) -> dict:
 
 def score(y: np.ndarray, p: np.ndarray, risk: np.ndarray, threshold: float) -> dict:
     """Metrics with CIs, oracle AUC of the true risks, the gap (paired bootstrap), calibration."""
-    from dicomnode.predict.metrics import (
+    from dicomnode.lab.metrics import (
         calibration_curve,
         calibration_intercept_slope,
         oracle_auc,
@@ -68,7 +68,7 @@ def score(y: np.ndarray, p: np.ndarray, risk: np.ndarray, threshold: float) -> d
 
 def fit_presets(train_table, heldout, presets: list[str], *, tiny: bool) -> list[dict]:
     """Fit each preset on the whole training cohort (no CV) and score it on the held-out one."""
-    from dicomnode.predict.presets import build_preset
+    from dicomnode.lab.predictor_presets import build_preset
 
     if list(train_table.names) != list(heldout.names):
         raise ValueError("training and held-out feature tables have different columns")
@@ -126,8 +126,8 @@ def main() -> int:
     ap.add_argument("--card", action="store_true", help="write the figures into MODEL_CARD.md")
     ap.add_argument("--json", type=Path, help="also write all figures to this file")
     args = ap.parse_args()
-    from dicomnode.predict.cohort import build_table, load_cohort, synthetic_cases
-    from dicomnode.synth.cohort_io import make_cohort
+    from dicomnode.lab.cohort_table import build_table, load_cohort, synthetic_cases
+    from dicomnode.lab.synth.cohort_io import make_cohort
 
     t = time.perf_counter()
     if not (args.cohort / "manifest.csv").is_file():  # resumes an interrupted render

@@ -68,8 +68,8 @@ def stage_timers(timer: StageTimer) -> Iterator[None]:
     from sqlalchemy.engine.default import DefaultDialect
 
     import dicomnode.receive.handlers as handlers
+    import dicomnode.receive.instance_store as storage
     import dicomnode.receive.recorder as recorder
-    import dicomnode.receive.storage as storage
 
     ds_prop = events.Event.dataset
     fake_hashlib = types.SimpleNamespace(
@@ -116,7 +116,7 @@ def profile_node(n: int, work: Path, files: list[Path], cprofile: bool, assocs: 
     from rich.table import Table
 
     from dicomnode.config import load_settings
-    from dicomnode.service import Node
+    from dicomnode.runtime.service import Node
 
     console = Console(width=max(Console().width, 120))
     run_dir = Path(tempfile.mkdtemp(prefix="profile-", dir=work))

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from dicomnode.orthanc import free_port  # noqa: E402
+from dicomnode.lab.orthanc import free_port  # noqa: E402
 from tests.reliability.harness import (  # noqa: E402
     PeakRss,
     ServeProcess,
@@ -44,7 +44,7 @@ from tests.reliability.harness import (  # noqa: E402
 def run_overload(work: Path, *, senders: int = 10, slices: int = 300, matrix: int = 128,
                  max_associations: int | None = None, drain_timeout_s: float = 3600) -> dict:
     """Run one overload measurement in ``work``; returns its figures. Raises on any loss."""
-    from dicomnode.synth import make_study
+    from dicomnode.lab.synth import make_study
 
     thickness_mm = min(5.0, max(0.5, 150.0 / slices))  # a head-sized extent
     source = make_study(work / "source", seed=17, hemorrhage_ml=25.0, matrix=matrix,

@@ -54,7 +54,7 @@ def machine() -> str:
 def make_phantoms(root: Path, n: int, matrix: int, validation: bool = False) -> list[dict]:
     """Held-out phantoms: n with blood per thickness (5 and 1 mm), and 2 without per thickness.
     With ``validation``: the tuning split (other seeds, sites and IVH cases; 1 without blood)."""
-    from dicomnode.synth import make_study
+    from dicomnode.lab.synth import make_study
 
     base, site_shift, ivh_rest, n_negative = ((VALIDATION_SEED, 2, 1, 1) if validation
                                               else (HELD_OUT_SEED, 0, 0, 2))

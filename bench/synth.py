@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import machine_info  # noqa: E402  (bench/ is on sys.path when this file runs)
 
-from dicomnode.synth import make_study  # noqa: E402
+from dicomnode.lab.synth import make_study  # noqa: E402
 
 
 def main() -> int:

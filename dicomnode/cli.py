@@ -43,7 +43,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dicomnode.service import Node
+    from dicomnode.runtime.service import Node
 
     settings = _settings(args)
     setup_logging(settings.logging.level)
@@ -53,8 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from dicomnode.procs import stop_on_signals
-    from dicomnode.worker import run_worker
+    from dicomnode.runtime.procs import stop_on_signals
+    from dicomnode.runtime.worker import run_worker
 
     settings = _settings(args)
     setup_logging(settings.logging.level)
@@ -129,8 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from dicomnode.pipeline import make_context
-    from dicomnode.runner import run
+    from dicomnode.pipeline import process_folder
 
     settings = load_settings(args.config)
     setup_logging(settings.logging.level)
@@ -139,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         settings = replace(settings, segmentation=replace(settings.segmentation,
                                                           backend=args.backend))
-    records = run(Path(args.input_dir), Path(args.out), settings, make_context)
+    records = process_folder(Path(args.input_dir), Path(args.out), settings)
     table = Table(title=f"dicomnode run: {len(records)} series -> {args.out}")
     for col in ("series", "status", "ICH mL", "IVH mL", "ABC/2 mL", "site", "cortical",
                 "backend", "reason"):
@@ -163,14 +162,14 @@ def _floats(text: str, n: int, option: str) -> tuple[float, ...]:
 def cmd_train_segmentation(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from dicomnode.segment.train import TrainConfig, is_synthetic_case, synth_cases, train
+    from dicomnode.lab.train_segmentation import TrainConfig, is_synthetic_case, synth_cases, train
 
     setup_logging("INFO")
     folders = [p for d in args.data for p in sorted(Path(d).iterdir())
                if (p / "labels.nii.gz").is_file()]
     # Data folders made by `dicomnode synth` keep the bundle marked as fit on synthetic data.
     synthetic = all(is_synthetic_case(p) for p in folders)
-    kind = "synthetic phantoms (dicomnode.synth)" if synthetic else "labelled cases"
+    kind = "synthetic phantoms (dicomnode.lab.synth)" if synthetic else "labelled cases"
     description = f"{len(folders)} {kind} from {', '.join(args.data)}" if folders else ""
     thicknesses = tuple(float(v) for v in args.synth_thickness.split(","))
     sx, sy, sz = _floats(args.spacing, 3, "--spacing")
@@ -183,7 +182,7 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
                                progress=lambda i: progress.update(task, completed=i))
             folders += made
             description = "; ".join(filter(None, [
-                description, f"{len(made)} synthetic phantoms (dicomnode.synth, matrix "
+                description, f"{len(made)} synthetic phantoms (dicomnode.lab.synth, matrix "
                 f"{args.synth_matrix}, seeds from {args.synth_seed}, slice thickness drawn "
                 f"from {', '.join(f'{t:g}' for t in thicknesses)} mm)"]))
         if not folders:
@@ -207,7 +206,7 @@ def cmd_train_segmentation(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from dicomnode.demo import run_demo
+    from dicomnode.lab.demo import run_demo
 
     settings = load_settings(args.config)
     settings = replace(settings, logging=replace(settings.logging, level="WARNING"))
@@ -218,7 +217,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, Path(args.out), matrix=args.matrix)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Commands whose parsers come from dicomnode.lab (training, synthetic data): imported only when
+#: one of them (or the overall help) is asked for, so serving never loads the lab.
+LAB_COMMANDS = ("train", "synth")
+
+
+def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -297,25 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HU range scaled to 0..1 (write --hu-window=-20,200)")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.set_defaults(func=cmd_train_segmentation)
-    try:
-        from dicomnode.predict.cli import register as register_predict
-    except ImportError:  # the prediction recipes are not installed in this tree
-        pass
-    else:
-        register_predict(train_sub)
+    if with_lab:
+        from dicomnode.lab.predict_cli import register as register_predict
+        from dicomnode.lab.synth.cli import register as register_synth
 
-    try:
-        from dicomnode.synth.cli import register as register_synth
-    except ImportError:  # the synthetic-data package is optional at this stage
-        pass
-    else:
+        register_predict(train_sub)
         register_synth(sub)
+    else:
+        sub.add_parser("synth", help="synthetic head CT with known haemorrhage")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with_lab = not argv or argv[0] in LAB_COMMANDS or argv[0].startswith("-")
+    args = build_parser(with_lab=with_lab).parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:

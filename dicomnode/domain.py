@@ -1,4 +1,4 @@
-"""Small frozen types passed between stages.
+"""Small frozen types passed between stages (the contracts of docs/architecture.md).
 
 Label values are the same in every stage and backend (see ``LABELS``); a backend with other
 values maps them on the way out.
@@ -91,3 +91,59 @@ class Measurements:
     markers: Mapping[str, Any] = field(default_factory=dict)
     extra_axial_volume_ml: float = 0.0
     oedema_volume_ml: float = 0.0
+
+
+@dataclass(frozen=True)
+class Risk:
+    """One trained model's probability of one outcome (haematoma expansion or epilepsy)."""
+
+    probability: float  # 0..1
+    model: str
+    model_version: str
+    synthetic_training: bool  # the model was fit on synthetic data only
+
+    def __post_init__(self) -> None:
+        p = self.probability
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"prediction probability must be a number in [0, 1], got {p!r}")
+        if not self.model:
+            raise ValueError("prediction needs the model's name")
+
+
+CAVE_MODEL = "CAVE (Haapaniemi 2014)"
+
+
+@dataclass(frozen=True)
+class CaveScore:
+    """The published CAVE score (0..4) for late seizures; ``partial`` when a component is unknown."""
+
+    score: int
+    partial: bool
+    risk: tuple[float, float]  # published risk range over the scores still possible
+    components: Mapping[str, bool | None] = field(default_factory=dict)
+    model: str = CAVE_MODEL
+    model_version: str = "published"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.score, bool) or not isinstance(self.score, int) or not 0 <= self.score <= 4:
+            raise ValueError(f"prediction CAVE score must be an integer 0..4, got {self.score!r}")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the predict stage adds to a series: the CAVE score and the trained models' risks."""
+
+    cave: CaveScore | None = None
+    expansion: Risk | None = None  # haematoma expansion (HE)
+    epilepsy: Risk | None = None  # post-stroke epilepsy (PSE)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EncodedObject:
+    """One DICOM object the encode stage wrote (SEG, SR or overlay image)."""
+
+    kind: str  # "seg", "sr" or "overlay"
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str

@@ -1,34 +1,48 @@
-"""The product in one screen: load -> segment -> measure (-> predict) -> encode -> outbox.
+"""The product in one screen: load -> segment -> measure -> predict -> encode -> outbox.
 
-``analyse`` runs the stages on one series' files; ``process_series`` is what the worker runs for
-a claimed job, and the one place that catches a stage's error and records it on the job as
+``run_series`` is the one orchestration of the stages: the worker runs it for a claimed job
+(``process_series``, which then records the job and queues the outputs for delivery in one
+transaction) and ``dicomnode run`` for each eligible series found in a folder
+(``process_folder``). It is the one place that catches a stage's error and records it as
 ``Type: message``. Stages never call each other; only this module joins them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from dicomnode import __version__
+from dicomnode.assemble.selection import evaluate
+from dicomnode.assemble.stack_summary import series_geometry
 from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory
-from dicomnode.domain import CTVolume, LabelMap, Measurements, SeriesRef
-from dicomnode.errors import DicomnodeError
+from dicomnode.domain import CTVolume, EncodedObject, LabelMap, Measurements, Prediction, SeriesRef
+from dicomnode.encode.overlay import build_overlays, write_previews
+from dicomnode.encode.seg import build_seg
+from dicomnode.encode.sr import build_sr
+from dicomnode.errors import DicomnodeError, InstanceRejected
 from dicomnode.jobs.queue import finish
 from dicomnode.load.volume import load_series
 from dicomnode.logs import log_context
 from dicomnode.measure import measure
-from dicomnode.receive.storage import RESULTS_DIR, fsync_dir
+from dicomnode.predict.serving import Predictors, prediction_record
+from dicomnode.receive.checks import STORED_CLASSES, check_uid, read_header
 from dicomnode.segment.base import SegmentationBackend
 from dicomnode.segment.registry import build_backend
 from dicomnode.send.outbox import enqueue_in
+from dicomnode.storage import fsync_dir, results_dir, write_dataset_durably
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +53,12 @@ class Context:
 
     settings: Settings
     backend: SegmentationBackend
-    predictors: Any = None  # dicomnode.predict.serving.Predictors, when prediction is on
+    predictors: Predictors | None = None
 
 
 def make_context(settings: Settings) -> Context:
-    predictors = None
     p = settings.prediction
-    if p.enabled:
-        from dicomnode.predict.serving import Predictors
-
-        predictors = Predictors.load(p.he_model, p.pse_model, p.clinical_sidecar)
+    predictors = Predictors.load(p.he_model, p.pse_model, p.clinical_sidecar) if p.enabled else None
     return Context(settings=settings, backend=build_backend(settings.segmentation),
                    predictors=predictors)
 
@@ -58,8 +68,20 @@ class Analysis:
     volume: CTVolume
     labels: LabelMap
     measurements: Measurements
+    prediction: Prediction | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
-    predictions: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SeriesRun:
+    """The outcome of one series: its ``result.json`` record and the DICOM objects written."""
+
+    record: dict[str, Any]
+    objects: tuple[EncodedObject, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.record["status"] == "failed"
 
 
 class _Timer:
@@ -76,7 +98,7 @@ class _Timer:
 
 
 def analyse(paths: Sequence[Path], ctx: Context) -> Analysis:
-    """Load, segment and measure one series."""
+    """Load, segment, measure and predict one series."""
     timer = _Timer()
     with timer("load"):
         volume = load_series(paths)
@@ -84,21 +106,134 @@ def analyse(paths: Sequence[Path], ctx: Context) -> Analysis:
         labels = ctx.backend.segment(volume)
     with timer("measure"):
         measurements = measure(volume, labels)
-    predictions: dict[str, Any] = {}
+    prediction = None
     if ctx.predictors is not None:
         with timer("predict"):
-            predictions = ctx.predictors.predict(volume, labels, measurements)
-    return Analysis(volume, labels, measurements, timer.timings_s, predictions)
+            prediction = ctx.predictors.predict(volume, labels, measurements)
+    return Analysis(volume, labels, measurements, prediction, timer.timings_s)
+
+
+def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Path, *,
+               version: int = 1) -> SeriesRun:
+    """Analyse and encode one series into ``out_dir`` (``result.json`` whatever happens).
+
+    Never raises for a stage's failure: the record then has status ``failed`` and the reason
+    ``Type: message``, so one bad series cannot block a queue or a folder.
+    """
+    start = time.perf_counter()
+    try:
+        analysis = analyse(paths, ctx)
+        encode_start = time.perf_counter()
+        objects = encode_outputs(analysis, paths, out_dir, version=version)
+        record = result_record(series_uid, analysis=analysis)
+        record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
+        record["timings_s"]["total"] = round(time.perf_counter() - start, 3)
+        write_outputs(out_dir, record, analysis)
+        return SeriesRun(record, tuple(objects))
+    except Exception as exc:  # noqa: BLE001 - the one place that records a series' failure
+        error = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, DicomnodeError | OSError | ValueError | MemoryError):
+            log.exception("unexpected error in series")
+        log.error("series failed: %s", error)
+        record = result_record(series_uid, status="failed", reason=error,
+                               timings_s={"total": round(time.perf_counter() - start, 3)})
+        with contextlib.suppress(OSError):  # the job records the failure even if the disk cannot
+            write_outputs(out_dir, record, None)
+        return SeriesRun(record)
+
+
+def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> dict[str, Any]:
+    """Run one claimed job and record it: failed with ``Type: message``, or done with its
+    outputs queued for every destination in the same transaction."""
+    root = ctx.settings.storage.path
+    out_dir = results_dir(root, ref.series_instance_uid, ref.version)
+    with log_context(series_uid=ref.series_instance_uid, job_id=ref.job_id):
+        run = run_series(ref.instance_paths, ref.series_instance_uid, ctx, out_dir,
+                         version=ref.version)
+        record = run.record
+        if run.failed:
+            finish(sessions, ref.job_id, error=record["reason"], timings_s=record["timings_s"])
+            return record
+        items = [{"kind": o.kind, "path": o.path.relative_to(root).as_posix(),
+                  "sop_class_uid": o.sop_class_uid, "sop_instance_uid": o.sop_instance_uid}
+                 for o in run.objects]
+        finish(sessions, ref.job_id, timings_s=record["timings_s"],
+               outputs={"dir": out_dir.relative_to(root).as_posix(), "items": items},
+               also=lambda session: enqueue_in(session, ref.job_id, items,
+                                               ctx.settings.destinations))
+        log.info("job done: ICH %.1f mL, IVH %.1f mL (%s)", record["ich_volume_ml"],
+                 record["ivh_volume_ml"], record["backend"])
+        return record
+
+
+@dataclass
+class FoundSeries:
+    """One series found in a folder by ``process_folder``."""
+
+    paths: list[Path] = field(default_factory=list)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    geometries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def scan_folder(input_dir: Path) -> tuple[dict[str, FoundSeries], int]:
+    """Group readable CT files by SeriesInstanceUID (not by folder); also the number skipped."""
+    series: dict[str, FoundSeries] = {}
+    skipped = 0
+    for path in sorted(p for p in Path(input_dir).rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+        except (InvalidDicomError, InstanceRejected, OSError, ValueError, AttributeError):
+            skipped += 1
+            continue
+        if str(ds.get("SOPClassUID", "")) not in STORED_CLASSES:
+            skipped += 1
+            continue
+        attrs, geometry = read_header(ds)
+        found = series.setdefault(uid, FoundSeries(attributes=attrs))
+        found.paths.append(path)
+        found.geometries.append(geometry)
+    return series, skipped
+
+
+def process_folder(input_dir: Path, out_dir: Path, settings: Settings,
+                   report: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """``dicomnode run``: every series in ``input_dir`` -> ``out_dir/<SeriesInstanceUID>/``.
+
+    The node's eligibility rules apply; the models are loaded once, and only when a series is
+    eligible.
+    """
+    series, skipped = scan_folder(input_dir)
+    log.info("%d series found, %d files skipped (not DICOM or not CT)", len(series), skipped)
+    ctx: Context | None = None
+    records = []
+    for uid, found in sorted(series.items()):
+        reason = evaluate(found.attributes, series_geometry(found.geometries), len(found.paths),
+                          settings.eligibility)
+        with log_context(series_uid=uid):
+            if reason:
+                record = result_record(uid, status="rejected", reason=reason)
+                write_outputs(out_dir / uid, record, None)
+            else:
+                try:
+                    ctx = ctx or make_context(settings)
+                except DicomnodeError as exc:  # e.g. a model that cannot load: every series says so
+                    record = result_record(uid, status="failed", reason=f"{type(exc).__name__}: {exc}")
+                    write_outputs(out_dir / uid, record, None)
+                else:
+                    record = run_series(found.paths, uid, ctx, out_dir / uid).record
+        records.append(record)
+        if report is not None:
+            report(record)
+    return records
 
 
 _SOURCE_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                  "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
-def source_datasets(paths: Sequence[Path], volume: CTVolume) -> list[Any]:
+def source_datasets(paths: Sequence[Path], volume: CTVolume) -> list[Dataset]:
     """The source instances in the volume's slice order (each multi-frame instance once)."""
-    import pydicom
-
     by_uid = {}
     for path in paths:
         ds = pydicom.dcmread(path)
@@ -112,49 +247,29 @@ def source_datasets(paths: Sequence[Path], volume: CTVolume) -> list[Any]:
     return [by_uid[u] for u in order if u in by_uid]
 
 
-def _write_durably(ds: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
 def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
-                   version: int) -> list[dict[str, Any]]:
-    """SEG, TID 1500 SR and overlay images (plus PNG previews) written durably to ``out_dir``.
-
-    Returns one item per DICOM object: kind, absolute path, SOP Class and Instance UIDs.
-    """
-    from dicomnode import __version__
-    from dicomnode.encode.overlay import build_overlays, write_previews
-    from dicomnode.encode.seg import build_seg
-    from dicomnode.encode.sr import build_sr
-
+                   version: int) -> list[EncodedObject]:
+    """SEG, TID 1500 SR and overlay images (plus PNG previews) written durably to ``out_dir``."""
     sources = source_datasets(paths, analysis.volume)
-    volume, labels, m = analysis.volume, analysis.labels, analysis.measurements
-    predictions = None
-    if analysis.predictions:
-        from dicomnode.predict.serving import for_encoders
-
-        predictions = for_encoders(analysis.predictions)
+    volume, labels, m, prediction = (analysis.volume, analysis.labels, analysis.measurements,
+                                     analysis.prediction)
     seg = build_seg(sources, volume, labels, version=version, software_version=__version__)
-    sr = build_sr(sources, seg, m, labels, version=version, predictions=predictions)
-    overlays = build_overlays(sources, volume, labels, m, version=version,
-                              predictions=predictions)
+    sr = build_sr(sources, seg, m, labels, version=version, prediction=prediction,
+                  software_version=__version__)
+    overlays = build_overlays(sources, volume, labels, m, version=version, prediction=prediction)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "overlay").mkdir(exist_ok=True)
-    objects = [("seg", seg, out_dir / "seg.dcm"), ("sr", sr, out_dir / "sr.dcm")] + [
+    planned = [("seg", seg, out_dir / "seg.dcm"), ("sr", sr, out_dir / "sr.dcm")] + [
         ("overlay", ds, out_dir / "overlay" / f"{i:04d}.dcm") for i, ds in enumerate(overlays)]
-    items = []
-    for kind, ds, path in objects:
-        _write_durably(ds, path)
-        items.append({"kind": kind, "path": path, "sop_class_uid": str(ds.SOPClassUID),
-                      "sop_instance_uid": str(ds.SOPInstanceUID)})
+    objects = []
+    for kind, ds, path in planned:
+        write_dataset_durably(ds, path)
+        objects.append(EncodedObject(kind=kind, path=path, sop_class_uid=str(ds.SOPClassUID),
+                                     sop_instance_uid=str(ds.SOPInstanceUID)))
     for folder in {out_dir, out_dir / "overlay"}:
         fsync_dir(folder)
-    write_previews(out_dir / "previews", volume, labels, m, predictions=predictions)
-    return items
+    write_previews(out_dir / "previews", volume, labels, m, prediction=prediction)
+    return objects
 
 
 def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
@@ -168,8 +283,7 @@ def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
         "oedema_volume_ml": 0.0, "extra_axial_volume_ml": 0.0,
         "cortical_involvement": False, "site": "none", "largest_area_slice": None,
         "markers": {}, "warnings": [], "timings_s": dict(timings_s or {}),
-        "he_probability": None, "pse_probability": None, "cave_score": None,
-        "cave_partial": None,
+        **prediction_record(None),
     }
     if analysis is not None:
         m, lab = analysis.measurements, analysis.labels
@@ -186,7 +300,9 @@ def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
             "warnings": list(analysis.volume.warnings),
             "resampled": analysis.volume.resampled,
         })
-        record.update(analysis.predictions)
+        record.update(prediction_record(analysis.prediction))
+        if analysis.prediction is not None:
+            record["warnings"] += list(analysis.prediction.warnings)
         record["timings_s"].update(analysis.timings_s)
     return record
 
@@ -209,38 +325,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, set | tuple):
         return list(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> dict[str, Any]:
-    """Run one claimed job; record success or ``Type: message`` on the job. Never raises for
-    a stage's failure, so one bad series cannot block the queue."""
-    out_dir = (ctx.settings.storage.path / RESULTS_DIR / ref.series_instance_uid
-               / f"v{ref.version}")
-    with log_context(series_uid=ref.series_instance_uid, job_id=ref.job_id):
-        start = time.perf_counter()
-        try:
-            analysis = analyse(ref.instance_paths, ctx)
-            encode_start = time.perf_counter()
-            items = encode_outputs(analysis, ref.instance_paths, out_dir, version=ref.version)
-            record = result_record(ref.series_instance_uid, analysis=analysis)
-            record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
-            write_outputs(out_dir, record, analysis)
-        except Exception as exc:  # noqa: BLE001 - the one place that records a job's failure
-            error = f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, DicomnodeError | OSError | ValueError | MemoryError):
-                log.exception("unexpected error in job")
-            log.error("job failed: %s", error)
-            record = result_record(ref.series_instance_uid, status="failed", reason=error,
-                                   timings_s={"total": round(time.perf_counter() - start, 3)})
-            finish(sessions, ref.job_id, error=error, timings_s=record["timings_s"])
-            return record
-        record["timings_s"]["total"] = round(time.perf_counter() - start, 3)
-        root = ctx.settings.storage.path
-        rel = [{**i, "path": i["path"].relative_to(root).as_posix()} for i in items]
-        finish(sessions, ref.job_id, timings_s=record["timings_s"],
-               outputs={"dir": out_dir.relative_to(root).as_posix(), "items": rel},
-               also=lambda session: enqueue_in(session, ref.job_id, rel,
-                                               ctx.settings.destinations))
-        log.info("job done: ICH %.1f mL, IVH %.1f mL (%s)", record["ich_volume_ml"],
-                 record["ivh_volume_ml"], record["backend"])
-        return record

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomnode.config import Settings, load_settings
-from dicomnode.service import Node
+from dicomnode.runtime.service import Node
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

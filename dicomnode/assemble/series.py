@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from dicomnode.assemble.geometry import series_geometry
 from dicomnode.assemble.selection import Sibling, evaluate
+from dicomnode.assemble.stack_summary import series_geometry
 from dicomnode.config import AssemblySettings, EligibilitySettings
 from dicomnode.db.models import Instance, Job, Series, SeriesState, utcnow
 from dicomnode.db.session import SessionFactory

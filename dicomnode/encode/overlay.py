@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -32,8 +31,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pydicom.valuerep import format_number_as_ds
 
 import dicomnode
-from dicomnode.domain import CTVolume, LabelMap, Measurements
-from dicomnode.grid import to_source_grid
+from dicomnode.domain import CTVolume, LabelMap, Measurements, Prediction
+from dicomnode.geometry.source_grid import to_source_grid
 
 from .preview import (
     BLOOD_LABELS,
@@ -81,7 +80,7 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
 
 def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels: LabelMap,
                    measurements: Measurements, *, version: int, series_number: int = 9903,
-                   predictions: Mapping[str, Any] | None = None,
+                   prediction: Prediction | None = None,
                    created: dt.datetime | None = None) -> list[Dataset]:
     """The overlay series: the summary key image, then one image per source slice with blood.
 
@@ -97,8 +96,8 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
         Result version; with the source series UID it determines every UID.
     series_number : int
         Series Number of the new series.
-    predictions : mapping, optional
-        Expansion/epilepsy risk, CAVE, ...: shown on the summary (see ``prediction_lines``).
+    prediction : Prediction, optional
+        Expansion and epilepsy risk and CAVE, shown on the summary (see ``prediction_lines``).
     created : datetime, optional
         Content and creation date/time (default: now).
 
@@ -153,9 +152,9 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
                   f"outlines burned in ({legend}); {_SOFTWARE} {labels.backend} {model}"
                   + (", model fit on synthetic data only" if synthetic else ""))
     warning = f"{NOT_FOR_DIAGNOSIS}." + (" Model fit on synthetic data only." if synthetic else "")
-    summary_text = "; ".join(t for t, _ in summary_lines(labels, measurements, predictions)[1:] if t)
+    summary_text = "; ".join(t for t, _ in summary_lines(labels, measurements, prediction)[1:] if t)
 
-    summary = new("overlay-summary", 0, render_summary(volume, labels, measurements, predictions,
+    summary = new("overlay-summary", 0, render_summary(volume, labels, measurements, prediction,
                                                footer=[f"Result version {version}"]), 1)
     summary.DerivationDescription = (f"Summary key image of {_SOFTWARE} haemorrhage analysis: key slice in "
                                      f"brain window W{w:g} L{lvl:g} with outlines ({legend}) and "

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, OEDEMA, CTVolume, LabelMap, Measurements
+from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, OEDEMA, CTVolume, LabelMap, Measurements, Prediction, Risk
 
 from .font import CELL_H, CELL_W, draw_text
 
@@ -129,73 +128,33 @@ def _legend(rgb: np.ndarray, values: Sequence[int], row: int, col: int, scale: i
 # Summary key image
 
 
-def _pick(value: Any, *names: str) -> Any:
-    """First of ``names`` found in a mapping or as an attribute of ``value`` (else None)."""
-    for name in names:
-        if isinstance(value, Mapping) and value.get(name) is not None:
-            return value[name]
-        if not isinstance(value, Mapping) and getattr(value, name, None) is not None:
-            return getattr(value, name)
-    return None
+def _percent(x: float) -> str:
+    return f"{x:.1%}" if x < 0.1 else f"{x:.0%}"
 
 
-def _number(x: Any, *, percent: bool) -> str:
-    if isinstance(x, bool) or not isinstance(x, int | float | np.integer | np.floating):
-        return str(x)
-    if percent and 0.0 <= float(x) <= 1.0:
-        return f"{float(x):.1%}" if float(x) < 0.1 else f"{float(x):.0%}"
-    return f"{float(x):g}"
+def _risk_line(label: str, risk: Risk) -> str:
+    line = f"{label}: {_percent(float(risk.probability))} ({risk.model}"
+    line += f" {risk.model_version})" if risk.model_version else ")"
+    return line + (" [synthetic]" if risk.synthetic_training else "")
 
 
-_PREDICTION_NAMES = (("expansion", "Expansion risk"), ("he", "Expansion risk"),
-                     ("epilep", "Epilepsy risk"), ("pse", "Epilepsy risk"),
-                     ("seizure", "Epilepsy risk"), ("cave", "CAVE score"))
-
-
-def prediction_lines(predictions: Mapping[str, Any] | None) -> list[str]:
-    """One line per prediction: expansion and epilepsy risk, CAVE, then anything else.
-
-    A value may be a number (a probability in 0..1 is shown as a percentage), or a mapping or
-    object with some of ``probability``/``risk``/``score``/``points``/``value``, ``max_score``,
-    ``model``/``model_version``, ``synthetic`` and ``note``.
-    """
-    if not predictions:
+def prediction_lines(prediction: Prediction | None) -> list[str]:
+    """One line per prediction: expansion risk, epilepsy risk, then the CAVE score."""
+    if prediction is None:
         return []
     lines: list[str] = []
-    for key, value in predictions.items():
-        k = key.lower()
-        label = next((name for token, name in _PREDICTION_NAMES
-                      if (k == token if token in ("he", "pse") else token in k)), key.replace("_", " "))
-        cave = label == "CAVE score"
-        if isinstance(value, int | float | np.integer | np.floating) or isinstance(value, str):
-            lines.append(f"{label}: {_number(value, percent=not cave)}")
-            continue
-        score = _pick(value, "score", "points") if cave else None
-        main = _pick(value, "probability", "risk", "value", "score", "points")
-        parts = []
-        if score is not None:
-            top = _pick(value, "max_score", "maximum")
-            parts.append(_number(score, percent=False) + (f"/{_number(top, percent=False)}" if top else ""))
-            risk = _pick(value, "risk", "probability")
-            if risk is not None:
-                parts.append(f"risk {_number(risk, percent=True)}")
-        elif main is not None:
-            parts.append(_number(main, percent=True))
-        model = _pick(value, "model", "model_name")
-        version = _pick(value, "model_version", "version")
-        if model:
-            parts.append(f"({model}{' ' + str(version) if version else ''})")
-        if _pick(value, "synthetic", "synthetic_training"):
-            parts.append("[synthetic]")
-        note = _pick(value, "note", "caveat")
-        if note:
-            parts.append(f"- {note}")
-        lines.append(f"{label}: {' '.join(parts) if parts else '-'}")
+    if prediction.expansion is not None:
+        lines.append(_risk_line("Expansion risk", prediction.expansion))
+    if prediction.epilepsy is not None:
+        lines.append(_risk_line("Epilepsy risk", prediction.epilepsy))
+    if prediction.cave is not None:
+        cave = prediction.cave
+        lines.append(f"CAVE score: {cave.score} ({cave.model} {cave.model_version})")
     return lines
 
 
 def summary_lines(labels: LabelMap, measurements: Measurements,
-                  predictions: Mapping[str, Any] | None = None) -> list[tuple[str, tuple[int, int, int]]]:
+                  prediction: Prediction | None = None) -> list[tuple[str, tuple[int, int, int]]]:
     """The text of the summary key image, as (line, colour) pairs."""
     m = measurements
     out: list[tuple[str, tuple[int, int, int]]] = [(NOT_FOR_DIAGNOSIS, AMBER)]
@@ -211,7 +170,7 @@ def summary_lines(labels: LabelMap, measurements: Measurements,
         out.append((f"Oedema       {m.oedema_volume_ml:7.1f} mL", WHITE))
     out += [(f"Site         {m.site.replace('_', ' ')}", WHITE),
             (f"Cortical involvement: {'yes' if m.cortical_involvement else 'no'}", WHITE)]
-    preds = prediction_lines(predictions)
+    preds = prediction_lines(prediction)
     if preds:
         out.append(("", WHITE))
         out += [(line, WHITE) for line in preds]
@@ -271,7 +230,7 @@ def _fit(hu: np.ndarray, lab: np.ndarray, spacing_mm: tuple[float, float], box: 
 
 
 def render_summary(volume: CTVolume, labels: LabelMap, measurements: Measurements,
-                   predictions: Mapping[str, Any] | None = None, *,
+                   prediction: Prediction | None = None, *,
                    footer: Sequence[str] = ()) -> np.ndarray:
     """The summary key image (512 x 1024 RGB): key slice with outlines left, numbers right."""
     rows, cols = SUMMARY_SIZE
@@ -289,7 +248,7 @@ def render_summary(volume: CTVolume, labels: LabelMap, measurements: Measurement
     width_chars = (cols - x0 - 8) // (CELL_W * scale)
     draw_text(rgb, "Haemorrhage summary", y, x0, WHITE, scale=3)
     y += CELL_H * 3 + 6
-    lines = summary_lines(labels, measurements, predictions)
+    lines = summary_lines(labels, measurements, prediction)
     lines.append((f"Key slice {z + 1} of {volume.image.GetSize()[2]}", GREY))
     lines += [(text, GREY) for text in footer]
     for text, colour in lines:
@@ -346,7 +305,7 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
 
 
 def write_previews(out_dir: Path, volume: CTVolume, labels: LabelMap, measurements: Measurements, *,
-                   predictions: Mapping[str, Any] | None = None, prefix: str = "overlay") -> list[Path]:
+                   prediction: Prediction | None = None, prefix: str = "overlay") -> list[Path]:
     """Write ``<prefix>-key-slice.png`` (the key slice with outlines) and ``<prefix>-summary.png``.
 
     Both are on the grid of ``volume.image`` (no source files needed). Returns the paths.
@@ -357,6 +316,6 @@ def write_previews(out_dir: Path, volume: CTVolume, labels: LabelMap, measuremen
     hu = np.asarray(sitk.GetArrayViewFromImage(volume.image)[z])
     lab = np.asarray(sitk.GetArrayViewFromImage(labels.image)[z])
     key = render_slice(hu, lab, synthetic=labels.synthetic_training)
-    summary = render_summary(volume, labels, measurements, predictions)
+    summary = render_summary(volume, labels, measurements, prediction)
     return [write_png(out_dir / f"{prefix}-key-slice.png", key),
             write_png(out_dir / f"{prefix}-summary.png", summary)]

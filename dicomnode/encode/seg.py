@@ -28,7 +28,7 @@ from dicomnode.domain import LABELS, CTVolume, LabelMap
 from . import codes, uids
 
 try:  # the load stage's contract; see docs/outputs.md
-    from dicomnode.grid import to_source_grid
+    from dicomnode.geometry.source_grid import to_source_grid
 except ImportError:  # pragma: no cover - only while the loader is absent
     to_source_grid = None  # type: ignore[assignment]
 

@@ -41,22 +41,14 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
 from pydicom.uid import generate_uid
 
-from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, LABELS, OEDEMA, LabelMap, Measurements
+from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, LABELS, OEDEMA, LabelMap, Measurements, Prediction
 
 from . import codes, uids
 from .seg import SYNTHETIC_STATEMENT, segment_numbers_by_label, series_description
 
-__all__ = ["PREDICTIONS", "build_sr"]
+__all__ = ["build_sr"]
 
 log = logging.getLogger(__name__)
-
-# Prediction keys -> (concept, kind). See docs/outputs.md for the accepted forms.
-PREDICTIONS: Mapping[str, tuple[Any, str]] = {
-    "expansion": (codes.HE_RISK, "probability"),
-    "epilepsy": (codes.PSE_RISK, "probability"),
-    "cave": (codes.CAVE_SCORE, "score"),
-}
-
 
 def _device_uid(manufacturer: str) -> str:
     return generate_uid(prefix=uids.UID_PREFIX, entropy_srcs=[uids.NAMESPACE, "device", manufacturer])
@@ -124,34 +116,22 @@ def _marker_items(markers: Mapping[str, Any]) -> tuple[list[Measurement], list[Q
     return measurements, evaluations
 
 
-def _prediction_items(predictions: Mapping[str, Any], labels: LabelMap) -> list[Measurement]:
+def _prediction_items(prediction: Prediction) -> list[Measurement]:
     """Risk probabilities (percent) and the CAVE score, each with its model's identification."""
     items: list[Measurement] = []
-    for key, (concept, kind) in PREDICTIONS.items():
-        if key not in predictions or predictions[key] is None:
+    for risk, concept in ((prediction.expansion, codes.HE_RISK), (prediction.epilepsy, codes.PSE_RISK)):
+        if risk is None:
             continue
-        entry = predictions[key]
-        spec: Mapping[str, Any] = entry if isinstance(entry, Mapping) else {kind: entry}
-        value = _finite(spec.get(kind))
-        if value is None:
-            raise ValueError(f"prediction {key!r} needs a finite {kind!r}, got {spec.get(kind)!r}")
-        if kind == "probability":
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"prediction {key!r}: probability must be in [0, 1], got {value}")
-            # 0.01 % steps: finer digits are float noise in the Decimal String.
-            value, unit = round(100.0 * value, 2), codes.UNIT_PERCENT
-        else:
-            unit = codes.UNIT_SCORE
-        model = str(spec.get("model") or ("CAVE" if key == "cave" else key))
-        model_version = str(spec.get("model_version") or "unversioned")
-        synthetic = bool(spec.get("synthetic_training", spec.get("synthetic", labels.synthetic_training)))
-        items.append(
-            Measurement(name=concept, value=value, unit=unit,
-                        algorithm_id=_algorithm(model, model_version, synthetic=synthetic))
-        )
-    unknown = sorted(set(predictions) - set(PREDICTIONS))
-    if unknown:
-        log.debug("predictions %s have no SR concept: left out", unknown)
+        # 0.01 % steps: finer digits are float noise in the Decimal String.
+        items.append(Measurement(
+            name=concept, value=round(100.0 * float(risk.probability), 2), unit=codes.UNIT_PERCENT,
+            algorithm_id=_algorithm(risk.model, risk.model_version or "unversioned",
+                                    synthetic=risk.synthetic_training)))
+    if prediction.cave is not None:
+        cave = prediction.cave
+        items.append(Measurement(name=codes.CAVE_SCORE, value=float(cave.score), unit=codes.UNIT_SCORE,
+                                 algorithm_id=_algorithm(cave.model, cave.model_version,
+                                                         synthetic=False)))
     return items
 
 
@@ -167,7 +147,7 @@ def build_sr(
     labels: LabelMap,
     *,
     version: int,
-    predictions: Mapping[str, Any] | None = None,
+    prediction: Prediction | None = None,
     series_number: int = 9902,
     manufacturer: str = "dicomnode",
     software_version: str | None = None,
@@ -185,16 +165,16 @@ def build_sr(
         Model name, version and training data (``synthetic_training``).
     version : int
         Result version (>= 1); with the source series UID it fixes every UID.
-    predictions : mapping, optional
-        ``{"expansion": p, "epilepsy": p, "cave": score}``, each value a number or a mapping
-        ``{"probability"|"score": x, "model": name, "model_version": v, "synthetic_training": b}``
-        (``"synthetic"`` is accepted for ``"synthetic_training"``; default: the label map's).
-        Probabilities in [0, 1] are written in percent. Other keys are ignored.
+    prediction : Prediction, optional
+        The CAVE score and the HE/PSE risks, each with its model's name, version and training
+        data; probabilities are written in percent.
+    software_version : str, optional
+        dicomnode's version, written as Software Versions (PS3.3 C.7.5.1).
 
     Raises
     ------
     ValueError
-        No source datasets, a SEG of another series, or a malformed prediction.
+        No source datasets, or a SEG of another series.
     """
     if not source_datasets:
         raise ValueError("no source datasets")
@@ -238,8 +218,8 @@ def build_sr(
             marker_items, marker_evaluations = _marker_items(measurements.markers)
             items += marker_items
             evaluations += marker_evaluations
-            if predictions:
-                items += _prediction_items(predictions, labels)
+            if prediction is not None:
+                items += _prediction_items(prediction)
         if labels.synthetic_training:
             evaluations.append(QualitativeEvaluation(codes.TRAINING_DATA, codes.SYNTHETIC_DATA))
         groups.append(

@@ -13,6 +13,7 @@ from dicomnode.assemble.series import sweep
 from dicomnode.config import Settings
 from dicomnode.db.models import Instance, Series, SeriesState, Study, utcnow
 from dicomnode.db.session import SessionFactory
+from dicomnode.storage import series_dir
 
 log = logging.getLogger(__name__)
 _FINISHED = (SeriesState.REJECTED, SeriesState.DONE, SeriesState.FAILED)
@@ -48,7 +49,7 @@ def retention(sessions: SessionFactory, storage_root: Path, retention_days: int)
             series.instance_count = 0
             series.reason = (series.reason + "; " if series.reason else "") + \
                 f"images deleted after {retention_days} days"
-        shutil.rmtree(storage_root / study_uid / series_uid, ignore_errors=True)
+        shutil.rmtree(series_dir(storage_root, study_uid, series_uid), ignore_errors=True)
         log.info("retention removed images of series older than %d days", retention_days,
                  extra={"series_uid": series_uid})
     return removed

@@ -24,7 +24,7 @@ from pydicom.pixels import get_decoder
 
 from dicomnode.errors import VolumeError
 
-from .headers import Frame
+from .frames import Frame
 
 # Faster than pydicom's default first choice (GDCM) on 512 x 512 CT: JPEG-LS about 20 vs 36 ms a
 # slice, JPEG 2000 about 95 vs 110 ms.

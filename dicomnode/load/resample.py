@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .geometry import Grid
+from .output_grid import Grid
 
 
 def _shift_rows(src: np.ndarray, shift: float, n_out: int, fill: float) -> np.ndarray:

@@ -23,10 +23,10 @@ from pydicom.dataset import Dataset
 
 from dicomnode.domain import CTVolume, SourceSlice
 from dicomnode.errors import VolumeError
-from dicomnode.grid import to_source_grid  # noqa: F401 - re-exported
+from dicomnode.geometry.source_grid import to_source_grid  # noqa: F401 - re-exported
 
-from .geometry import SAME_POSITION_MM, axes, check_consistent, large_gaps, plan_grid, sort_frames
-from .headers import Frame, header_summary, read_instance
+from .frames import Frame, header_summary, read_instance
+from .output_grid import SAME_POSITION_MM, axes, check_consistent, large_gaps, plan_grid, sort_frames
 from .pixels import decode_frames, decode_one, iter_planes
 from .resample import resample_stack
 

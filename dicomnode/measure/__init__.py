@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from dicomnode.anatomy import brain_geometry, image_brain_mask
+from dicomnode.brain import brain_geometry, image_brain_mask
 from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, OEDEMA, CTVolume, LabelMap, Measurements
 
 from .location import locate

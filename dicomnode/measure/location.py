@@ -1,6 +1,6 @@
 """Cortical involvement and haematoma site from atlas-free rules on the brain geometry.
 
-Inputs: the ICH mask (z, y, x) and a :class:`~dicomnode.anatomy.BrainGeometry`.
+Inputs: the ICH mask (z, y, x) and a :class:`~dicomnode.brain.BrainGeometry`.
 Outputs: cortical involvement (bool), site ("lobar", "deep", "infratentorial" or "none") and
 the numbers behind them. Side effects: none. Rules: docs/measurements.md ("Location").
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from dicomnode.anatomy import BrainGeometry
+from dicomnode.brain import BrainGeometry
 
 RIBBON_MM = 4.0  # cortical ribbon: brain voxels at most this far (centre to centre) from its surface
 DEEP_HALF_WIDTH = 0.55  # deep box: |L - midline| <= 0.55 x brain half width

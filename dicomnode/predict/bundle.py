@@ -38,6 +38,7 @@ from .bundle_checks import (
     model_checks,
     predict_positive,
     sha256,
+    skops_io,
     untrusted_types,
 )
 
@@ -96,7 +97,7 @@ def save_predictor(
     trust must be in :data:`ALLOWED_TYPES` or ``extra_trusted`` (a loader must then pass the
     same ``extra_trusted``). Raises :class:`ModelError`.
     """
-    import skops.io as sio
+    sio = skops_io()
 
     folder = Path(folder)
     names = check_names(feature_names)
@@ -318,7 +319,7 @@ def load_predictor(
     outside :data:`ALLOWED_TYPES` and ``extra_trusted``; the estimator does not match the stored
     feature names; or ``feature_names`` (what the caller will provide) differ in names or order.
     """
-    import skops.io as sio
+    sio = skops_io()
 
     folder = Path(folder)
     meta = _read_meta(folder)

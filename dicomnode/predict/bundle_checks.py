@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -157,9 +159,29 @@ def predict_positive(model: Any, x: np.ndarray, positive: int) -> np.ndarray:
         return np.asarray(model.predict_proba(x), dtype=float)[:, positive]
 
 
-def untrusted_types(path: Path) -> list[str]:
-    import skops.io as sio
+def skops_io() -> ModuleType:
+    """``skops.io``, imported without letting scikit-learn's test helpers load pytest.
 
+    At import, skops lists scikit-learn's estimators (``sklearn.utils.discovery.all_estimators``),
+    which imports ``sklearn.utils._testing``, which imports pytest when it is installed: a test
+    framework inside a serving process. A None entry in ``sys.modules`` makes that optional import
+    fail, as on an install without pytest, for the time of this one import.
+    """
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    hide = "pytest" not in sys.modules
+    if hide:
+        sys.modules["pytest"] = None  # type: ignore[assignment]
+    try:
+        import skops.io as sio
+    finally:
+        if hide:
+            sys.modules.pop("pytest", None)
+    return sio
+
+
+def untrusted_types(path: Path) -> list[str]:
+    sio = skops_io()
     try:
         return list(sio.get_untrusted_types(file=path))
     except Exception as exc:  # noqa: BLE001 - any failure to parse the file is a bad bundle

@@ -16,7 +16,7 @@ from dicomnode.db.session import SessionFactory
 from dicomnode.errors import InstanceRejected
 from dicomnode.logs import log_context
 from dicomnode.receive import status
-from dicomnode.receive.storage import InstanceStore
+from dicomnode.receive.instance_store import InstanceStore
 
 log = logging.getLogger(__name__)
 

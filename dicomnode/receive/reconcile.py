@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from dicomnode.db.models import Instance, Series
 from dicomnode.errors import InstanceRejected
-from dicomnode.receive.storage import OTHER_DIR, RESULTS_DIR, TMP_DIR, InstanceStore
+from dicomnode.receive.instance_store import InstanceStore
+from dicomnode.storage import RESERVED_DIRS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def reconcile(store: InstanceStore) -> ReconcileReport:
     adopted = unreadable = 0
     on_disk: set[str] = set()
     for study_dir in store.root.iterdir():
-        if not study_dir.is_dir() or study_dir.name in (TMP_DIR, OTHER_DIR, RESULTS_DIR):
+        if not study_dir.is_dir() or study_dir.name in RESERVED_DIRS:
             continue
         for path in study_dir.glob("*/*.dcm"):
             rel = path.relative_to(store.root).as_posix()

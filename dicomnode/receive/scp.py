@@ -22,7 +22,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory
 from dicomnode.receive.handlers import bindings
-from dicomnode.receive.storage import InstanceStore
+from dicomnode.receive.instance_store import InstanceStore
 
 log = logging.getLogger(__name__)
 

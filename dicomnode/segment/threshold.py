@@ -6,7 +6,7 @@ baseline (every blood voxel is labelled ICH). Side effects: none; it needs no we
 
 Steps (constants below; rationale and validation in docs/measurements.md, "Threshold baseline"):
 
-1. brain mask (``dicomnode.anatomy.brain_mask``: intracranial soft tissue);
+1. brain mask (``dicomnode.brain.brain_mask``: intracranial soft tissue);
 2. in-plane Gaussian smoothing (sigma 1 mm) against quantum noise;
 3. candidates: smoothed HU in [50, 90] inside the brain, excluding a 2.5 mm rim under its
    surface (partial volume of the inner table) and voxels next to hyperdense voxels
@@ -14,7 +14,7 @@ Steps (constants below; rationale and validation in docs/measurements.md, "Thres
 4. in-plane opening (3 x 3 cross), then 3-D components smaller than 0.2 mL are dropped;
 5. holes are filled slice by slice (hypodense parts of a clot: blend, black hole, swirl).
 
-The brain mask lives in ``dicomnode.anatomy`` (shared with the measure stage).
+The brain mask lives in ``dicomnode.brain`` (shared with the measure stage).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from dicomnode.anatomy import brain_mask, depth_mm, image_brain_mask
+from dicomnode.brain import brain_mask, depth_mm, image_brain_mask
 from dicomnode.domain import ICH, LABELS, CTVolume, LabelMap
 
 LOW_HU, HIGH_HU = 50.0, 90.0

@@ -152,7 +152,7 @@ def keep_intracranial(labels: np.ndarray, volume: CTVolume) -> np.ndarray:
     """
     if not labels.any():
         return labels
-    from dicomnode.anatomy import image_brain_mask
+    from dicomnode.brain import image_brain_mask
 
     inside = image_brain_mask(volume.image)
     out = labels.copy()

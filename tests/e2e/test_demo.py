@@ -13,7 +13,7 @@ import pytest
 from dicomnode.config import load_settings
 from dicomnode.db.queries import series_status
 from dicomnode.db.session import make_sessions
-from dicomnode.demo import run_demo
+from dicomnode.lab.demo import run_demo
 from tests.conftest import REPO
 
 

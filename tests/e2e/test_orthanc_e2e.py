@@ -18,8 +18,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from dicomnode.orthanc import Orthanc
-from dicomnode.synth import make_study
+from dicomnode.lab.orthanc import Orthanc
+from dicomnode.lab.synth import make_study
 from tests.conftest import free_port
 from tests.reliability.harness import ServeProcess, status_json
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from dicomnode.config import Destination, Settings
 from dicomnode.db.models import Job, OutboxItem, utcnow
 from dicomnode.db.session import make_sessions
-from dicomnode.orthanc import Orthanc, free_port
+from dicomnode.lab.orthanc import Orthanc, free_port
 from dicomnode.send.outbox import deliver_due, enqueue, resend
 from tests.conftest import make_series, make_settings
 from tests.reliability.harness import PickyPacs

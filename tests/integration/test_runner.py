@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dicomnode.synth import make_study
+from dicomnode.lab.synth import make_study
 from tests.conftest import GE_DIR
 
 KEYS = ("series_instance_uid", "status", "reason", "backend", "model", "model_version",

@@ -26,7 +26,7 @@ from dicomnode.db.models import (
     Series,
     utcnow,
 )
-from dicomnode.service import Node
+from dicomnode.runtime.service import Node
 from tests.conftest import GE_DIR, make_series, make_settings, requires
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from dicomnode.lab.synth import make_study
+from dicomnode.runtime.service import Node
 from dicomnode.send.scu import iter_files, send_files
-from dicomnode.service import Node
-from dicomnode.synth import make_study
 
 
 def test_synthetic_study_is_received_and_queued(node: Node, tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from pydicom import uid
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from dicomnode.runtime.service import Node
 from dicomnode.send.scu import send_files
-from dicomnode.service import Node
 from tests.conftest import GE_DIR, requires
 
 DCMTK = {

@@ -69,7 +69,7 @@ class ServeProcess:
     def worker_pid(self) -> int | None:
         """The processing worker child, if it is running."""
         return next((c for c in children(self.pid)
-                     if b"dicomnode.worker" in _cmdline(c)), None)
+                     if b"dicomnode.runtime.worker" in _cmdline(c)), None)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

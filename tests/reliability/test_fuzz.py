@@ -21,13 +21,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom.dsutils import decode
 
-from dicomnode.assemble.geometry import series_geometry
 from dicomnode.assemble.selection import evaluate
+from dicomnode.assemble.stack_summary import series_geometry
 from dicomnode.config import EligibilitySettings
 from dicomnode.db.session import make_sessions
 from dicomnode.errors import InstanceRejected
-from dicomnode.receive.header import check_encoding, check_image, check_uid, read_header
-from dicomnode.receive.storage import InstanceStore
+from dicomnode.receive.checks import check_encoding, check_image, check_uid, read_header
+from dicomnode.receive.instance_store import InstanceStore
 from tests.conftest import make_series
 from tests.reliability.conftest import record, scale
 

@@ -34,7 +34,7 @@ from dicomnode.assemble.series import sweep
 from dicomnode.db.models import Instance, ReceiveError, Series, utcnow
 from dicomnode.errors import VolumeError
 from dicomnode.load.volume import load_series
-from dicomnode.service import Node
+from dicomnode.runtime.service import Node
 from tests.conftest import make_series, make_settings, requires
 from tests.reliability.conftest import PROFILE, record
 from tests.reliability.hostile_corpus import (

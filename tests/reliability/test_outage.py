@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.orthanc import Orthanc, free_port
-from dicomnode.synth import make_study
+from dicomnode.lab.orthanc import Orthanc, free_port
+from dicomnode.lab.synth import make_study
 from tests.reliability.conftest import PROFILE, record, scale
 from tests.reliability.harness import (
     Peer,

@@ -25,7 +25,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
 from dicomnode.db.models import AssociationEvent
-from dicomnode.service import Node
+from dicomnode.runtime.service import Node
 from tests.conftest import make_series, make_settings
 from tests.reliability.conftest import record, scale
 

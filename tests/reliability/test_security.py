@@ -26,8 +26,8 @@ from dicomnode.config import DatabaseSettings
 from dicomnode.db.models import AssociationEvent
 from dicomnode.db.session import make_sessions
 from dicomnode.errors import InstanceRejected
-from dicomnode.receive.storage import InstanceStore
-from dicomnode.service import Node
+from dicomnode.receive.instance_store import InstanceStore
+from dicomnode.runtime.service import Node
 from tests.conftest import free_port, make_series, make_settings, requires
 from tests.integration.test_scp import scu
 from tests.reliability.conftest import record
@@ -227,7 +227,7 @@ def test_database_password_is_never_shown(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze absent")
 def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
     # verify fails when the ExecStart binary does not exist on this machine: point it at one.
-    unit = tmp_path / "dicomnode.service"
+    unit = tmp_path / "dicomnode.runtime.service"
     unit.write_text(re.sub(r"^ExecStart=.*$", f"ExecStart={shutil.which('true')}",
                            UNIT.read_text(), flags=re.M))
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,

@@ -11,14 +11,14 @@ import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 
-from dicomnode.assemble.geometry import series_geometry
 from dicomnode.assemble.selection import Sibling, evaluate
 from dicomnode.assemble.series import sweep
+from dicomnode.assemble.stack_summary import series_geometry
 from dicomnode.config import AssemblySettings, EligibilitySettings
 from dicomnode.db.models import Job, Series, utcnow
 from dicomnode.db.session import make_sessions
-from dicomnode.receive.header import read_header
-from dicomnode.receive.storage import InstanceStore
+from dicomnode.receive.checks import read_header
+from dicomnode.receive.instance_store import InstanceStore
 from tests.conftest import GE_DIR, make_series
 from tests.unit.test_storage import put
 

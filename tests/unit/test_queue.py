@@ -13,7 +13,7 @@ from dicomnode.config import AssemblySettings, EligibilitySettings
 from dicomnode.db.models import Job, Series, utcnow
 from dicomnode.db.session import make_sessions
 from dicomnode.jobs.queue import claim_next, finish, requeue, requeue_stale
-from dicomnode.receive.storage import InstanceStore
+from dicomnode.receive.instance_store import InstanceStore
 from tests.conftest import make_series
 from tests.unit.test_storage import put
 

@@ -14,10 +14,11 @@ from sqlalchemy import event, func, select
 from dicomnode.db.models import DiscardedClass, Instance, Series
 from dicomnode.db.session import make_sessions
 from dicomnode.errors import InstanceRejected
-from dicomnode.receive import status, storage
-from dicomnode.receive.header import CT_IMAGE_STORAGE, check_uid
+from dicomnode.receive import instance_store as storage
+from dicomnode.receive import status
+from dicomnode.receive.checks import CT_IMAGE_STORAGE, check_uid
+from dicomnode.receive.instance_store import InstanceStore
 from dicomnode.receive.reconcile import reconcile
-from dicomnode.receive.storage import InstanceStore
 from tests.conftest import make_series
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-UNIT = Path(__file__).resolve().parents[2] / "systemd" / "dicomnode.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "dicomnode.runtime.service"
 
 
 def _directives() -> dict[str, list[str]]:

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 from dicomnode.db.models import Instance, Series, utcnow
 from dicomnode.db.session import make_sessions
 from dicomnode.jobs.tasks import retention
-from dicomnode.receive.storage import InstanceStore
+from dicomnode.receive.instance_store import InstanceStore
 from tests.conftest import make_series
 from tests.unit.test_storage import put
 

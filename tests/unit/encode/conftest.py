@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from dicomnode.domain import ICH, IVH, LABELS, OEDEMA, CTVolume, LabelMap, Measurements
-from dicomnode.synth import StudyTruth, make_study
+from dicomnode.lab.synth import StudyTruth, make_study
 
 try:
     from dicomnode.load.volume import load_series, to_source_grid

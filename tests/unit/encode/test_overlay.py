@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from dicomnode.domain import ICH, IVH, OEDEMA, LabelMap, Measurements
+from dicomnode.domain import ICH, IVH, OEDEMA, CaveScore, LabelMap, Measurements, Prediction, Risk
 from dicomnode.encode.font import text_mask
 from dicomnode.encode.overlay import build_overlays
 from dicomnode.encode.preview import (
@@ -36,16 +36,16 @@ from dicomnode.load.volume import to_source_grid
 if TYPE_CHECKING:  # the fixtures' type; pytest itself loads conftest
     from conftest import Case
 
-PREDICTIONS = {
-    "expansion": {"probability": 0.31, "model": "he-svm", "model_version": "1.0", "synthetic": True},
-    "epilepsy": 0.12,
-    "cave": {"score": 2, "max_score": 3, "risk": 0.098, "note": "E unknown"},
-}
+PREDICTION = Prediction(
+    expansion=Risk(probability=0.31, model="he-svm", model_version="1.0", synthetic_training=True),
+    epilepsy=Risk(probability=0.12, model="pse-rf", model_version="", synthetic_training=False),
+    cave=CaveScore(score=2, partial=True, risk=(0.098, 0.348)),
+)
 
 
 def _build(case: Case, **kw: object) -> list[Dataset]:
     kw.setdefault("version", 1)
-    kw.setdefault("predictions", PREDICTIONS)
+    kw.setdefault("prediction", PREDICTION)
     return build_overlays(case.datasets, case.volume, case.labels, case.measurements, **kw)  # type: ignore[arg-type]
 
 
@@ -167,7 +167,7 @@ def test_summary_text(plain_case: Case, overlays: list[Dataset]) -> None:
         line = amber[r0 + 20 * i:r0 + 20 * i + 16]
         assert (_crop(line) == _crop(text_mask(words, 2))).all()
     # predictions add text, the key slice stays; the summary references one source slice
-    plain = _build(plain_case, predictions=None)[0].pixel_array
+    plain = _build(plain_case, prediction=None)[0].pixel_array
     assert (plain[:, rows:] != text).any() and (plain[:, :rows] == summary[:, :rows]).all()
     assert len(overlays[0].SourceImageSequence) == 1
     assert "CAVE" in overlays[0].ImageComments and "ICH volume" in overlays[0].ImageComments
@@ -262,11 +262,12 @@ def test_slice_annotation_only_in_corners() -> None:
 
 
 def test_prediction_lines() -> None:
-    lines = prediction_lines(PREDICTIONS | {"age_group": "under 65"})
+    lines = prediction_lines(PREDICTION)
     assert lines[0] == "Expansion risk: 31% (he-svm 1.0) [synthetic]"
-    assert lines[1] == "Epilepsy risk: 12%"
-    assert lines[2] == "CAVE score: 2/3 risk 9.8% - E unknown"
-    assert lines[3] == "age group: under 65"
+    assert lines[1] == "Epilepsy risk: 12% (pse-rf)"
+    assert lines[2] == "CAVE score: 2 (CAVE (Haapaniemi 2014) published)"
+    assert len(lines) == 3
+    assert prediction_lines(Prediction(epilepsy=PREDICTION.epilepsy)) == [lines[1]]
     assert prediction_lines(None) == []
 
 
@@ -289,7 +290,7 @@ def _read_png(data: bytes) -> tuple[tuple[int, ...], bytes]:
 
 def test_previews_are_valid_pngs(plain_case: Case, tmp_path: Path) -> None:
     c = plain_case
-    paths = write_previews(tmp_path / "png", c.volume, c.labels, c.measurements, predictions=PREDICTIONS)
+    paths = write_previews(tmp_path / "png", c.volume, c.labels, c.measurements, prediction=PREDICTION)
     assert [p.name for p in paths] == ["overlay-key-slice.png", "overlay-summary.png"]
     for path, shape in zip(paths, [(64, 64), (512, 1024)], strict=True):
         (w, h, depth, colour_type, *_), raw = _read_png(path.read_bytes())

@@ -10,16 +10,14 @@ import pytest
 from conftest import Case, dciodvfy
 from pydicom.dataset import Dataset
 
-from dicomnode.domain import ICH, IVH, OEDEMA
+from dicomnode.domain import CAVE_MODEL, ICH, IVH, OEDEMA, CaveScore, Prediction, Risk
 from dicomnode.encode import build_seg, build_sr, codes, uids
 
-PREDICTIONS = {
-    "expansion": {"probability": 0.3100004, "model": "he-logreg", "model_version": "1.2",
-                  "synthetic_training": True},
-    "epilepsy": 0.12,
-    "cave": {"score": 2, "model": "CAVE", "model_version": "2014", "synthetic": False},
-    "unknown_thing": 5,  # no SR concept: ignored
-}
+PREDICTION = Prediction(
+    expansion=Risk(probability=0.3100004, model="he-logreg", model_version="1.2", synthetic_training=True),
+    epilepsy=Risk(probability=0.12, model="pse-rf", model_version="1", synthetic_training=False),
+    cave=CaveScore(score=2, partial=False, risk=(0.098, 0.098)),
+)
 MEASUREMENT_GROUP = ("125007", "DCM")
 
 
@@ -29,7 +27,7 @@ def _seg(case: Case, version: int = 1):
 
 def _sr(case: Case, seg=None, version: int = 1, **kw):
     seg = seg if seg is not None else _seg(case, version)
-    kw.setdefault("predictions", PREDICTIONS)
+    kw.setdefault("prediction", PREDICTION)
     return build_sr(case.datasets, seg, case.measurements, case.labels, version=version,
                     software_version="0.1.0", **kw)
 
@@ -132,7 +130,7 @@ def test_volumes_and_ich_details(plain_case: Case) -> None:
     assert _num(ich, codes.PSE_RISK) == [(pytest.approx(12.0), ("%", "UCUM"))]
     assert _num(ich, codes.CAVE_SCORE) == [(2.0, ("{score}", "UCUM"))]
     names = [i.TextValue for i in _items(ich) if i.ValueType == "TEXT" and _name(i) == ("111001", "DCM")]
-    assert {"ich-unet-test", "he-logreg", "CAVE"} <= set(names)
+    assert {"ich-unet-test", "he-logreg", "pse-rf", CAVE_MODEL} <= set(names)
     he = next(i for i in _nums(ich) if _name(i) == codes.as_tuple(codes.HE_RISK))
     params = [i.TextValue for i in _items(he) if _name(i) == ("111002", "DCM")]
     assert any("fit on synthetic data" in p for p in params)
@@ -160,10 +158,16 @@ def test_uids_are_deterministic_per_version(plain_case: Case) -> None:
     assert a.SeriesInstanceUID == uids.series_uid(src, 1, "sr") != uids.series_uid(src, 1, "seg")
 
 
-@pytest.mark.parametrize("bad", [{"expansion": 1.5}, {"epilepsy": {"model": "x"}}, {"cave": "high"}])
-def test_malformed_predictions_are_rejected(plain_case: Case, bad: dict) -> None:
+@pytest.mark.parametrize("bad", [
+    lambda: Risk(probability=1.5, model="x", model_version="1", synthetic_training=False),
+    lambda: Risk(probability=float("nan"), model="x", model_version="1", synthetic_training=False),
+    lambda: Risk(probability=0.2, model="", model_version="1", synthetic_training=False),
+    lambda: CaveScore(score="high", partial=False, risk=(0.0, 0.0)),  # type: ignore[arg-type]
+    lambda: CaveScore(score=5, partial=False, risk=(0.0, 0.0)),
+])
+def test_malformed_predictions_are_rejected(bad) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="prediction"):
-        _sr(plain_case, predictions=bad)
+        bad()
 
 
 def test_seg_of_another_series_is_rejected(plain_case: Case, tilted_case: Case) -> None:

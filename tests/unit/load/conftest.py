@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from load_helpers import GE_DIR, files
 
-from dicomnode.synth import StudyTruth, make_study
+from dicomnode.lab.synth import StudyTruth, make_study
 
 
 @pytest.fixture(scope="session")

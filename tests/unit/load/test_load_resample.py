@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from load_helpers import stack, write, z_positions
 
-from dicomnode.grid import to_source_grid
+from dicomnode.geometry.source_grid import to_source_grid
 from dicomnode.load.resample import shift_plane
 from dicomnode.load.volume import load_series
 

@@ -1,4 +1,4 @@
-"""Synthetic studies from dicomnode.synth: tilt, round trips, compression, Enhanced CT."""
+"""Synthetic studies from dicomnode.lab.synth: tilt, round trips, compression, Enhanced CT."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from load_helpers import files
 from pydicom.uid import generate_uid
 from scipy.ndimage import map_coordinates
 
+from dicomnode.lab.synth import StudyTruth
 from dicomnode.load.volume import load_series, to_source_grid
-from dicomnode.synth import StudyTruth
 
 
 def truth_labels(study: StudyTruth) -> tuple[np.ndarray, np.ndarray]:

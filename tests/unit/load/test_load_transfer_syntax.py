@@ -22,8 +22,8 @@ from pydicom.uid import (
 )
 
 from dicomnode.errors import VolumeError
+from dicomnode.lab.synth import StudyTruth
 from dicomnode.load.volume import load_series
-from dicomnode.synth import StudyTruth
 
 N = 4  # slices per series: enough for a volume, quick to encode
 

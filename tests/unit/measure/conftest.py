@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from measure_helpers import PHANTOMS, read_study
 
-from dicomnode.synth import make_study
+from dicomnode.lab.synth import make_study
 
 
 @pytest.fixture(scope="session")

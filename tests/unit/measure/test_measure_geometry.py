@@ -137,7 +137,7 @@ def test_brain_geometry_on_odd_sized_sub_millimetre_grids() -> None:
     """A resampled tilted series can have odd in-plane sizes (e.g. 611 rows at 0.49 mm)."""
     import numpy as np
 
-    from dicomnode.anatomy import brain_mask, depth_mm
+    from dicomnode.brain import brain_mask, depth_mm
 
     hu = np.full((3, 61, 51), 30.0, np.float32)
     mask = np.zeros(hu.shape, bool)

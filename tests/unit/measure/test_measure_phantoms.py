@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from measure_helpers import SITE_CLASS
 
+from dicomnode.lab.synth import make_study
 from dicomnode.measure import measure
-from dicomnode.synth import make_study
 
 
 def test_volumes_match_truth_within_1_percent(measured):
@@ -41,7 +41,7 @@ def test_markers_are_numbers_with_units(phantoms):
 def test_blend_sign_like_marker(tmp_path):
     from measure_helpers import read_study
 
-    from dicomnode.synth import Markers
+    from dicomnode.lab.synth import Markers
 
     found = {}
     for blend in (False, True):

@@ -68,9 +68,9 @@ def _ellipsoid_area(a: float, b: float, c: float) -> float:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """(volume, labels, measurements) of one 64-matrix lobar 20 mL phantom."""
+    from dicomnode.lab.synth import make_study
     from dicomnode.load import load_series
     from dicomnode.measure import measure
-    from dicomnode.synth import make_study
 
     out = tmp_path_factory.mktemp("predict_study")
     make_study(out, seed=11, matrix=64, thickness_mm=5, hemorrhage_ml=20, site="lobar")
@@ -331,7 +331,7 @@ def test_clinical_sidecar_csv_and_json(tmp_path: Path):
 
 
 def test_features_from_cohort_row():
-    from dicomnode.synth import sample_cohort_table
+    from dicomnode.lab.synth import sample_cohort_table
 
     rows = sample_cohort_table(20, seed=3)
     for row in rows:

@@ -15,7 +15,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from dicomnode.predict import metrics as M
+from dicomnode.lab import metrics as M
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_curves_and_oracle():
     assert roc["fpr"][0] == 0 and roc["tpr"][-1] == 1
     pr = M.pr_points(y, p)
     assert pr["prevalence"] == pytest.approx(0.5) and pr["recall"][0] == 0
-    from dicomnode.synth.cohort import expected_auc
+    from dicomnode.lab.synth.cohort import expected_auc
 
     risk = np.array([0.1, 0.2, 0.2, 0.7])
     assert M.oracle_auc(risk) == pytest.approx(expected_auc(risk))

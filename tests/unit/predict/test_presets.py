@@ -11,10 +11,12 @@ import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
 
-from dicomnode.predict import presets as P
-from dicomnode.predict import train as T
-from dicomnode.predict.cohort import toy_cohort
-from dicomnode.predict.metrics import oracle_auc
+from dicomnode.lab import predictor_presets as P
+from dicomnode.lab import train_predictor as T
+from dicomnode.lab.cohort_table import toy_cohort
+from dicomnode.lab.metrics import oracle_auc
+from dicomnode.predict import estimators as E
+from dicomnode.predict.cnn import synthesize_variants
 
 MAIN = ("psenet", "multitask-he", "resnet-lasso-svm", "efficientnet-synth", "hybrid-kbest-svm")
 TARGET = {"psenet": "pse", "multitask-he": "he", "resnet-lasso-svm": "he", "efficientnet-synth": "pse",
@@ -103,21 +105,21 @@ def test_synthetic_variants_and_lasso():
     img = np.zeros((2, 3, 16, 16), np.float32)
     img[:, :2] = 0.4
     img[:, 2, 5:11, 5:11] = 1
-    out = P.synthesize_variants(img, 5, rng)
+    out = synthesize_variants(img, 5, rng)
     assert out.shape == (10, 3, 16, 16)
     assert set(np.unique(out[:, 2])) <= {0.0, 1.0} and out[:, 2].sum() > 0
     X = rng.normal(size=(120, 6))
     y = (X[:, 0] + 0.1 * rng.normal(size=120) > 0).astype(int)
-    sel = P.LassoSelector(cv=3).fit(X, y)
+    sel = E.LassoSelector(cv=3).fit(X, y)
     assert sel.support_[0] and sel.transform(X).shape[1] >= 3
 
 
 def test_cave_cut_indicators():
-    cut = P.CutIndicators((("gt", 10.0), ("lt", 65.0))).fit(np.zeros((1, 2)))
+    cut = E.CutIndicators((("gt", 10.0), ("lt", 65.0))).fit(np.zeros((1, 2)))
     X = np.array([[12.0, 70.0], [10.0, 64.0], [np.nan, np.nan], [3.0, 40.0]])
     assert cut.transform(X).tolist() == [[1, 0], [0, 1], [0, 0], [0, 1]]
     with pytest.raises(ValueError, match="operator"):
-        P.CutIndicators((("ge", 1.0),)).fit(X)
+        E.CutIndicators((("ge", 1.0),)).fit(X)
     names = ["m_ich_volume_ml", "m_cortical_involvement", "hdr_age_y", "img_c1x2x2_0",
              "img_c1x2x2_1", "img_c1x2x2_2", "img_c1x2x2_3"]
     steps = dict((n, t) for n, t, _ in P.build_preset("psenet", names, tiny=True)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from dicomnode.errors import ModelError
+from dicomnode.lab.cohort_table import toy_cohort
+from dicomnode.lab.report import line_plot_svg, render_report
+from dicomnode.lab.train_predictor import train_preset
 from dicomnode.predict.bundle import load_predictor
-from dicomnode.predict.cohort import toy_cohort
-from dicomnode.predict.presets import TRUSTED_TYPES
-from dicomnode.predict.report import line_plot_svg, render_report
-from dicomnode.predict.train import train_preset
+from dicomnode.predict.estimators import TRUSTED_TYPES
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_line_plot_svg_clips_and_escapes():
 
 
 def test_cli_register():
-    from dicomnode.predict.cli import register, run_train
+    from dicomnode.lab.predict_cli import register, run_train
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what")

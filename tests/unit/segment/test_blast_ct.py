@@ -264,7 +264,7 @@ PHANTOMS = [(1, 30.0, "lobar"), (2, 25.0, "basal_ganglia"), (3, 40.0, "lobar_sub
 @pytest.mark.timeout(2400)
 @pytest.mark.parametrize(("seed", "volume_ml", "site"), PHANTOMS)
 def test_model_1_finds_the_phantom_haematoma(tmp_path: Path, seed: int, volume_ml: float, site: str) -> None:
-    from dicomnode.synth import make_study
+    from dicomnode.lab.synth import make_study
 
     truth = make_study(tmp_path, seed=seed, hemorrhage_ml=volume_ml, site=site, matrix=512,
                        thickness_mm=5.0)

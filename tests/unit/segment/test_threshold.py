@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from dicomnode.domain import CTVolume, LabelMap
+from dicomnode.lab.synth import make_study
 from dicomnode.segment.threshold import ThresholdBackend
-from dicomnode.synth import make_study
 
 GE_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ge-head-ct-tilt"
 

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-import dicomnode.synth as synth
+import dicomnode.lab.synth as synth
 from dicomnode.cli import main
-from dicomnode.segment.train import TrainConfig, is_synthetic_case, prepare, synth_cases
+from dicomnode.lab.train_segmentation import TrainConfig, is_synthetic_case, prepare, synth_cases
 
 
 def _record(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict[str, Any]]:
@@ -45,7 +45,7 @@ def test_only_dicomnode_synth_folders_count_as_synthetic(tmp_path: Path) -> None
     synthetic, real, broken = (tmp_path / n for n in ("synthetic", "real", "broken"))
     for folder in (synthetic, real, broken):
         folder.mkdir()
-    (synthetic / "truth.json").write_text(json.dumps({"generator": "dicomnode.synth"}))
+    (synthetic / "truth.json").write_text(json.dumps({"generator": "dicomnode.lab.synth"}))
     (broken / "truth.json").write_text("{not json")
     assert is_synthetic_case(synthetic)
     assert not is_synthetic_case(real) and not is_synthetic_case(broken)
@@ -65,7 +65,7 @@ def test_train_command_records_grid_window_and_synthetic_data(
     assert meta["spacing_mm"] == [4.0, 4.0, 5.0] and meta["hu_window"] == [-20.0, 200.0]
     # Phantoms passed as --data still mark the bundle (and its SEG/SR) as synthetic.
     assert meta["synthetic_training"] is True
-    assert meta["training"]["data"].startswith("2 synthetic phantoms (dicomnode.synth)")
+    assert meta["training"]["data"].startswith("2 synthetic phantoms (dicomnode.lab.synth)")
 
 
 def test_the_preparation_cache_follows_grid_and_window(tmp_path: Path) -> None:

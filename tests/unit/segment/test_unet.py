@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from dicomnode.domain import ICH, CTVolume
 from dicomnode.errors import ModelError
+from dicomnode.lab.train_segmentation import TrainConfig, read_case, synth_cases, train
 from dicomnode.segment.bundle import load_bundle
-from dicomnode.segment.train import TrainConfig, read_case, synth_cases, train
 from dicomnode.segment.unet import UNetBackend, resample_to_spacing
 
 TINY = TrainConfig(spacing_mm=(4.0, 4.0, 5.0), roi_size_zyx=(16, 32, 32), filters=(4, 8, 16),
@@ -101,7 +101,7 @@ def test_labels_outside_the_skull_are_cleared(tmp_path: Path) -> None:
 
 
 def test_validation_prefers_large_haematomas_and_some_negatives() -> None:
-    from dicomnode.segment.train import split_validation
+    from dicomnode.lab.train_segmentation import split_validation
 
     cfg = TrainConfig(max_validation_cases=8)
     volumes = [0, 1.0, 20.0, 0, 0.5, 30.0, 0, 8.0, 6.0, 0] * 6

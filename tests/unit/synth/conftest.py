@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicomnode.synth import make_study
+from dicomnode.lab.synth import make_study
 
 
 @pytest.fixture(scope="module")

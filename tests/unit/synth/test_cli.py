@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dicomnode.synth.cli import register
+from dicomnode.lab.synth.cli import register
 
 
 def _parser():

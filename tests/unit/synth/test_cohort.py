@@ -10,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.synth import make_cohort, sample_cohort_arrays, sample_cohort_table
-from dicomnode.synth.cohort import (
+from dicomnode.lab.synth import make_cohort, sample_cohort_arrays, sample_cohort_table
+from dicomnode.lab.synth.cohort import (
     HE_COEFS,
     PSE_COEFS,
     bayes_optimal_auc,
@@ -20,7 +20,7 @@ from dicomnode.synth.cohort import (
     he_features,
     pse_features,
 )
-from dicomnode.synth.cohort_io import he_clinical
+from dicomnode.lab.synth.cohort_io import he_clinical
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from dicomnode.synth import make_study
+from dicomnode.lab.synth import make_study
 
 
 def _read_series(dicom_dir):

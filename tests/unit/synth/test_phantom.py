@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dicomnode.synth import make_study
-from dicomnode.synth.anatomy import Tissue
-from dicomnode.synth.study import build_case, geometry_for, render_case
+from dicomnode.lab.synth import make_study
+from dicomnode.lab.synth.anatomy import Tissue
+from dicomnode.lab.synth.study import build_case, geometry_for, render_case
 
 
 def test_truth_volumes_equal_label_map_volumes(small_study):

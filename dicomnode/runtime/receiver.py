@@ -11,9 +11,9 @@ import logging
 from dicomnode.config import Settings
 from dicomnode.db.session import make_sessions
 from dicomnode.logs import setup_logging
-from dicomnode.procs import read_payload, stop_on_signals
+from dicomnode.receive.instance_store import InstanceStore
 from dicomnode.receive.scp import start_scp
-from dicomnode.receive.storage import InstanceStore
+from dicomnode.runtime.procs import read_payload, stop_on_signals
 
 log = logging.getLogger(__name__)
 

@@ -233,7 +233,7 @@ def calibration_intercept_slope(y: Sequence, p: Sequence) -> dict[str, float]:
 
     ``intercept`` is calibration-in-the-large with the slope fixed at 1 (offset model).
     """
-    from dicomnode.synth.cohort import fit_logistic
+    from dicomnode.lab.synth.cohort import fit_logistic
 
     y, p = _check(y, p)
     lp = np.log(np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6)))
@@ -275,6 +275,6 @@ def decision_curve(
 
 def oracle_auc(p_true: Sequence) -> float:
     """Bayes-optimal AUC of the true risks (expected over outcome draws; synthetic cohorts)."""
-    from dicomnode.synth.cohort import expected_auc
+    from dicomnode.lab.synth.cohort import expected_auc
 
     return expected_auc(np.asarray(p_true, dtype=float))

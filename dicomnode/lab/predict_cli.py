@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 def register(subparsers) -> None:
     """Add ``he`` and ``pse`` to the ``dicomnode train`` sub-parsers (each sets ``func``)."""
-    from .presets import PRESETS
+    from dicomnode.lab.predictor_presets import PRESETS
 
     for target, what in (("he", "haematoma expansion"), ("pse", "post-stroke epilepsy")):
         p = subparsers.add_parser(
@@ -51,10 +51,10 @@ def run_train(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .cohort import load_cohort
-    from .presets import get_preset
-    from .radiomics_features import DEFAULT_RADIOMICS_PARAMS
-    from .train import train_preset
+    from dicomnode.lab.cohort_table import load_cohort
+    from dicomnode.lab.predictor_presets import get_preset
+    from dicomnode.lab.train_predictor import train_preset
+    from dicomnode.predict.radiomics_features import DEFAULT_RADIOMICS_PARAMS
 
     preset = get_preset(args.preset)
     if args.target not in preset.targets:

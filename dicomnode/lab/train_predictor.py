@@ -1,7 +1,7 @@
 """Train and validate an HE/PSE preset: repeated stratified CV, final fit, report, bundle.
 
-Inputs: a :class:`~dicomnode.predict.cohort.CohortTable`, a target (``he`` or ``pse``) and a
-preset name (:mod:`dicomnode.predict.presets`). Outputs: a result dict (metrics with bootstrap
+Inputs: a :class:`~dicomnode.lab.cohort_table.CohortTable`, a target (``he`` or ``pse``) and a
+preset name (:mod:`dicomnode.lab.predictor_presets`). Outputs: a result dict (metrics with bootstrap
 CIs, curves, confusion matrix, oracle AUC on synthetic cohorts) and, with ``out``, a model
 folder: the bundle (skops + model.json, :mod:`dicomnode.predict.bundle`), ``report.html``,
 ``MODEL_CARD.md`` and ``validation.json``. Side effects: writes ``out``.
@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from .bundle_checks import jsonable
-from .cohort import CohortTable
-from .metrics import (
+from dicomnode.lab.cohort_table import CohortTable
+from dicomnode.lab.metrics import (
     calibration_curve,
     calibration_intercept_slope,
     confusion,
@@ -36,7 +35,8 @@ from .metrics import (
     roc_points,
     summarize,
 )
-from .presets import build_preset, get_preset, image_shape_of
+from dicomnode.lab.predictor_presets import build_preset, get_preset, image_shape_of
+from dicomnode.predict.bundle_checks import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def train_preset(table: CohortTable, target: str, preset: str, *, out: Path | No
             f"{result['oracle_auc']:.3f}; the true risks scored against the drawn outcomes give "
             f"{result['true_risk_auc_observed']:.3f}.")
     if table.synthetic:
-        result["notes"].append("Fit on synthetic data (dicomnode.synth); not clinically validated.")
+        result["notes"].append("Fit on synthetic data (dicomnode.lab.synth); not clinically validated.")
     if tiny:
         result["notes"].append("tiny deep settings: CNN width 4, 4 epochs, 2-fold cross-fitting, smaller "
                                "grids (for tests and for CPU-only runs on small machines).")
@@ -196,7 +196,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
 
 def write_outputs(result: dict[str, Any], model, names: list[str], out: Path) -> None:
     """Bundle (skops via dicomnode.predict.bundle), report.html, MODEL_CARD.md, validation.json."""
-    from .report import write_report
+    from dicomnode.lab.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     what = "haematoma expansion" if result["target"] == "he" else "post-stroke epilepsy"
@@ -215,7 +215,7 @@ def write_outputs(result: dict[str, Any], model, names: list[str], out: Path) ->
     if shape is not None:
         meta["image_input"] = {"shape": list(shape), "columns": f"img_c{shape[0]}x{shape[1]}x{shape[2]}_<i>",
                                "source": "dicomnode.predict.deep.deep_slices(mask_channel=True), "
-                                         "see dicomnode.predict.cohort.ImageSpec"}
+                                         "see dicomnode.predict.image_features.ImageSpec"}
     _save_bundle(model, names, out, meta)
     write_report(result, out / "report.html")
     (out / "validation.json").write_text(json.dumps(jsonable(_strip(result)), indent=1) + "\n")
@@ -232,9 +232,9 @@ def _strip(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save_bundle(model, names: list[str], out: Path, meta: dict[str, Any]) -> None:
-    from .bundle import save_predictor
-    from .presets import TRUSTED_TYPES
-    from .radiomics_features import DEFAULT_RADIOMICS_PARAMS
+    from dicomnode.predict.estimators import TRUSTED_TYPES
+    from dicomnode.predict.bundle import save_predictor
+    from dicomnode.predict.radiomics_features import DEFAULT_RADIOMICS_PARAMS
 
     rad = meta.pop("radiomics_params", None) or DEFAULT_RADIOMICS_PARAMS
     save_predictor(

@@ -1,6 +1,6 @@
 """Validation report: one self-contained HTML page with inline SVG plots (no plotting library).
 
-Inputs: the result dict of :func:`dicomnode.predict.train.train_preset` (metrics with CIs,
+Inputs: the result dict of :func:`dicomnode.lab.train_predictor.train_preset` (metrics with CIs,
 curves, confusion matrix, comparators, oracle AUC). Outputs: HTML text / file. Side effects:
 :func:`write_report` writes one file.
 
@@ -173,7 +173,7 @@ def _confusion(c: Mapping[str, int], threshold: float) -> str:
 
 
 def render_report(result: Mapping[str, Any]) -> str:
-    """The HTML page of one training run (see :func:`dicomnode.predict.train.train_preset`)."""
+    """The HTML page of one training run (see :func:`dicomnode.lab.train_predictor.train_preset`)."""
     e = html.escape
     models = {result["preset"]: result["cv"], **result.get("comparators", {})}
     main = result["cv"]

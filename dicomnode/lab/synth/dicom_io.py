@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 COMPRESSIONS = {"none": ExplicitVRLittleEndian, "jpegls": JPEGLSLossless, "j2k": JPEG2000Lossless}
 RESCALE_INTERCEPT = -1024  # stored value 0 is -1024 HU; 12 bits reach 3071 HU
-SYNTHETIC_NOTE = "SYNTHETIC phantom from dicomnode.synth - not patient data"
+SYNTHETIC_NOTE = "SYNTHETIC phantom from dicomnode.lab.synth - not patient data"
 
 
 def make_uid(*parts: object) -> UID:
@@ -39,7 +39,7 @@ def make_uid(*parts: object) -> UID:
 
     pydicom's own root with entropy sources (a 2.25 UID, prefix None, would ignore them).
     """
-    return generate_uid(entropy_srcs=["dicomnode.synth", *map(str, parts)])
+    return generate_uid(entropy_srcs=["dicomnode.lab.synth", *map(str, parts)])
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def series_template(meta: SeriesMeta, geom: ScanGeometry) -> Dataset:
     ds.StationName = "SYNTH"
     ds.StudyDescription = "SYNTHETIC HEAD CT (phantom)"
     ds.SeriesDescription = meta.series_description
-    ds.ManufacturerModelName = "dicomnode.synth phantom"
+    ds.ManufacturerModelName = "dicomnode.lab.synth phantom"
     ds.PatientName = meta.patient_name
     ds.PatientID = meta.patient_id
     ds.PatientBirthDate = meta.birth_date
@@ -105,7 +105,7 @@ def series_template(meta: SeriesMeta, geom: ScanGeometry) -> Dataset:
     ds.SliceThickness = _ds(geom.thickness_mm)
     ds.KVP = "120"
     ds.DataCollectionDiameter = _ds(geom.fov_mm)
-    ds.SoftwareVersions = "dicomnode.synth 1"
+    ds.SoftwareVersions = "dicomnode.lab.synth 1"
     ds.ReconstructionDiameter = _ds(geom.fov_mm)
     ds.GantryDetectorTilt = _ds(geom.tilt_deg)
     ds.TableHeight = "160"
@@ -196,6 +196,6 @@ def write_labels(path: Path, labels: np.ndarray, geom: ScanGeometry) -> None:
     else:
         img.set_qform(None, code=0)
     img.header.set_xyzt_units("mm")
-    img.header["descrip"] = b"dicomnode.synth 0=bg 1=ICH 2=IVH 3=oedema"
+    img.header["descrip"] = b"dicomnode.lab.synth 0=bg 1=ICH 2=IVH 3=oedema"
     data = img.to_bytes()
     path.write_bytes(gzip.compress(data, compresslevel=6, mtime=0))

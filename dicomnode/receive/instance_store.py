@@ -32,7 +32,7 @@ from dicomnode.db.models import (
 from dicomnode.db.session import SessionFactory
 from dicomnode.errors import InstanceRejected
 from dicomnode.receive import status
-from dicomnode.receive.header import (
+from dicomnode.receive.checks import (
     STORED_CLASSES,
     check_encoding,
     check_image,
@@ -40,11 +40,9 @@ from dicomnode.receive.header import (
     read_header,
 )
 from dicomnode.receive.recorder import Record, Recorder
+from dicomnode.storage import TMP_DIR, fsync_dir, instance_relpath
 
 log = logging.getLogger(__name__)
-TMP_DIR = ".tmp"
-OTHER_DIR = "_other"  # kept non-CT instances (keep_non_ct = true), still under storage root
-RESULTS_DIR = "_results"  # what the node produces: never inside a received study's folder
 
 
 @dataclass(frozen=True)
@@ -54,15 +52,6 @@ class StoreOutcome:
     action: str
     series_instance_uid: str = ""
     path: Path | None = None
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class InstanceStore:
@@ -137,7 +126,7 @@ class InstanceStore:
         study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
         series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         if sop_class_uid not in STORED_CLASSES:
-            rel = Path(OTHER_DIR) / study_uid / series_uid / f"{sop_uid}.dcm"
+            rel = instance_relpath(study_uid, series_uid, sop_uid, other=True)
             self._place(pending, rel)
             if self.fsync:
                 fsync_dir((self.root / rel).parent)
@@ -145,7 +134,7 @@ class InstanceStore:
             return StoreOutcome("discarded", series_uid, self.root / rel)
         check_image(ds, transfer_syntax)
         series_attrs, geometry = read_header(ds)
-        rel = Path(study_uid) / series_uid / f"{sop_uid}.dcm"
+        rel = instance_relpath(study_uid, series_uid, sop_uid)
         final = self.root / rel
         existed = final.exists()
         if existed and self._known(sop_uid):

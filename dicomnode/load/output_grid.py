@@ -1,6 +1,6 @@
 """Geometry of a stack of source planes: consistency, order along the normal, output grid.
 
-Inputs: :class:`~dicomnode.load.headers.Frame` records. Outputs: sorted frames and a
+Inputs: :class:`~dicomnode.load.frames.Frame` records. Outputs: sorted frames and a
 :class:`Grid` (the regular output grid and how each source plane sits in it). No I/O.
 
 Conventions (PS3.3 C.7.6.2.1.1): pixel (r, c) of a plane is at
@@ -17,15 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from dicomnode.errors import VolumeError
+from dicomnode.geometry import stack as stack_geometry
+from dicomnode.geometry.stack import (
+    ORIENTATION_TOLERANCE,
+    PIXEL_SPACING_TOLERANCE_MM,
+    SAME_POSITION_MM,
+    GeometryError,
+    assess_stack,
+)
 
-from .headers import Frame
-
-ORIENTATION_TOLERANCE = 1e-3  # direction cosines
-PIXEL_SPACING_TOLERANCE_MM = 1e-3
-SAME_POSITION_MM = 1e-3  # two planes closer than this are at "the same position"
-UNEVEN_TOLERANCE_MM = 0.05  # absolute part of the regularity tolerance
-UNEVEN_TOLERANCE_FRACTION = 0.01  # relative part (of the median gap)
-IN_PLANE_TOLERANCE_MM = 0.05  # in-plane drift of positions above this is a tilt (shear)
+from .frames import Frame
 
 
 def check_consistent(frames: Sequence[Frame]) -> None:
@@ -57,22 +58,11 @@ def _fmt(values: Sequence[float]) -> str:
 
 
 def axes(orientation: Sequence[float]) -> np.ndarray:
-    """Orthonormal (row, column, normal) directions as the columns of a 3x3 matrix.
-
-    The column cosine is made orthogonal to the row cosine (Gram-Schmidt); the values stored in
-    a header are rounded, and the output grid must be exactly orthogonal.
-    """
-    row = np.asarray(orientation[:3], dtype=np.float64)
-    col = np.asarray(orientation[3:], dtype=np.float64)
-    nr, nc = np.linalg.norm(row), np.linalg.norm(col)
-    if abs(nr - 1) > 0.01 or abs(nc - 1) > 0.01 or abs(float(row @ col)) > 0.01:
-        raise VolumeError(
-            f"Image Orientation (Patient) {_fmt(orientation)} is not two orthogonal unit vectors"
-        )
-    row /= nr
-    col = col - (col @ row) * row
-    col /= np.linalg.norm(col)
-    return np.column_stack([row, col, np.cross(row, col)])
+    """Orthonormal (row, column, normal) directions (:func:`dicomnode.geometry.stack.axes`)."""
+    try:
+        return stack_geometry.axes(orientation)
+    except GeometryError as exc:
+        raise VolumeError(str(exc)) from exc
 
 
 def sort_frames(frames: Sequence[Frame], normal: np.ndarray) -> list[Frame]:
@@ -101,19 +91,15 @@ class Grid:
         return self.origin @ self.direction[:, 2] + np.arange(self.size[2]) * self.spacing[2]
 
 
-def regularity_tolerance_mm(median_gap_mm: float) -> float:
-    """Gaps (and positions against a regular fit) may deviate by this much: 0.05 mm or 1 %."""
-    return max(UNEVEN_TOLERANCE_MM, UNEVEN_TOLERANCE_FRACTION * median_gap_mm)
-
-
 def plan_grid(
     frames: Sequence[Frame], direction: np.ndarray, *, target_spacing_mm: float | None = None
 ) -> Grid:
     """The regular output grid for sorted, de-duplicated frames (at least two).
 
     Not resampled when the positions lie along the normal (no in-plane drift above
-    ``IN_PLANE_TOLERANCE_MM``) and are evenly spaced (every gap and every position against the
-    regular fit within :func:`regularity_tolerance_mm`) and no target spacing is asked for: the
+    ``geometry.stack.IN_PLANE_TOLERANCE_MM``) and are evenly spaced (every gap and every position
+    against the regular fit within ``geometry.stack.regularity_tolerance_mm``) and no target
+    spacing is asked for: the
     grid is then the source grid, origin at the first IPP, z spacing the mean gap.
 
     Otherwise the grid has the source's in-plane axes and the normal as third axis, covers every
@@ -134,16 +120,13 @@ def plan_grid(
             f"two different planes at the same distance along the normal ({w[k]:.3f} mm): "
             f"{frames[k].path.name} and {frames[k + 1].path.name}"
         )
-    median_gap = float(np.median(gaps))
-    extent = float(w[-1] - w[0])
-    tol = regularity_tolerance_mm(median_gap)
-    regular_fit = w[0] + np.arange(len(w)) * (extent / (len(w) - 1))
-    drift = np.hypot(uvw[:, 0] - uvw[0, 0], uvw[:, 1] - uvw[0, 1])
+    stack = assess_stack(np.array([f.position for f in frames]), direction)
+    median_gap = stack.median_gap_mm
+    extent = stack.extent_mm
     reasons = []
-    if float(drift.max()) > IN_PLANE_TOLERANCE_MM:
-        tilt = np.degrees(np.arctan2(float(drift[-1]), extent))
-        reasons.append(f"positions not along the normal (gantry tilt about {tilt:.1f} deg)")
-    if float(np.abs(gaps - median_gap).max()) > tol or float(np.abs(w - regular_fit).max()) > tol:
+    if stack.tilted:
+        reasons.append(f"positions not along the normal (gantry tilt about {stack.tilt_deg:.1f} deg)")
+    if stack.uneven:
         reasons.append(f"uneven spacing ({gaps.min():.3g} to {gaps.max():.3g} mm)")
     if target_spacing_mm is not None:
         if not target_spacing_mm > 0:

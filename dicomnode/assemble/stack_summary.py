@@ -1,8 +1,7 @@
-"""Slice geometry of a series from per-instance headers: order, spacing, gaps, tilt.
+"""What ``status`` records about a series' geometry, from the per-instance headers.
 
-Positions are projected on the slice normal (row x column direction cosines, PS3.3 C.7.6.2.1.1);
-spacing comes from Image Position (Patient), never from Slice Thickness. Gantry tilt is the angle
-between the normal and the line through the first and last slice positions.
+Order, spacing, unevenness and tilt come from :mod:`dicomnode.geometry.stack`, the definition
+the loader uses too, so a series called uneven here is the series the loader resamples.
 """
 
 from __future__ import annotations
@@ -12,9 +11,13 @@ from typing import Any
 
 import numpy as np
 
-_ORIENTATION_TOLERANCE = 1e-3
-_UNEVEN_TOLERANCE_MM = 0.05
-_PIXEL_SPACING_TOLERANCE_MM = 1e-3
+from dicomnode.geometry.stack import (
+    ORIENTATION_TOLERANCE,
+    PIXEL_SPACING_TOLERANCE_MM,
+    GeometryError,
+    assess_stack,
+    axes,
+)
 
 
 def _mixed_reconstructions(instances: list[dict[str, Any]]) -> list[str]:
@@ -24,7 +27,7 @@ def _mixed_reconstructions(instances: list[dict[str, Any]]) -> list[str]:
     out = []
     if len(matrices) > 1:
         out.append(f"{len(matrices)} matrix sizes")
-    if spacings and not np.allclose(spacings, spacings[0], atol=_PIXEL_SPACING_TOLERANCE_MM):
+    if spacings and not np.allclose(spacings, spacings[0], atol=PIXEL_SPACING_TOLERANCE_MM):
         out.append("different pixel spacings")
     return out
 
@@ -60,40 +63,30 @@ def series_geometry(instances: list[dict[str, Any]]) -> dict[str, Any]:
         out["orientation_consistent"] = False
         return out
     iop0 = usable[0][1]
-    consistent = all(np.allclose(o, iop0, atol=_ORIENTATION_TOLERANCE) for _, o in usable)
-    normal = np.cross(iop0[:3], iop0[3:])
-    norm = float(np.linalg.norm(normal))
-    if norm < 1e-6:
+    consistent = all(np.allclose(o, iop0, atol=ORIENTATION_TOLERANCE) for _, o in usable)
+    try:
+        direction = axes(iop0)
+    except GeometryError:
         out["orientation_consistent"] = False
         return out
-    normal /= norm
-    positions = np.array([p for p, _ in usable])
-    distances = np.sort(positions @ normal)
-    gaps = np.diff(distances)
+    normal = direction[:, 2]
+    stack = assess_stack(np.array([p for p, _ in usable]), direction)
     out.update({
         "orientation_consistent": bool(consistent),
         "iop": [round(float(v), 6) for v in iop0],
         "normal": [round(float(v), 6) for v in normal],
         "axial_angle_deg": round(math.degrees(math.acos(min(1.0, abs(float(normal[2]))))), 2),
-        "extent_mm": round(float(distances[-1] - distances[0]), 3),
-        "duplicate_positions": int(np.sum(gaps < 1e-3)) if gaps.size else 0,
+        "extent_mm": round(stack.extent_mm, 3),
+        "duplicate_positions": stack.duplicates,
+        "uneven_spacing": stack.uneven,
+        "tilt_deg": round(stack.tilt_deg, 3),
+        "tilted": stack.tilted,
     })
-    real_gaps = gaps[gaps >= 1e-3]
-    if real_gaps.size:
-        out["spacing_mm"] = {"min": round(float(real_gaps.min()), 4),
-                             "median": round(float(np.median(real_gaps)), 4),
-                             "mean": round(float(real_gaps.mean()), 4),
-                             "max": round(float(real_gaps.max()), 4)}
-        out["largest_gap_mm"] = round(float(real_gaps.max()), 4)
-        out["uneven_spacing"] = bool(real_gaps.max() - real_gaps.min() > _UNEVEN_TOLERANCE_MM)
-    else:
-        out["uneven_spacing"] = False
-    order = np.argsort(positions @ normal)
-    stack = positions[order[-1]] - positions[order[0]]
-    length = float(np.linalg.norm(stack))
-    if length > 1e-6:
-        cos_tilt = min(1.0, abs(float(stack @ normal)) / length)
-        out["tilt_deg"] = round(math.degrees(math.acos(cos_tilt)), 3)
-    else:
-        out["tilt_deg"] = 0.0
+    gaps = stack.gaps_mm
+    if gaps.size:
+        out["spacing_mm"] = {"min": round(float(gaps.min()), 4),
+                             "median": round(float(np.median(gaps)), 4),
+                             "mean": round(float(gaps.mean()), 4),
+                             "max": round(float(gaps.max()), 4)}
+        out["largest_gap_mm"] = round(float(gaps.max()), 4)
     return out

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from dicomnode.predict.image_features import ImageSpec, image_stack
 from dicomnode.predict.radiomics_features import DEFAULT_RADIOMICS_PARAMS
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SYNTH_CLINICAL_COLUMNS",
     "CohortTable",
-    "ImageSpec",
     "build_table",
-    "image_stack",
     "load_cohort",
     "read_cases",
 ]
@@ -47,27 +46,7 @@ __all__ = [
 SYNTH_CLINICAL_COLUMNS = ("sbp_mmhg", "gcs", "onset_to_ct_h", "anticoagulation", "early_seizure")
 OUTCOME_ALIASES = {"he": ("he", "he_observed", "expansion"), "pse": ("pse", "epilepsy")}
 TRUE_RISK = {"he": "p_he", "pse": "p_pse"}
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """Image stack: planes ``offsets_mm`` from the largest cross-section, ``size`` pixels over
-    ``crop_mm`` centred on the lesion; the ICH mask of the central plane is the last channel.
-
-    Method C uses 0, +-1 and +-2 mm on thin slices; the default (0, +-5 mm) suits 5 mm studies.
-    """
-
-    offsets_mm: tuple[float, ...] = (-5.0, 0.0, 5.0)
-    size: int = 32
-    crop_mm: float = 80.0
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (len(self.offsets_mm) + 1, self.size, self.size)
-
-    def column_names(self) -> list[str]:
-        c, h, w = self.shape
-        return [f"img_c{c}x{h}x{w}_{i}" for i in range(c * h * w)]
+DEFAULT_IMAGE_SPEC = ImageSpec()
 
 
 @dataclass
@@ -141,7 +120,7 @@ def read_cases(source: Path) -> tuple[list[Case], bool, str]:
                 outcomes,
                 {t: float(r[k]) for t, k in TRUE_RISK.items() if r.get(k) not in (None, "")},
             ))
-        text = f"synthetic cohort {source} ({len(cases)} patients, dicomnode.synth; labels = exact truth)"
+        text = f"synthetic cohort {source} ({len(cases)} patients, dicomnode.lab.synth; labels = exact truth)"
         return cases, True, text
     table = source if source.is_file() else source / "outcomes.csv"
     if not table.is_file():
@@ -211,18 +190,6 @@ def _labels(case: Case, volume, backend):
     return backend.segment(volume)
 
 
-def image_stack(volume, labels, spec: ImageSpec) -> np.ndarray:
-    """(C, S, S) float32 from :func:`dicomnode.predict.deep.deep_slices` (CT planes windowed to
-    [0, 1], the ICH mask last); zeros when there is no ICH."""
-    from dicomnode.predict.deep import deep_slices
-
-    try:
-        return deep_slices(volume, labels, offsets_mm=spec.offsets_mm, crop_mm=spec.crop_mm,
-                           size_px=spec.size, mask_channel=True)
-    except ValueError:
-        return np.zeros(spec.shape, np.float32)
-
-
 def case_features(case: Case, spec: ImageSpec | None, *, backend=None,
                   radiomics_params: Path | None = DEFAULT_RADIOMICS_PARAMS,
                   ) -> tuple[dict[str, float], np.ndarray | None]:
@@ -245,7 +212,8 @@ def _cache_key(spec: ImageSpec | None, radiomics_params: Path | None, labels_fro
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def build_table(cases: Sequence[Case], *, spec: ImageSpec | None = ImageSpec(), cache_dir: Path | None = None,
+def build_table(cases: Sequence[Case], *, spec: ImageSpec | None = DEFAULT_IMAGE_SPEC,
+                cache_dir: Path | None = None,
                 backend=None, radiomics_params: Path | None = DEFAULT_RADIOMICS_PARAMS,
                 synthetic: bool = False,
                 description: str = "", source: str = "",
@@ -320,7 +288,7 @@ def synthetic_cases(folder: Path, n: int, seed: int) -> list[Case]:
     """Cases of a synthetic cohort from its generator (``sample_cohort_arrays(n, seed)``) for
     the patient folders that exist: reads a cohort whose rendering is still running (no
     manifest yet). Outcomes are the drawn labels (``he``, ``pse``)."""
-    from dicomnode.synth import sample_cohort_arrays
+    from dicomnode.lab.synth import sample_cohort_arrays
 
     t = sample_cohort_arrays(n, seed)
     cases = []
@@ -338,13 +306,6 @@ def synthetic_cases(folder: Path, n: int, seed: int) -> list[Case]:
     return cases
 
 
-def image_features(volume, labels, spec: ImageSpec | None = None) -> dict[str, float]:
-    """The ``img_*`` columns of one study (serving a preset that uses images): the flattened
-    :func:`image_stack`, named like the training table's columns."""
-    spec = spec or ImageSpec()
-    return dict(zip(spec.column_names(), image_stack(volume, labels, spec).reshape(-1).tolist(), strict=True))
-
-
 def toy_cohort(n: int = 300, *, seed: int = 0, size: int = 16, missing: float = 0.05) -> CohortTable:
     """A small synthetic feature table with images, for tests and demos (no rendering).
 
@@ -357,7 +318,7 @@ def toy_cohort(n: int = 300, *, seed: int = 0, size: int = 16, missing: float = 
     area grows with the volume, whose texture grows with heterogeneity and which shows a cortical
     band when the clot reaches the cortex.
     """
-    from dicomnode.synth import sample_cohort_arrays
+    from dicomnode.lab.synth import sample_cohort_arrays
 
     rng = np.random.default_rng([seed, 99])
     t = sample_cohort_arrays(n, seed)

@@ -2,7 +2,7 @@
 
 Inputs: the feature names of a cohort's feature table (``m_`` measurements, ``hdr_`` header,
 ``clin_`` clinical, ``rad_`` radiomics, ``img_`` a flattened image stack, see
-:mod:`dicomnode.predict.cohort`). Outputs: an unfitted scikit-learn estimator whose
+:mod:`dicomnode.lab.cohort_table`). Outputs: an unfitted scikit-learn estimator whose
 ``predict_proba`` gives the risk. Side effects: none.
 
 Every preset imputes (missing values explicit: median plus a missing-indicator column), scales,
@@ -19,48 +19,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_selection import SelectKBest, SequentialFeatureSelector, f_classif
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LassoCV, LogisticRegression
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import QuantileTransformer, StandardScaler
 from sklearn.svm import SVC
 
-from dicomnode.predict.cnn import CNNClassifier, CNNFeatures, synthesize_variants
+from dicomnode.predict.cnn import CNNClassifier, CNNFeatures
+from dicomnode.predict.estimators import CutIndicators, LassoSelector
 
 __all__ = [
     "IMG_PREFIX",
     "PRESETS",
-    "TRUSTED_TYPES",
-    "CNNClassifier",
-    "CNNFeatures",
-    "CutIndicators",
-    "LassoSelector",
     "Preset",
     "build_preset",
     "get_preset",
     "image_shape_of",
-    "synthesize_variants",
 ]
 
 IMG_PREFIX = "img_"
-#: Types of this module that a bundle holds (pass as ``extra_trusted`` to save/load_predictor).
-TRUSTED_TYPES = (
-    "dicomnode.predict.cnn.CNNClassifier",
-    "dicomnode.predict.cnn.CNNFeatures",
-    # Bundles saved before the CNNs moved to cnn.py name them here (re-exported below).
-    "dicomnode.predict.presets.CNNClassifier",
-    "dicomnode.predict.presets.CNNFeatures",
-    "dicomnode.predict.presets.LassoSelector",
-    "dicomnode.predict.presets.CutIndicators",
-    "sklearn.metrics._ranking.roc_auc_score",  # the grid search's scorer (hybrid-kbest-svm)
-)
 #: Image columns are named ``img_c<C>x<H>x<W>_<i>`` so the stack shape travels with the names.
 _IMG_RE = re.compile(r"^img_c(\d+)x(\d+)x(\d+)_(\d+)$")
 
@@ -355,53 +338,3 @@ def build_preset(name: str, feature_names: Sequence[str], *, seed: int = 0,
     if preset.uses_images and image_shape_of(feature_names) is None:
         raise ValueError(f"preset {name!r} needs image columns (img_*); build the table with images")
     return preset.build(list(feature_names), seed=seed, tiny=tiny)
-
-
-class CutIndicators(BaseEstimator, TransformerMixin):
-    """0/1 columns ``x > value`` (``"gt"``) or ``x < value`` (``"lt"``), one per input column;
-    a missing value gives 0 (the condition is not known to hold)."""
-
-    def __init__(self, cuts: tuple[tuple[str, float], ...] = ()):
-        self.cuts = cuts
-
-    def fit(self, X, y=None):
-        for op, _ in self.cuts:
-            if op not in ("gt", "lt"):
-                raise ValueError(f"cut operator must be 'gt' or 'lt', got {op!r}")
-        self.n_features_in_ = np.asarray(X).shape[1]
-        return self
-
-    def transform(self, X):
-        X = np.asarray(X, dtype=float)
-        with np.errstate(invalid="ignore"):
-            cols = [(X[:, j] > v) if op == "gt" else (X[:, j] < v)
-                    for j, (op, v) in enumerate(self.cuts)]
-        return np.column_stack(cols).astype(float) if cols else np.zeros((len(X), 0))
-
-
-class LassoSelector(BaseEstimator, TransformerMixin):
-    """LASSO fusion (method C): keep the features with a non-zero LassoCV coefficient on the
-    0/1 outcome; at least ``min_features`` (largest |coefficient|, then univariate F) survive."""
-
-    def __init__(self, cv: int = 5, min_features: int = 3, random_state: int = 0):
-        self.cv = cv
-        self.min_features = min_features
-        self.random_state = random_state
-
-    def fit(self, X, y):
-        X = np.asarray(X, dtype=float)
-        lasso = LassoCV(cv=self.cv, random_state=self.random_state, max_iter=5000).fit(X, y)
-        coef = np.abs(lasso.coef_)
-        keep = coef > 1e-8
-        if keep.sum() < min(self.min_features, X.shape[1]):
-            f, _ = f_classif(X, y)
-            order = np.lexsort((-np.nan_to_num(f), -coef))
-            keep = np.zeros(X.shape[1], bool)
-            keep[order[: min(self.min_features, X.shape[1])]] = True
-        self.support_ = keep
-        self.alpha_ = float(lasso.alpha_)
-        self.n_features_in_ = X.shape[1]
-        return self
-
-    def transform(self, X):
-        return np.asarray(X, dtype=float)[:, self.support_]

@@ -301,7 +301,7 @@ def is_synthetic_case(folder: Path) -> bool:
         truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(truth, dict) and truth.get("generator") == "dicomnode.synth"
+    return isinstance(truth, dict) and truth.get("generator") == "dicomnode.lab.synth"
 
 
 def synth_cases(out_dir: Path, n: int, *, seed: int = 1000, matrix: int = 160,
@@ -313,7 +313,7 @@ def synth_cases(out_dir: Path, n: int, *, seed: int = 1000, matrix: int = 160,
     Seeds start at ``seed`` so training phantoms never reuse the validation or held-out
     evaluation seeds (from 800000 and 900000).
     """
-    from dicomnode.synth import SITES, make_study
+    from dicomnode.lab.synth import SITES, make_study
 
     rng = random.Random(seed)
     sites = sorted(SITES)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.config import Destination, Settings
-from dicomnode.orthanc import Orthanc, free_port
+from dicomnode.lab.orthanc import Orthanc, free_port
+from dicomnode.storage import results_dir
 
 
 class BuiltinPacs:
@@ -56,9 +57,9 @@ def run_demo(settings: Settings, out: Path, *, matrix: int = 256, timeout_s: flo
     from rich.table import Table
 
     from dicomnode.db.queries import series_status
+    from dicomnode.lab.synth import make_study
+    from dicomnode.runtime.service import Node
     from dicomnode.send.scu import iter_files, send_files
-    from dicomnode.service import Node
-    from dicomnode.synth import make_study
 
     console = Console()
     work = work or Path(tempfile.mkdtemp(prefix="dicomnode-demo-"))
@@ -101,7 +102,7 @@ def run_demo(settings: Settings, out: Path, *, matrix: int = 256, timeout_s: flo
         if row.get("state") != "done":
             console.print(f"[red]no result: {row.get('state')} {row.get('reason')}")
             return 1
-        results = settings.storage.path / "_results" / row["series_instance_uid"] / "v1"
+        results = results_dir(settings.storage.path, row["series_instance_uid"], 1)
         record = json.loads((results / "result.json").read_text())
         out.mkdir(parents=True, exist_ok=True)
         for png in (results / "previews").glob("*.png"):

@@ -58,7 +58,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None, *,
 
 def main() -> int:
     """Entry point of the child process started by ``dicomnode serve``."""
-    from dicomnode.procs import read_payload, stop_on_signals
+    from dicomnode.runtime.procs import read_payload, stop_on_signals
 
     settings: Settings = read_payload()
     setup_logging(settings.logging.level)

@@ -214,7 +214,7 @@ def write_scan(
     cortical = bool(ich_ml > 0 and phantom.cortical_ml >= max(0.05, 0.01 * ich_ml))
     details = {
         "synthetic": True,
-        "generator": "dicomnode.synth",
+        "generator": "dicomnode.lab.synth",
         "seed": case.seed,
         "scan": scan,
         "patient_id": case.patient_id,

@@ -20,13 +20,13 @@ from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory, make_sessions
 from dicomnode.jobs.queue import requeue_stale, requeue_worker
 from dicomnode.jobs.scheduler import build_scheduler
-from dicomnode.procs import spawn_python
-from dicomnode.procs import stop as stop_process
+from dicomnode.receive.instance_store import InstanceStore
 from dicomnode.receive.reconcile import reconcile
 from dicomnode.receive.scp import start_scp
-from dicomnode.receive.storage import InstanceStore
+from dicomnode.runtime.procs import spawn_python
+from dicomnode.runtime.procs import stop as stop_process
+from dicomnode.runtime.worker import worker_name
 from dicomnode.send.outbox import deliver_due
-from dicomnode.worker import worker_name
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,10 @@ class Node:
         self.server = start_scp(self.settings, self.store, self.sessions, reuse_port=extra > 0)
         # Children bind the port we actually got (port 0 resolves here first).
         child_settings = replace(self.settings, node=replace(self.settings.node, port=self.port))
-        self.children = [_Child("dicomnode.receive.child", child_settings) for _ in range(extra)]
+        self.children = [_Child("dicomnode.runtime.receiver", child_settings) for _ in range(extra)]
         if self.start_worker:
             # A worker that dies mid-job leaves it claimed: give it back to the queue.
-            self.children.append(_Child("dicomnode.worker", child_settings, on_exit=lambda pid:
+            self.children.append(_Child("dicomnode.runtime.worker", child_settings, on_exit=lambda pid:
                                         requeue_worker(self.sessions, worker_name(pid))))
         for child in self.children:
             child.start()
@@ -87,7 +87,7 @@ class Node:
 
     @property
     def worker(self) -> subprocess.Popen[bytes] | None:
-        return next((c.proc for c in self.children if c.module == "dicomnode.worker"), None)
+        return next((c.proc for c in self.children if c.module == "dicomnode.runtime.worker"), None)
 
     def _supervise(self) -> None:
         """Restart a child that exited (with backoff, so a broken model does not spin)."""

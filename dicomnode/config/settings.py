@@ -224,7 +224,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, *,
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(label, [f"not valid TOML: {exc}"]) from exc
         base = found.resolve().parent
-    from dicomnode.config_validate import Validator  # it needs the classes above
+    from dicomnode.config.validate import Validator  # it needs the classes above
 
     v = Validator(label, base)
     settings = v.build(raw, found.resolve() if found else None)

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dicomnode.config import (
+from dicomnode.config.settings import (
     AccessSettings,
     AssemblySettings,
     DatabaseSettings,

@@ -1,0 +1,62 @@
+"""The storage folder's layout: the one module that knows where things live on disk.
+
+```
+<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm   received CT instances
+<root>/_other/<StudyUID>/<SeriesUID>/<SOP>.dcm       other classes, when keep_non_ct = true
+<root>/_results/<SeriesUID>/v<version>/              what the node produced for a series version
+<root>/.tmp/                                         partial files (removed at every start)
+```
+
+Paths in the database are relative to the root (``Instance.path``, job outputs), so a storage
+folder can be moved or mounted elsewhere. UIDs are checked before they become path parts
+(``receive.checks.check_uid``). Also the durable-write primitives every writer uses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+TMP_DIR = ".tmp"
+OTHER_DIR = "_other"  # kept non-CT instances (keep_non_ct = true), still under storage root
+RESULTS_DIR = "_results"  # what the node produces: never inside a received study's folder
+RESERVED_DIRS = frozenset({TMP_DIR, OTHER_DIR, RESULTS_DIR})
+
+
+def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str, *,
+                     other: bool = False) -> Path:
+    """Where a received instance is kept, relative to the storage root."""
+    base = Path(OTHER_DIR) if other else Path()
+    return base / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+
+
+def series_dir(root: Path, study_uid: str, series_uid: str) -> Path:
+    """The folder of one series' received instances."""
+    return Path(root) / study_uid / series_uid
+
+
+def results_dir(root: Path, series_uid: str, version: int) -> Path:
+    """The folder of one series version's outputs (result.json, SEG, SR, overlays)."""
+    return Path(root) / RESULTS_DIR / series_uid / f"v{version}"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_dataset_durably(ds: Any, path: Path) -> None:
+    """Write a pydicom dataset to ``path`` through a fsynced temporary file and a rename.
+
+    The caller fsyncs the folder (once for many files) to make the renames durable.
+    """
+    tmp = path.with_suffix(".tmp")
+    ds.save_as(tmp, enforce_file_format=True)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(path)
