@@ -41,6 +41,7 @@ bench: $(STAMP)
 # mypy runs inside bench/: its scripts import each other as top-level modules (not a package).
 lint: $(STAMP)
 	$(BIN)/ruff check dicomnode tests bench
+	$(BIN)/lint-imports
 	$(BIN)/mypy dicomnode
 	cd bench && $(abspath $(BIN))/mypy --config-file ../pyproject.toml *.py
 

@@ -24,10 +24,6 @@ class InstanceRejected(DicomnodeError):
         super().__init__(f"0x{status:04X}: {reason}")
 
 
-class SeriesRejected(DicomnodeError):
-    """A series is not eligible for processing; the reason is recorded."""
-
-
 class VolumeError(DicomnodeError):
     """Stored instances cannot be turned into a consistent volume."""
 

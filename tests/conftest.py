@@ -1,8 +1,10 @@
-"""Shared fixtures: settings on temp storage, a running node on port 0, small CT series."""
+"""Shared fixtures: settings on temp storage, a running node on port 0, a CT template.
+
+CT test series are written by :mod:`tests.ct_series` (the one helper for that).
+"""
 
 from __future__ import annotations
 
-import copy
 import shutil
 import socket
 from collections.abc import Iterator
@@ -12,7 +14,6 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomnode.config import Settings, load_settings
 from dicomnode.runtime.service import Node
@@ -66,38 +67,3 @@ def ct_template() -> Dataset:
     ds.PixelSpacing = [1.8, 1.8]  # 230 mm field of view, head-sized
     ds.SliceThickness = 5.0
     return ds
-
-
-def make_series(template: Dataset, n: int = 12, *, spacing_mm: float = 5.0,
-                study_uid: str | None = None, series_uid: str | None = None,
-                images_in_acquisition: int | None = None, **attrs: object) -> list[Dataset]:
-    """n slices of one series with fresh UIDs, positions along z and instance numbers."""
-    study_uid = study_uid or generate_uid()
-    series_uid = series_uid or generate_uid()
-    out = []
-    for i in range(n):
-        ds = copy.deepcopy(template)
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.InstanceNumber = i + 1
-        ds.ImagePositionPatient = [-115.0, -115.0, float(i) * spacing_mm]
-        ds.SliceLocation = float(i) * spacing_mm
-        if images_in_acquisition is not None:
-            ds.ImagesInAcquisition = images_in_acquisition
-        for key, value in attrs.items():
-            setattr(ds, key, value)
-        out.append(ds)
-    return out
-
-
-def write_series(datasets: list[Dataset], folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ds in datasets:
-        p = folder / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(p, enforce_file_format=True)
-        paths.append(p)
-    return paths

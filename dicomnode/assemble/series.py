@@ -3,7 +3,7 @@
 Inputs: series rows in state ``receiving``. Outputs: the recorded geometry and either a queued job
 (one per series version, enforced by a unique constraint) or a rejection with its reason.
 A count short of ``ImagesInAcquisition`` waits up to ``max_wait_incomplete_s`` before it goes ahead
-with a warning. Late instances reopen the series as a new version (see receive/storage.py).
+with a warning. Late instances reopen the series as a new version (see receive/instance_store.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ a :class:`~dicomnode.domain.LabelMap` on the volume's grid. Outputs: a
 One segment per label value the backend provides (``LabelMap.labels``, ascending value ->
 segment numbers 1, 2, ...), even when its mask is empty. Frames follow the source planes: a
 resampled volume's labels go back to each source plane (nearest neighbour,
-:func:`dicomnode.load.volume.to_source_grid`); every frame's Derivation Image Sequence points at its
+:func:`dicomnode.geometry.source_grid.to_source_grid`); every frame's Derivation Image Sequence points at its
 source image (highdicom). Frames without any pixel of a segment are left out
 (``omit_empty_frames``); readers treat an absent frame as empty. Codes and colours are in
 :mod:`dicomnode.encode.codes`, UIDs in :mod:`dicomnode.encode.uids`.
@@ -20,17 +20,12 @@ from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
-import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from dicomnode.domain import LABELS, CTVolume, LabelMap
+from dicomnode.geometry.source_grid import to_source_grid
 
 from . import codes, uids
-
-try:  # the load stage's contract; see docs/outputs.md
-    from dicomnode.geometry.source_grid import to_source_grid
-except ImportError:  # pragma: no cover - only while the loader is absent
-    to_source_grid = None  # type: ignore[assignment]
 
 __all__ = [
     "build_seg",
@@ -97,15 +92,7 @@ def source_order(source_datasets: Sequence[Dataset], volume: CTVolume) -> list[D
 
 def _label_planes(volume: CTVolume, labels: LabelMap) -> np.ndarray:
     """Label values on the source planes, (n_slices, rows, columns) uint8, in slice order."""
-    if to_source_grid is not None:
-        return to_source_grid(labels.image, volume)
-    if volume.resampled:
-        raise ValueError("volume was resampled but dicomnode.load.volume.to_source_grid is unavailable")
-    arr = sitk.GetArrayFromImage(labels.image).astype(np.uint8)
-    if arr.shape != (len(volume.slices), volume.rows, volume.columns):
-        raise ValueError(f"label array {arr.shape} does not match the source planes "
-                         f"{(len(volume.slices), volume.rows, volume.columns)}")
-    return arr
+    return to_source_grid(labels.image, volume)
 
 
 def _segment_numbers(labels: LabelMap) -> dict[int, int]:

@@ -104,12 +104,9 @@ def _versions() -> dict[str, str]:
 
     out = {"dicomnode": __version__, "python": platform.python_version(), "numpy": np.__version__,
            "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "skops": skops.__version__}
-    try:
-        import torch
+    import torch  # a dependency of the package (the CNN presets train with it)
 
-        out["torch"] = torch.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    out["torch"] = torch.__version__
     return out
 
 
@@ -214,7 +211,7 @@ def write_outputs(result: dict[str, Any], model, names: list[str], out: Path) ->
     shape = image_shape_of(names)
     if shape is not None:
         meta["image_input"] = {"shape": list(shape), "columns": f"img_c{shape[0]}x{shape[1]}x{shape[2]}_<i>",
-                               "source": "dicomnode.predict.deep.deep_slices(mask_channel=True), "
+                               "source": "dicomnode.predict.lesion_slices.deep_slices(mask_channel=True), "
                                          "see dicomnode.predict.image_features.ImageSpec"}
     _save_bundle(model, names, out, meta)
     write_report(result, out / "report.html")
@@ -232,8 +229,8 @@ def _strip(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save_bundle(model, names: list[str], out: Path, meta: dict[str, Any]) -> None:
-    from dicomnode.predict.estimators import TRUSTED_TYPES
     from dicomnode.predict.bundle import save_predictor
+    from dicomnode.predict.estimators import TRUSTED_TYPES
     from dicomnode.predict.radiomics_features import DEFAULT_RADIOMICS_PARAMS
 
     rad = meta.pop("radiomics_params", None) or DEFAULT_RADIOMICS_PARAMS

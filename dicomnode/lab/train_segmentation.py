@@ -287,14 +287,6 @@ def _meta(out: Path, arch: dict[str, Any], cfg: TrainConfig, best: dict[str, Any
     }
 
 
-def update_metrics(out: Path, metrics: dict[str, Any]) -> None:
-    """Merge measured quality figures into a bundle's model.json (weights unchanged)."""
-    path = out / "model.json"
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    meta.setdefault("metrics", {}).update(metrics)
-    path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-
-
 def is_synthetic_case(folder: Path) -> bool:
     """True for a case folder written by ``dicomnode synth`` (its truth.json says so)."""
     try:

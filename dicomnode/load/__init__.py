@@ -4,6 +4,6 @@
 map on that volume back onto the source image planes. See docs/loading.md.
 """
 
-from .volume import load_series, to_source_grid
+from .volume import load_series
 
-__all__ = ["load_series", "to_source_grid"]
+__all__ = ["load_series"]

@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicomnode.errors import VolumeError
+from dicomnode.geometry.planes import functional_group
 
 # Elements larger than this are read only when used (in practice: Pixel Data).
 DEFER_SIZE = "64 KB"
@@ -147,26 +148,11 @@ def _single_frame(ds: Dataset, path: Path) -> Frame:
     )
 
 
-def _group(ds: Dataset, index: int, sequence: str) -> Dataset | None:
-    """The first item of a functional group macro, per-frame first, then shared."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None and index < len(per_frame):
-        seq = per_frame[index].get(sequence)
-        if seq:
-            return seq[0]
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        seq = shared[0].get(sequence)
-        if seq:
-            return seq[0]
-    return None
-
-
 def _multi_frame(ds: Dataset, path: Path, index: int) -> Frame:
     name = f"{Path(path).name} frame {index + 1}"
-    pos = _group(ds, index, "PlanePositionSequence")
-    ori = _group(ds, index, "PlaneOrientationSequence")
-    measures = _group(ds, index, "PixelMeasuresSequence")
+    pos = functional_group(ds, index, "PlanePositionSequence")
+    ori = functional_group(ds, index, "PlaneOrientationSequence")
+    measures = functional_group(ds, index, "PixelMeasuresSequence")
     if pos is None or pos.get("ImagePositionPatient") is None:
         raise VolumeError(f"{name} lacks Plane Position (Patient)")
     if ori is None or ori.get("ImageOrientationPatient") is None:
@@ -178,7 +164,7 @@ def _multi_frame(ds: Dataset, path: Path, index: int) -> Frame:
         position=_floats(pos.ImagePositionPatient, 3, "Image Position (Patient)", name),
         orientation=_floats(ori.ImageOrientationPatient, 6, "Image Orientation (Patient)", name),
         spacing=_floats(measures.PixelSpacing, 2, "Pixel Spacing", name),
-        rescale=_rescale(_group(ds, index, "PixelValueTransformationSequence")) or _rescale(ds),
+        rescale=_rescale(functional_group(ds, index, "PixelValueTransformationSequence")) or _rescale(ds),
     )
 
 

@@ -23,14 +23,13 @@ from pydicom.dataset import Dataset
 
 from dicomnode.domain import CTVolume, SourceSlice
 from dicomnode.errors import VolumeError
-from dicomnode.geometry.source_grid import to_source_grid  # noqa: F401 - re-exported
 
 from .frames import Frame, header_summary, read_instance
 from .output_grid import SAME_POSITION_MM, axes, check_consistent, large_gaps, plan_grid, sort_frames
 from .pixels import decode_frames, decode_one, iter_planes
 from .resample import resample_stack
 
-__all__ = ["load_series", "to_source_grid"]
+__all__ = ["load_series"]
 
 log = logging.getLogger(__name__)
 

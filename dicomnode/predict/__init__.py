@@ -1,11 +1,9 @@
-"""Predict stage: features (radiomics, deep, measurements, header, clinical), published scores
+"""Predict stage: features (measurements, header, clinical, radiomics, image), published scores
 (CAVE) and trained HE/PSE models in self-describing bundles.
 
 Inputs: CTVolume, LabelMap, Measurements, optional clinical variables. Outputs: feature dicts,
 :class:`CaveResult`, probabilities from a :class:`Predictor`. Side effects: none (bundles are
 written only by ``save_predictor``). See docs/prediction.md.
-
-torch and monai are imported only when deep features are used (``dicomnode.predict.deep``).
 """
 
 from .bundle import Predictor, load_predictor, save_predictor
@@ -34,10 +32,3 @@ __all__ = [
     "save_predictor",
 ]
 
-
-def __getattr__(name: str):  # lazy: torch/monai only on demand
-    if name in ("DeepFeatureExtractor", "SliceConfig", "deep_slices"):
-        from . import deep
-
-        return getattr(deep, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 A bundle is a folder (format in docs/prediction.md "Model bundles"): ``model.json`` (what,
 how trained, feature names in order, library versions, file hashes, intended use),
 ``model.skops`` (the fitted sklearn estimator, a Pipeline that imputes), optionally
-``radiomics-params.yaml`` and ``deep.pt`` + ``deep.json`` (a DeepFeatureExtractor).
+``radiomics-params.yaml``.
 Inputs: a fitted estimator and its description (``save_predictor``) or a folder
 (``load_predictor``). Outputs: a :class:`Predictor`. Side effects: ``save_predictor`` writes
 the folder. Every refusal is a :class:`~dicomnode.errors.ModelError` that says why.
@@ -45,8 +45,6 @@ from .bundle_checks import (
 if TYPE_CHECKING:
     from dicomnode.domain import CTVolume, LabelMap, Measurements
 
-    from .deep import DeepFeatureExtractor
-
 __all__ = [
     "ALLOWED_TYPES",
     "BUNDLE_FORMAT",
@@ -64,8 +62,6 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.skops"
 META_FILE = "model.json"
 RADIOMICS_FILE = "radiomics-params.yaml"
-DEEP_FILE = "deep.pt"
-DEEP_CONFIG = "deep.json"
 TARGETS = ("he", "pse")
 SYNTHETIC_INTENDED_USE = "Fit on synthetic data; not clinically validated."
 
@@ -84,7 +80,6 @@ def save_predictor(
     calibration: Mapping[str, Any] | str | None = None,
     intended_use: str | None = None,
     radiomics_params: Path | None = None,
-    deep_extractor: DeepFeatureExtractor | None = None,
     extra: Mapping[str, Any] | None = None,
     extra_trusted: Iterable[str] = (),
     overwrite: bool = False,
@@ -93,7 +88,7 @@ def save_predictor(
 
     ``model`` must take the features in ``feature_names`` order and cope with NaN (impute inside
     the Pipeline): a row of NaN is predicted as a check. ``rad_*`` features need
-    ``radiomics_params``, ``deep_*`` features need ``deep_extractor``. Types skops does not
+    ``radiomics_params``. Types skops does not
     trust must be in :data:`ALLOWED_TYPES` or ``extra_trusted`` (a loader must then pass the
     same ``extra_trusted``). Raises :class:`ModelError`.
     """
@@ -116,20 +111,12 @@ def save_predictor(
     if not (0.0 <= float(p[0]) <= 1.0):
         raise ModelError(f"predict_proba of a missing row is {p[0]}, not a probability")
     uses_rad = any(n.startswith("rad_") for n in names)
-    deep_names = [n for n in names if n.startswith("deep_")]
     if uses_rad and radiomics_params is None:
         raise ModelError("the model uses rad_* features: radiomics_params is required")
-    if deep_names and deep_extractor is None:
-        raise ModelError("the model uses deep_* features: deep_extractor is required")
-    if deep_extractor is not None and not set(deep_names) <= set(deep_extractor.feature_names):
-        raise ModelError(
-            f"deep features {sorted(set(deep_names) - set(deep_extractor.feature_names))[:5]} "
-            "are not produced by the deep extractor"
-        )
     if (folder / META_FILE).exists() and not overwrite:
         raise ModelError(f"{folder} already holds a model bundle (overwrite=False)")
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in (MODEL_FILE, RADIOMICS_FILE, DEEP_FILE, DEEP_CONFIG):
+    for stale in (MODEL_FILE, RADIOMICS_FILE):
         (folder / stale).unlink(missing_ok=True)
 
     # The payload repeats the feature names and target, so that model.json and the weights
@@ -146,15 +133,10 @@ def save_predictor(
     if radiomics_params is not None:
         shutil.copyfile(radiomics_params, folder / RADIOMICS_FILE)
         files.append(RADIOMICS_FILE)
-    if deep_extractor is not None:
-        deep_extractor.save(folder / DEEP_FILE)
-        files += [DEEP_FILE, DEEP_CONFIG]
 
     libs = ["scikit-learn", "skops", "numpy", "scipy"]
     if uses_rad or radiomics_params is not None:
         libs.append("pyradiomics")
-    if deep_extractor is not None:
-        libs += ["torch", "monai"]
     use = intended_use or "Research use: predicts {} from the admission non-contrast head CT.".format(
         "haematoma expansion" if target == "he" else "post-stroke epilepsy"
     )
@@ -181,11 +163,6 @@ def save_predictor(
         "synthetic_training": bool(synthetic_training),
         "skops_untrusted_types": untrusted,
         "radiomics_params": RADIOMICS_FILE if radiomics_params is not None else None,
-        "deep_extractor": (
-            {"weights": DEEP_FILE, "config": DEEP_CONFIG, **deep_extractor.config()}
-            if deep_extractor
-            else None
-        ),
         "files": {f: {"sha256": sha256(folder / f), "bytes": (folder / f).stat().st_size} for f in files},
         "extra": jsonable(extra or {}),
     }
@@ -210,7 +187,6 @@ class Predictor:
     metadata: Mapping[str, Any]
     positive_index: int
     radiomics_params: Path | None = None
-    deep: DeepFeatureExtractor | None = None
 
     @property
     def synthetic_training(self) -> bool:
@@ -267,7 +243,7 @@ class Predictor:
         header: Mapping[str, Any] | None = None,
         clinical: Mapping[str, Any] | None = None,
     ) -> dict[str, float]:
-        """``extract_features`` with this bundle's radiomics params and deep extractor."""
+        """``extract_features`` with this bundle's radiomics params."""
         from .features import extract_features
 
         return extract_features(
@@ -277,7 +253,6 @@ class Predictor:
             header=header,
             clinical=clinical,
             radiomics_params=self.radiomics_params,
-            deep=self.deep,
         )
 
 
@@ -368,18 +343,9 @@ def load_predictor(
     rad_path = folder / rad if rad else None
     if any(n.startswith("rad_") for n in names) and rad_path is None:
         raise ModelError(f"{folder}: the model uses rad_* features but the bundle has no radiomics params")
-    deep = None
-    if meta.get("deep_extractor"):
-        from .deep import DeepFeatureExtractor
-
-        try:
-            deep = DeepFeatureExtractor.load(folder / meta["deep_extractor"]["weights"])
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-            raise ModelError(
-                f"{folder}: cannot load the deep extractor ({type(exc).__name__}: {exc})"
-            ) from exc
-    elif any(n.startswith("deep_") for n in names):
-        raise ModelError(f"{folder}: the model uses deep_* features but the bundle has no deep extractor")
+    if meta.get("deep_extractor") or any(n.startswith("deep_") for n in names):
+        raise ModelError(f"{folder}: deep_* features (a separate deep feature extractor) are not "
+                         "supported; image presets use img_* columns")
     pred = Predictor(
         folder=folder,
         name=str(meta["name"]),
@@ -391,7 +357,6 @@ def load_predictor(
         metadata=meta,
         positive_index=positive,
         radiomics_params=rad_path,
-        deep=deep,
     )
     if feature_names is not None:
         pred.check_features(feature_names)

@@ -1,9 +1,9 @@
-"""The feature dict of one study: measurements, header, clinical, radiomics and deep features.
+"""The feature dict of one study: measurements, header, clinical and radiomics features.
 
 Inputs: a :class:`~dicomnode.domain.CTVolume`, its :class:`~dicomnode.domain.LabelMap` and
-:class:`~dicomnode.domain.Measurements`, optional header and clinical mappings, a pyradiomics
-params file and optionally a trained :class:`~dicomnode.predict.deep.DeepFeatureExtractor`.
-Outputs: ``dict[str, float]`` with prefixes ``m_``, ``hdr_``, ``clin_``, ``rad_``, ``deep_``;
+:class:`~dicomnode.domain.Measurements`, optional header and clinical mappings and a pyradiomics
+params file. Image presets add the ``img_*`` columns (:mod:`dicomnode.predict.image_features`).
+Outputs: ``dict[str, float]`` with prefixes ``m_``, ``hdr_``, ``clin_``, ``rad_``;
 anything unknown is NaN (recipes impute inside their sklearn Pipeline). Side effects: none.
 Names are listed in docs/prediction.md "Features".
 """
@@ -14,15 +14,12 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dicomnode.domain import CTVolume, LabelMap, Measurements
 
 from .clinical import clinical_features, parse_value
 from .radiomics_features import radiomics_features
-
-if TYPE_CHECKING:
-    from .deep import DeepFeatureExtractor
 
 __all__ = [
     "MARKER_FEATURES",
@@ -114,13 +111,12 @@ def extract_features(
     header: Mapping[str, Any] | None = None,
     clinical: Mapping[str, Any] | None = None,
     radiomics_params: Path | None,
-    deep: DeepFeatureExtractor | None = None,
 ) -> dict[str, float]:
-    """All features of one study, in the order m_, hdr_, clin_, rad_, deep_.
+    """All features of one study, in the order m_, hdr_, clin_, rad_.
 
     ``header`` defaults to ``volume.header``. ``clinical`` is one study's row of clinical
     variables (any names; see :func:`~dicomnode.predict.clinical.clinical_features`).
-    ``radiomics_params=None`` leaves out the ``rad_*`` features; ``deep`` adds ``deep_*``.
+    ``radiomics_params=None`` leaves out the ``rad_*`` features.
     Every value is a float; unknown values are NaN.
     """
     out = measurement_features(measurements)
@@ -128,8 +124,6 @@ def extract_features(
     out.update(clinical_features(clinical))
     if radiomics_params is not None:
         out.update(radiomics_features(volume, labels, Path(radiomics_params)))
-    if deep is not None:
-        out.update(deep.features(volume, labels))
     return out
 
 

@@ -36,9 +36,9 @@ class ImageSpec:
 
 
 def image_stack(volume: CTVolume, labels: LabelMap, spec: ImageSpec) -> np.ndarray:
-    """(C, S, S) float32 from :func:`dicomnode.predict.deep.deep_slices` (CT planes windowed to
+    """(C, S, S) float32 from :func:`dicomnode.predict.lesion_slices.deep_slices` (CT planes windowed to
     [0, 1], the ICH mask last); zeros when there is no ICH."""
-    from dicomnode.predict.deep import deep_slices
+    from dicomnode.predict.lesion_slices import deep_slices
 
     try:
         return deep_slices(volume, labels, offsets_mm=spec.offsets_mm, crop_mm=spec.crop_mm,

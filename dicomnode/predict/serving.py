@@ -63,7 +63,7 @@ class Predictors:
                 continue
             if features is None:
                 features = model.extract(volume, labels, m, header=header, clinical=clinical)
-            elif model.deep is not None or model.radiomics_params is not None:
+            elif model.radiomics_params is not None:
                 features = {**features, **model.extract(volume, labels, m, header=header,
                                                         clinical=clinical)}
             if any(n.startswith("img_") for n in model.feature_names) and \

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from dicomnode.errors import InstanceRejected
+from dicomnode.geometry.planes import functional_group
 from dicomnode.receive import status
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -83,20 +84,14 @@ def _number(ds: Dataset, keyword: str) -> float | None:
 
 
 def _enhanced_frames(ds: Dataset) -> list[dict[str, Any]]:
-    """Per-frame position/orientation of an Enhanced CT (PS3.3 C.7.6.16)."""
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    shared_iop = None
-    if shared:
-        po = shared[0].get("PlaneOrientationSequence")
-        if po:
-            shared_iop = _floats(po[0].get("ImageOrientationPatient"), 6)
+    """Per-frame position/orientation of an Enhanced CT (PS3.3 C.7.6.16), None where unusable."""
     frames = []
-    for item in ds.get("PerFrameFunctionalGroupsSequence") or []:
-        pp = item.get("PlanePositionSequence")
-        po = item.get("PlaneOrientationSequence")
+    for index in range(len(ds.get("PerFrameFunctionalGroupsSequence") or [])):
+        pp = functional_group(ds, index, "PlanePositionSequence")
+        po = functional_group(ds, index, "PlaneOrientationSequence")
         frames.append({
-            "ipp": _floats(pp[0].get("ImagePositionPatient"), 3) if pp else None,
-            "iop": (_floats(po[0].get("ImageOrientationPatient"), 6) if po else shared_iop),
+            "ipp": _floats(pp.get("ImagePositionPatient"), 3) if pp is not None else None,
+            "iop": _floats(po.get("ImageOrientationPatient"), 6) if po is not None else None,
         })
     return frames
 

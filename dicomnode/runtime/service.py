@@ -83,7 +83,7 @@ class Node:
 
     @property
     def receivers(self) -> list[subprocess.Popen[bytes]]:
-        return [c.proc for c in self.children if c.module.endswith("child") and c.proc]
+        return [c.proc for c in self.children if c.module == "dicomnode.runtime.receiver" and c.proc]
 
     @property
     def worker(self) -> subprocess.Popen[bytes] | None:

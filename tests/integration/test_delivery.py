@@ -18,7 +18,8 @@ from dicomnode.db.models import Job, OutboxItem, utcnow
 from dicomnode.db.session import make_sessions
 from dicomnode.lab.orthanc import Orthanc, free_port
 from dicomnode.send.outbox import deliver_due, enqueue, resend
-from tests.conftest import make_series, make_settings
+from tests.conftest import make_settings
+from tests.ct_series import make_series
 from tests.reliability.harness import PickyPacs
 
 

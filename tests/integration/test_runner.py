@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
+
+from dicomnode import __version__
 from dicomnode.lab.synth import make_study
 from tests.conftest import GE_DIR
 
@@ -39,6 +42,10 @@ def test_run_writes_results_for_every_series(tmp_path: Path) -> None:
     for name in ("labels.nii.gz", "seg.dcm", "sr.dcm", "previews/overlay-summary.png"):
         assert (out / truth.series_instance_uid / name).is_file(), name
     assert list((out / truth.series_instance_uid / "overlay").glob("*.dcm"))
+    # SEG and SR both name the software that made them (PS3.3 C.7.5.1 Software Versions).
+    for name in ("seg.dcm", "sr.dcm"):
+        ds = pydicom.dcmread(out / truth.series_instance_uid / name)
+        assert str(ds.SoftwareVersions) == __version__, name
     ge = next(r for uid, r in results.items() if uid not in (truth.series_instance_uid,
                                                              scout.series_instance_uid))
     assert ge["status"] == "done" and ge["resampled"] is True

@@ -27,7 +27,8 @@ from dicomnode.db.models import (
     utcnow,
 )
 from dicomnode.runtime.service import Node
-from tests.conftest import GE_DIR, make_series, make_settings, requires
+from tests.conftest import GE_DIR, make_settings, requires
+from tests.ct_series import make_series
 
 
 def scu(calling: str = "TESTSCU") -> AE:

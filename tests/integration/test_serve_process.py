@@ -17,7 +17,8 @@ from sqlalchemy import select
 
 from dicomnode.db.models import Instance
 from dicomnode.db.session import make_sessions
-from tests.conftest import GE_DIR, free_port, make_series, requires, write_series
+from tests.conftest import GE_DIR, free_port, requires
+from tests.ct_series import make_series, write_series
 from tests.reliability.harness import (
     ServeProcess,
     children,

@@ -38,7 +38,7 @@ from pydicom.uid import (
 )
 
 from dicomnode.receive import status
-from tests.conftest import make_series
+from tests.ct_series import make_series
 
 Payload = Dataset | Path
 CT = "1.2.840.10008.5.1.4.1.1.2"

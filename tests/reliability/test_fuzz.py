@@ -28,7 +28,7 @@ from dicomnode.db.session import make_sessions
 from dicomnode.errors import InstanceRejected
 from dicomnode.receive.checks import check_encoding, check_image, check_uid, read_header
 from dicomnode.receive.instance_store import InstanceStore
-from tests.conftest import make_series
+from tests.ct_series import make_series
 from tests.reliability.conftest import record, scale
 
 EXAMPLES = scale(150, 3000)

@@ -35,7 +35,8 @@ from dicomnode.db.models import Instance, ReceiveError, Series, utcnow
 from dicomnode.errors import VolumeError
 from dicomnode.load.volume import load_series
 from dicomnode.runtime.service import Node
-from tests.conftest import make_series, make_settings, requires
+from tests.conftest import make_settings, requires
+from tests.ct_series import make_series
 from tests.reliability.conftest import PROFILE, record
 from tests.reliability.hostile_corpus import (
     CASES,

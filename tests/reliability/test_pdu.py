@@ -26,7 +26,8 @@ from sqlalchemy import select
 
 from dicomnode.db.models import AssociationEvent
 from dicomnode.runtime.service import Node
-from tests.conftest import make_series, make_settings
+from tests.conftest import make_settings
+from tests.ct_series import make_series
 from tests.reliability.conftest import record, scale
 
 TIMEOUT_S = 2.0  # the node's ACSE, DIMSE and network timeouts in this suite

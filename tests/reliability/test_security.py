@@ -28,11 +28,12 @@ from dicomnode.db.session import make_sessions
 from dicomnode.errors import InstanceRejected
 from dicomnode.receive.instance_store import InstanceStore
 from dicomnode.runtime.service import Node
-from tests.conftest import free_port, make_series, make_settings, requires
+from tests.conftest import free_port, make_settings, requires
+from tests.ct_series import make_series
 from tests.integration.test_scp import scu
 from tests.reliability.conftest import record
 from tests.reliability.harness import ServeProcess, wait_for_state
-from tests.unit.test_systemd import UNIT
+from tests.unit.runtime.test_systemd import UNIT
 
 CHECKS: dict[str, object] = {}
 PASSWORD = "S3cr3t-Pa55word"
@@ -227,7 +228,7 @@ def test_database_password_is_never_shown(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze absent")
 def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
     # verify fails when the ExecStart binary does not exist on this machine: point it at one.
-    unit = tmp_path / "dicomnode.runtime.service"
+    unit = tmp_path / "dicomnode.service"
     unit.write_text(re.sub(r"^ExecStart=.*$", f"ExecStart={shutil.which('true')}",
                            UNIT.read_text(), flags=re.M))
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,

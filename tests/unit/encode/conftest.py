@@ -18,12 +18,7 @@ from pydicom.dataset import Dataset
 
 from dicomnode.domain import ICH, IVH, LABELS, OEDEMA, CTVolume, LabelMap, Measurements
 from dicomnode.lab.synth import StudyTruth, make_study
-
-try:
-    from dicomnode.load.volume import load_series, to_source_grid
-except ImportError:  # the loader is another engineer's; fall back to SimpleITK
-    load_series = None  # type: ignore[assignment]
-    to_source_grid = None  # type: ignore[assignment]
+from dicomnode.load.volume import load_series
 
 
 @dataclass(frozen=True)
@@ -48,29 +43,6 @@ class Case:
 
 def _files(study: StudyTruth) -> list[Path]:
     return sorted(Path(study.dicom_dir).glob("*.dcm"))
-
-
-def _volume_without_loader(paths: list[Path]) -> CTVolume:
-    from dicomnode.domain import SourceSlice
-
-    dss = sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in paths),
-                 key=lambda d: float(d.ImagePositionPatient[2]))
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(p) for p in sorted(paths, key=lambda p: float(
-        pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))])
-    image = sitk.Cast(reader.Execute(), sitk.sitkFloat32)
-    first = dss[0]
-    return CTVolume(
-        series_instance_uid=str(first.SeriesInstanceUID),
-        study_instance_uid=str(first.StudyInstanceUID),
-        image=image,
-        slices=tuple(SourceSlice(str(d.SOPInstanceUID), str(d.SOPClassUID),
-                                 tuple(float(v) for v in d.ImagePositionPatient)) for d in dss),  # type: ignore[arg-type]
-        orientation=tuple(float(v) for v in first.ImageOrientationPatient),  # type: ignore[arg-type]
-        pixel_spacing_mm=(float(first.PixelSpacing[0]), float(first.PixelSpacing[1])),
-        rows=int(first.Rows),
-        columns=int(first.Columns),
-    )
 
 
 def truth_on_source_planes(study: StudyTruth) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +90,7 @@ def hand_measurements(study: StudyTruth) -> Measurements:
 def _case(study: StudyTruth, *, tilted: bool) -> Case:
     paths = _files(study)
     datasets = tuple(pydicom.dcmread(p, stop_before_pixels=True) for p in paths)
-    volume = load_series(paths) if load_series is not None else _volume_without_loader(paths)
+    volume = load_series(paths)
     truth, affine = truth_on_source_planes(study)
     if tilted:
         image = labels_on_grid(truth, affine, volume.image)
@@ -140,8 +112,6 @@ def plain_case(tmp_path_factory: pytest.TempPathFactory) -> Case:
 
 @pytest.fixture(scope="session")
 def tilted_case(tmp_path_factory: pytest.TempPathFactory) -> Case:
-    if to_source_grid is None:
-        pytest.skip("dicomnode.load.volume.to_source_grid not available")
     study = make_study(tmp_path_factory.mktemp("enc-tilted"), seed=12, matrix=64, thickness_mm=5.0,
                        hemorrhage_ml=20.0, site="lobar", ivh=True, tilt_deg=15.0)
     return _case(study, tilted=True)

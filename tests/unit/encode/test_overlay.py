@@ -31,7 +31,7 @@ from dicomnode.encode.preview import (
     window,
     write_previews,
 )
-from dicomnode.load.volume import to_source_grid
+from dicomnode.geometry.source_grid import to_source_grid
 
 if TYPE_CHECKING:  # the fixtures' type; pytest itself loads conftest
     from conftest import Case

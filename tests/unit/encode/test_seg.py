@@ -174,7 +174,7 @@ def test_rejects_undeclared_labels_and_missing_sources(plain_case: Case) -> None
 
 
 def test_tilted_study_goes_back_to_the_source_planes(tilted_case: Case, save) -> None:
-    from dicomnode.load.volume import to_source_grid
+    from dicomnode.geometry.source_grid import to_source_grid
 
     assert tilted_case.volume.resampled
     path = save(_seg(tilted_case), "seg-tilted.dcm")

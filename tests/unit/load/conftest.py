@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from load_helpers import GE_DIR, files
 
 from dicomnode.lab.synth import StudyTruth, make_study
+from tests.conftest import GE_DIR
+from tests.ct_series import files
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from load_helpers import GE_DIR, write
 from pydicom import dcmread
 from pydicom.uid import generate_uid
+
+from tests.conftest import GE_DIR
+from tests.ct_series import write
 
 N_SLICES = 300
 

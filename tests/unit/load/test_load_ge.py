@@ -11,7 +11,8 @@ import SimpleITK as sitk
 from scipy.ndimage import map_coordinates
 
 from dicomnode.domain import CTVolume
-from dicomnode.load.volume import load_series, to_source_grid
+from dicomnode.geometry.source_grid import to_source_grid
+from dicomnode.load.volume import load_series
 
 
 @pytest.fixture(scope="module")

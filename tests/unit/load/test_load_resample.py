@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from load_helpers import stack, write, z_positions
 
 from dicomnode.geometry.source_grid import to_source_grid
 from dicomnode.load.resample import shift_plane
 from dicomnode.load.volume import load_series
+from tests.ct_series import stack, write, z_positions
 
 
 def _reference_shift(

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from load_helpers import clone, ct_slice, stack, write, z_positions
 from pydicom.uid import generate_uid
 
 from dicomnode.errors import VolumeError
 from dicomnode.load.volume import load_series
+from tests.ct_series import clone, ct_slice, stack, write, z_positions
 
 
 def ramp(points: np.ndarray) -> np.ndarray:

@@ -11,12 +11,13 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from load_helpers import files
 from pydicom.uid import generate_uid
 from scipy.ndimage import map_coordinates
 
+from dicomnode.geometry.source_grid import to_source_grid
 from dicomnode.lab.synth import StudyTruth
-from dicomnode.load.volume import load_series, to_source_grid
+from dicomnode.load.volume import load_series
+from tests.ct_series import files
 
 
 def truth_labels(study: StudyTruth) -> tuple[np.ndarray, np.ndarray]:

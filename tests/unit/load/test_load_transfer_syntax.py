@@ -10,7 +10,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from load_helpers import files
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -24,6 +23,7 @@ from pydicom.uid import (
 from dicomnode.errors import VolumeError
 from dicomnode.lab.synth import StudyTruth
 from dicomnode.load.volume import load_series
+from tests.ct_series import files
 
 N = 4  # slices per series: enough for a volume, quick to encode
 

@@ -153,7 +153,7 @@ def test_image_brain_mask_is_computed_once_per_image() -> None:
 
     import SimpleITK as sitk
 
-    from dicomnode import anatomy
+    from dicomnode import brain as anatomy
 
     hu = np.full((6, 40, 40), -1000.0, np.float32)
     hu[:, 5:35, 5:35] = 1000.0  # skull

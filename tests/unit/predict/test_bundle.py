@@ -178,11 +178,8 @@ def test_save_refusals(tmp_path, fitted):
     assert load_predictor(tmp_path / "f").version == "0.2"
 
 
-def test_svm_with_kbest_and_deep_extractor(tmp_path):
-    from dicomnode.predict.deep import DeepFeatureExtractor, SliceConfig
-
-    deep = DeepFeatureExtractor("resnet10", slices=SliceConfig(size_px=32), widen_factor=0.125)
-    names = ["m_ich_volume_ml", "deep_0", "deep_1", "hdr_age_y"]
+def test_svm_with_kbest(tmp_path):
+    names = ["m_ich_volume_ml", "m_hu_mean", "m_hu_sd", "hdr_age_y"]
     x, y = _data()
     model = make_pipeline(
         SimpleImputer(),
@@ -191,23 +188,18 @@ def test_svm_with_kbest_and_deep_extractor(tmp_path):
         CalibratedClassifierCV(SVC(), ensemble=False),
     )
     model.fit(x, y)
-    _save(
-        tmp_path / "pse",
-        model,
-        feature_names=names,
-        target="pse",
-        radiomics_params=None,
-        deep_extractor=deep,
-        synthetic_training=False,
-        intended_use="Research use only.",
-    )
+    _save(tmp_path / "pse", model, feature_names=names, target="pse", radiomics_params=None,
+          synthetic_training=False, intended_use="Research use only.")
     meta = json.loads((tmp_path / "pse" / "model.json").read_text())
-    assert {"torch", "monai"} <= set(meta["libraries"]) and "pyradiomics" not in meta["libraries"]
+    assert "pyradiomics" not in meta["libraries"] and "deep_extractor" not in meta
     assert meta["intended_use"] == "Research use only." and meta["synthetic_training"] is False
     pred = load_predictor(tmp_path / "pse", feature_names=names)
-    assert pred.deep is not None and pred.deep.n_features == 64 and pred.radiomics_params is None
-    z = np.zeros((1, 5, 32, 32), dtype=np.float32)
-    assert np.allclose(pred.deep.embed(z), deep.embed(z))
+    assert pred.radiomics_params is None
     assert pred.predict_proba(dict(zip(names, x[0], strict=True))) == pytest.approx(
         model.predict_proba(x[:1])[0, 1]
     )
+    # A bundle that names a separate deep feature extractor is refused, not half-served.
+    meta["deep_extractor"] = {"weights": "deep.pt"}
+    (tmp_path / "pse" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="deep_"):
+        load_predictor(tmp_path / "pse")

@@ -162,7 +162,7 @@ def test_ellipsoid_shape():
 
 
 def test_deep_slices(study):
-    from dicomnode.predict.deep import deep_slices, largest_ich_slice
+    from dicomnode.predict.lesion_slices import deep_slices, largest_ich_slice
 
     volume, labels, m = study
     assert largest_ich_slice(labels) == m.largest_area_slice
@@ -186,7 +186,7 @@ def test_deep_slices(study):
 def test_deep_extractor_roundtrip_and_training_step(study, tmp_path):
     import torch
 
-    from dicomnode.predict.deep import DeepFeatureExtractor, SliceConfig
+    from dicomnode.predict.lesion_slices import DeepFeatureExtractor, SliceConfig
 
     volume, labels, _ = study
     ext = DeepFeatureExtractor(
@@ -219,7 +219,7 @@ def test_deep_extractor_roundtrip_and_training_step(study, tmp_path):
 
 
 def test_efficientnet_extractor():
-    from dicomnode.predict.deep import DeepFeatureExtractor, SliceConfig
+    from dicomnode.predict.lesion_slices import DeepFeatureExtractor, SliceConfig
 
     ext = DeepFeatureExtractor("efficientnet-b0", slices=SliceConfig(offsets_mm=(0.0,), mask_channel=True))
     assert ext.n_features == 1280

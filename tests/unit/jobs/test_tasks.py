@@ -12,8 +12,8 @@ from dicomnode.db.models import Instance, Series, utcnow
 from dicomnode.db.session import make_sessions
 from dicomnode.jobs.tasks import retention
 from dicomnode.receive.instance_store import InstanceStore
-from tests.conftest import make_series
-from tests.unit.test_storage import put
+from tests.ct_series import make_series
+from tests.unit.receive.test_instance_store import put
 
 
 def test_retention_removes_only_old_finished_series(tmp_path: Path, ct_template: Dataset) -> None:

@@ -19,7 +19,7 @@ from dicomnode.receive import status
 from dicomnode.receive.checks import CT_IMAGE_STORAGE, check_uid
 from dicomnode.receive.instance_store import InstanceStore
 from dicomnode.receive.reconcile import reconcile
-from tests.conftest import make_series
+from tests.ct_series import make_series
 
 
 def encode(ds: Dataset) -> bytes:

@@ -14,8 +14,8 @@ from dicomnode.db.models import Job, Series, utcnow
 from dicomnode.db.session import make_sessions
 from dicomnode.jobs.queue import claim_next, finish, requeue, requeue_stale
 from dicomnode.receive.instance_store import InstanceStore
-from tests.conftest import make_series
-from tests.unit.test_storage import put
+from tests.ct_series import make_series
+from tests.unit.receive.test_instance_store import put
 
 
 def _queued(tmp_path: Path, ct_template: Dataset, n_series: int = 2) -> InstanceStore:

@@ -7,8 +7,7 @@ import pytest
 
 from dicomnode.config import find_config, load_settings, parse_peer
 from dicomnode.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 
 def test_shipped_config_is_valid_and_resolves_paths_against_its_folder() -> None:

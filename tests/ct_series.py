@@ -1,4 +1,10 @@
-"""Helpers of the load tests: small synthetic CT series written with pydicom."""
+"""The one helper that writes small CT test series with pydicom.
+
+``ct_slice`` / ``stack`` build CT Image Storage instances from scratch (geometry and HU values
+chosen by the test); ``make_series`` copies a real CT slice (the ``ct_template`` fixture of
+tests/conftest.py) into a series; ``write`` and ``write_series`` save them. Larger phantoms with
+known haemorrhage come from ``dicomnode.lab.synth``.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,6 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-REPO = Path(__file__).resolve().parents[3]
-GE_DIR = REPO.parent / "shared" / "data" / "ge-head-ct-tilt"
 
 Values = Callable[[np.ndarray], np.ndarray]  # physical points (..., 3) -> HU
 
@@ -133,3 +136,39 @@ def files(folder: Path) -> list[Path]:
 
 def read_all(paths: Sequence[Path]) -> list[Dataset]:
     return [pydicom.dcmread(p) for p in paths]
+
+
+def make_series(template: Dataset, n: int = 12, *, spacing_mm: float = 5.0,
+                study_uid: str | None = None, series_uid: str | None = None,
+                images_in_acquisition: int | None = None, **attrs: object) -> list[Dataset]:
+    """n slices of one series with fresh UIDs, positions along z and instance numbers."""
+    study_uid = study_uid or generate_uid()
+    series_uid = series_uid or generate_uid()
+    out = []
+    for i in range(n):
+        ds = copy.deepcopy(template)
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [-115.0, -115.0, float(i) * spacing_mm]
+        ds.SliceLocation = float(i) * spacing_mm
+        if images_in_acquisition is not None:
+            ds.ImagesInAcquisition = images_in_acquisition
+        for key, value in attrs.items():
+            setattr(ds, key, value)
+        out.append(ds)
+    return out
+
+
+def write_series(datasets: list[Dataset], folder: Path) -> list[Path]:
+    """Save each dataset as ``<SOPInstanceUID>.dcm`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        p = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths

@@ -5,9 +5,9 @@ systemd-analyze verify and its security exposure are in tests/reliability/test_s
 
 from __future__ import annotations
 
-from pathlib import Path
+from tests.conftest import REPO
 
-UNIT = Path(__file__).resolve().parents[2] / "systemd" / "dicomnode.runtime.service"
+UNIT = REPO / "systemd" / "dicomnode.service"
 
 
 def _directives() -> dict[str, list[str]]:

@@ -19,8 +19,9 @@ from dicomnode.db.models import Job, Series, utcnow
 from dicomnode.db.session import make_sessions
 from dicomnode.receive.checks import read_header
 from dicomnode.receive.instance_store import InstanceStore
-from tests.conftest import GE_DIR, make_series
-from tests.unit.test_storage import put
+from tests.conftest import GE_DIR
+from tests.ct_series import make_series
+from tests.unit.receive.test_instance_store import put
 
 RULES = EligibilitySettings()
 
