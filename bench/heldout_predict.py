@@ -25,8 +25,8 @@ SECTION = "## Held-out evaluation"
 
 def evaluate(model_dir: Path, table, threshold: float | None = None) -> dict:
     """Figures of one served bundle on the cohort's feature table."""
-    from dicomnode.predict.estimators import TRUSTED_TYPES
     from dicomnode.predict.bundle import load_predictor
+    from dicomnode.predict.estimators import TRUSTED_TYPES
 
     pred = load_predictor(model_dir, extra_trusted=TRUSTED_TYPES)
     X, y, rows = table.target(pred.target)
