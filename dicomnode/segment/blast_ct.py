@@ -23,6 +23,7 @@ from dicomnode.domain import BACKGROUND, EXTRA_AXIAL, ICH, IVH, OEDEMA, CTVolume
 from dicomnode.errors import ModelError
 from dicomnode.segment.blast_ct_net import N_CLASSES, DeepMedic, load_deepmedic
 from dicomnode.segment.inference import (
+    BLAST_BATCH_SIZE,
     BLAST_WINDOW_HU,
     blast_normalise,
     blast_predict_array,
@@ -155,7 +156,7 @@ class BlastCTBackend:
     name = "blast_ct"
 
     def __init__(self, model_dir: Path, *, ensemble_size: int = N_MODELS, device: str = "auto",
-                 batch_size: int = 8, half_precision: bool | None = None,
+                 batch_size: int = BLAST_BATCH_SIZE, half_precision: bool | None = None,
                  skip_empty_patches: bool = False, models: Sequence[int] | None = None,
                  channels_last: bool | None = None) -> None:
         import torch

@@ -28,6 +28,8 @@ import torch
 from dicomnode.errors import ModelError
 from dicomnode.segment.blast_ct_net import PATCH_IN, PATCH_OUT, DeepMedic
 
+UNET_SW_BATCH_SIZE, UNET_OVERLAP = 2, 0.25  # the unet backend's sliding-window defaults
+BLAST_BATCH_SIZE = 8  # the BLAST-CT backend's 110^3 patches per forward pass
 BLAST_WINDOW_HU = (-15.0, 100.0)
 BLAST_MARGIN = (PATCH_IN - PATCH_OUT) // 2  # 40: output voxel o is input voxel 40 + o of a patch
 
@@ -88,7 +90,7 @@ def unet_normalise(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 
 def unet_probabilities(net: torch.nn.Module, x: np.ndarray, roi_size_zyx: Sequence[int], *,
                        device: torch.device, autocast_dtype: torch.dtype | None,
-                       sw_batch_size: int = 2, overlap: float = 0.25,
+                       sw_batch_size: int = UNET_SW_BATCH_SIZE, overlap: float = UNET_OVERLAP,
                        mirror: bool = False) -> np.ndarray:
     """Class probabilities (C, z, y, x) of a normalised (z, y, x) array, on the same grid.
 
@@ -170,7 +172,7 @@ def blast_predict_patches(nets: Sequence[DeepMedic], patches: np.ndarray, *, dev
 
 
 def blast_predict_array(array: np.ndarray, predict_patches: Callable[[np.ndarray], np.ndarray], *,
-                        batch_size: int = 8, skip_empty_patches: bool = False,
+                        batch_size: int = BLAST_BATCH_SIZE, skip_empty_patches: bool = False,
                         uniform_labels: dict[float, int] | None = None,
                         ) -> tuple[np.ndarray, dict[str, float]]:
     """SPEC section 5: tile a normalised (z, y, x) array; returns (class values uint8, stats).

@@ -20,6 +20,8 @@ from dicomnode.domain import ICH, IVH, LABELS, CTVolume, LabelMap
 from dicomnode.errors import ModelError
 from dicomnode.segment.bundle import Bundle, load_bundle
 from dicomnode.segment.inference import (
+    UNET_OVERLAP,
+    UNET_SW_BATCH_SIZE,
     build_unet,
     load_unet,
     select_device,
@@ -62,7 +64,7 @@ class UNetBackend:
     name = "unet"
 
     def __init__(self, model_dir: Path, *, device: str = "auto", mirror: bool = False,
-                 sw_batch_size: int = 2, overlap: float = 0.25) -> None:
+                 sw_batch_size: int = UNET_SW_BATCH_SIZE, overlap: float = UNET_OVERLAP) -> None:
         self.bundle: Bundle = load_bundle(model_dir, backend="unet")
         self.device = select_device(device)
         self.autocast_dtype = unet_autocast_dtype(self.device)
