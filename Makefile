@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow reliability bench lint venv clean
+.PHONY: run test test-slow reliability bench gpu-kit lint venv clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,11 @@ reliability: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+
+# .gpu-kit/ (<= 52 MiB, git-ignored): what a GPU machine with only torch and numpy needs for
+# bench/gpu_check.py (docs/benchmarks.md, "GPU").
+gpu-kit: $(STAMP)
+	$(BIN)/python bench/gpu_kit.py --out .gpu-kit
 
 # mypy runs inside bench/: its scripts import each other as top-level modules (not a package).
 lint: $(STAMP)

@@ -7,7 +7,6 @@ A backend loads its model once, in its constructor, and keeps it for every call.
 
 from __future__ import annotations
 
-import os
 from typing import Protocol
 
 from dicomnode.domain import CTVolume, LabelMap
@@ -23,12 +22,11 @@ class SegmentationBackend(Protocol):
 
 
 def select_device(preference: str = "auto"):  # type: ignore[no-untyped-def]
-    """``cuda`` when present (or asked for), else ``cpu`` with one thread per core."""
-    import torch
+    """``cuda`` when present (or asked for), else ``cpu`` with one thread per core.
 
-    if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device {preference!r}: expected auto, cpu or cuda")
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    return torch.device("cpu")
+    See :func:`dicomnode.segment.inference.select_device`; imported here on first use so that
+    importing this interface (the pipeline does) does not import torch.
+    """
+    from dicomnode.segment.inference import select_device as select
+
+    return select(preference)

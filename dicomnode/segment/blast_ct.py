@@ -11,8 +11,6 @@ Clean-room implementation of ``blast-ct-v1/SPEC.md``: preprocessing (section 4),
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -23,17 +21,26 @@ import SimpleITK as sitk
 
 from dicomnode.domain import BACKGROUND, EXTRA_AXIAL, ICH, IVH, OEDEMA, CTVolume, LabelMap
 from dicomnode.errors import ModelError
-from dicomnode.segment.base import select_device
-from dicomnode.segment.blast_ct_net import N_CLASSES, PATCH_IN, PATCH_OUT, DeepMedic, load_deepmedic
+from dicomnode.segment.blast_ct_net import N_CLASSES, DeepMedic, load_deepmedic
+from dicomnode.segment.inference import (
+    BLAST_BATCH_SIZE,
+    BLAST_WINDOW_HU,
+    blast_normalise,
+    blast_predict_array,
+    blast_predict_patches,
+    blast_runtime,
+    blast_to_device,
+    select_device,
+)
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "blast-ct-v1"
 N_MODELS = 12
-WINDOW_HU = (-15.0, 100.0)
+WINDOW_HU = BLAST_WINDOW_HU
 # BLAST-CT class value -> canonical label value (index = BLAST-CT value).
 TO_CANONICAL = np.array([BACKGROUND, ICH, EXTRA_AXIAL, OEDEMA, IVH], dtype=np.uint8)
-_MARGIN = (PATCH_IN - PATCH_OUT) // 2  # 40: output voxel o is input voxel 40 + o of a patch
+normalise = blast_normalise  # SPEC 4.3-4.4 (numpy only, in dicomnode.segment.inference)
 
 
 # --- preprocessing (SPEC section 4) -------------------------------------------------------------
@@ -102,13 +109,6 @@ def resample_1mm(image: sitk.Image) -> sitk.Image:
                      _min_value(image))
 
 
-def normalise(array: np.ndarray) -> np.ndarray:
-    """SPEC 4.3-4.4: float32, clip to [-15, 100] HU, ((2x + 15) - 100) / 115 -> [-1, 1]."""
-    lo, hi = (np.float32(v) for v in WINDOW_HU)
-    x = np.clip(array.astype(np.float32), lo, hi)
-    return ((np.float32(2) * x - lo) - hi) / (hi - lo)
-
-
 def preprocess(image: sitk.Image) -> tuple[np.ndarray, sitk.Image]:
     """Image -> (normalised float32 array in (z, y, x), the 1 mm grid image it lies on)."""
     iso = resample_1mm(reorient(as_reference_pixel_type(image)))
@@ -156,7 +156,7 @@ class BlastCTBackend:
     name = "blast_ct"
 
     def __init__(self, model_dir: Path, *, ensemble_size: int = N_MODELS, device: str = "auto",
-                 batch_size: int = 8, half_precision: bool | None = None,
+                 batch_size: int = BLAST_BATCH_SIZE, half_precision: bool | None = None,
                  skip_empty_patches: bool = False, models: Sequence[int] | None = None,
                  channels_last: bool | None = None) -> None:
         import torch
@@ -177,25 +177,14 @@ class BlastCTBackend:
         self.model_numbers = tuple(numbers)
         self.batch_size = batch_size
         self.skip_empty_patches = bool(skip_empty_patches)
-        on_cuda = self.device.type == "cuda"
-        use_half = on_cuda if half_precision is None else bool(half_precision)
-        self.autocast_dtype = None
-        if use_half:
-            # fp16 on CUDA: its 10-bit mantissa (bf16: 7) keeps per-class volumes closer to fp32.
-            # Measured (bench/blast_precision.py, CPU): bf16 moved 2 % of the voxels between ICH
-            # and extra-axial blood, skipping empty patches and batching moved none.
-            self.autocast_dtype = torch.float16 if on_cuda else torch.bfloat16
-        if channels_last is None:
-            channels_last = on_cuda
-        self._memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        if on_cuda:
-            torch.backends.cudnn.benchmark = True
+        # fp16 on CUDA, fp32 on the CPU unless forced; measured (bench/blast_precision.py, CPU):
+        # bf16 moved 2 % of the voxels between ICH and extra-axial blood, skipping empty patches
+        # and batching moved none.
+        self.autocast_dtype, self._memory_format = blast_runtime(
+            self.device, half_precision=half_precision, channels_last=channels_last)
         t0 = time.perf_counter()
-        self.nets: list[DeepMedic] = []
-        for k in numbers:
-            net = load_deepmedic(weights / f"model_{k}.pt")
-            net = net.to(self.device, memory_format=self._memory_format)  # type: ignore[call-overload]
-            self.nets.append(net.eval())
+        self.nets: list[DeepMedic] = blast_to_device(
+            [load_deepmedic(weights / f"model_{k}.pt") for k in numbers], self.device, self._memory_format)
         self.model_version = (f"1 (ensemble of {len(numbers)})" if models is None
                               else "1 (models " + ",".join(map(str, numbers)) + ")")
         self._uniform: dict[float, int] = {}
@@ -203,84 +192,25 @@ class BlastCTBackend:
         log.info("BLAST-CT: %d model(s) from %s on %s (%s) in %.1f s", len(numbers), weights,
                  self.device, self.autocast_dtype or "fp32", time.perf_counter() - t0)
 
-    # -- network ----------------------------------------------------------------------------------
-    def _autocast(self):  # type: ignore[no-untyped-def]
-        import torch
-
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
+    # -- network and tiling (dicomnode.segment.inference) -------------------------------------------
     def predict_patches(self, patches: np.ndarray) -> np.ndarray:
         """(B, 110, 110, 110) normalised patches -> (B, 30, 30, 30) BLAST-CT class values.
 
         One model: argmax of the logits. Several: argmax of the summed softmax (SPEC section 6).
         """
-        import torch
+        return blast_predict_patches(self.nets, patches, device=self.device,
+                                     autocast_dtype=self.autocast_dtype,
+                                     memory_format=self._memory_format)
 
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32))[:, None]
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self._memory_format)
-            with self._autocast():
-                if len(self.nets) == 1:
-                    score = self.nets[0](x).float()
-                else:
-                    score = torch.zeros((), device=self.device)
-                    for net in self.nets:
-                        score = score + torch.softmax(net(x).float(), dim=1)
-            return score.argmax(dim=1).to(torch.uint8).cpu().numpy()
-
-    def _uniform_label(self, value: float) -> int:
-        """Label of a tile whose whole 110^3 input is one value (the net's output is then constant)."""
-        if value not in self._uniform:
-            patch = np.full((1, PATCH_IN, PATCH_IN, PATCH_IN), value, np.float32)
-            self._uniform[value] = int(self.predict_patches(patch)[0, 0, 0, 0])
-        return self._uniform[value]
-
-    # -- volume -----------------------------------------------------------------------------------
     def predict_array(self, array: np.ndarray) -> np.ndarray:
         """SPEC section 5: tile a normalised (z, y, x) array; returns BLAST-CT classes (uint8)."""
         t0 = time.perf_counter()
-        shape = array.shape
-        tiles = [s // PATCH_OUT + 1 for s in shape]
-        pad = [(_MARGIN, PATCH_OUT * n + _MARGIN - s) for n, s in zip(tiles, shape, strict=True)]
-        padded = np.pad(array.astype(np.float32, copy=False), pad, mode="edge")
-        out = np.zeros([PATCH_OUT * n for n in tiles], np.uint8)
-        todo: list[tuple[int, int, int]] = []
-        empty: list[tuple[int, int, int]] = []  # tiles whose 30^3 output region is all air
-        n_uniform = n_skipped = n_run = 0
-        for t in itertools.product(*(range(n) for n in tiles)):
-            o = [PATCH_OUT * i for i in t]
-            patch = padded[o[0]:o[0] + PATCH_IN, o[1]:o[1] + PATCH_IN, o[2]:o[2] + PATCH_IN]
-            lo, hi = float(patch.min()), float(patch.max())
-            dst = out[o[0]:o[0] + PATCH_OUT, o[1]:o[1] + PATCH_OUT, o[2]:o[2] + PATCH_OUT]
-            if lo == hi:  # exact shortcut: same label the network gives everywhere in this tile
-                dst[...] = self._uniform_label(lo)
-                n_uniform += 1
-            elif float(patch[_MARGIN:-_MARGIN, _MARGIN:-_MARGIN, _MARGIN:-_MARGIN].max()) <= -1.0:
-                if self.skip_empty_patches:
-                    n_skipped += 1  # background (out is zero)
-                else:
-                    empty.append(tuple(o))  # type: ignore[arg-type]
-                    todo.append(tuple(o))  # type: ignore[arg-type]
-            else:
-                todo.append(tuple(o))  # type: ignore[arg-type]
-        for b in range(0, len(todo), self.batch_size):
-            batch = todo[b:b + self.batch_size]
-            patches = np.stack([padded[z:z + PATCH_IN, y:y + PATCH_IN, x:x + PATCH_IN] for z, y, x in batch])
-            for (z, y, x), lab in zip(batch, self.predict_patches(patches), strict=True):
-                out[z:z + PATCH_OUT, y:y + PATCH_OUT, x:x + PATCH_OUT] = lab
-            n_run += len(batch)
+        out, stats = blast_predict_array(array, self.predict_patches, batch_size=self.batch_size,
+                                         skip_empty_patches=self.skip_empty_patches,
+                                         uniform_labels=self._uniform)
         seconds = time.perf_counter() - t0
-        out = out[: shape[0], : shape[1], : shape[2]]
-        # What skip_empty_patches would have changed (measured when it is off): labelled 1 mm
-        # voxels the network put in all-air tiles.
-        in_empty = sum(int(np.count_nonzero(out[z:z + PATCH_OUT, y:y + PATCH_OUT, x:x + PATCH_OUT]))
-                       for z, y, x in empty)
-        self.last_stats = {"patches": float(n_uniform + n_skipped + n_run), "run": float(n_run),
-                           "uniform": float(n_uniform), "skipped": float(n_skipped),
-                           "empty_run": float(len(empty)), "empty_labelled_voxels": float(in_empty),
-                           "seconds": seconds, "seconds_per_patch": seconds / max(1, n_run)}
+        self.last_stats = {**stats, "seconds": seconds,
+                           "seconds_per_patch": seconds / max(1.0, stats["run"])}
         return out
 
     def segment_image(self, image: sitk.Image) -> sitk.Image:

@@ -12,32 +12,28 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from dicomnode.domain import ICH, IVH, LABELS, CTVolume, LabelMap
 from dicomnode.errors import ModelError
-from dicomnode.segment.base import select_device
 from dicomnode.segment.bundle import Bundle, load_bundle
+from dicomnode.segment.inference import (
+    UNET_OVERLAP,
+    UNET_SW_BATCH_SIZE,
+    build_unet,
+    load_unet,
+    select_device,
+    unet_autocast_dtype,
+    unet_normalise,
+    unet_probabilities,
+)
 
 log = logging.getLogger(__name__)
 _LABEL_VALUES = {name: value for value, name in LABELS.items()}
-
-
-def build_network(arch: dict[str, Any]):  # type: ignore[no-untyped-def]
-    """The DynUNet described by a bundle's ``architecture``."""
-    from monai.networks.nets import DynUNet
-
-    if arch.get("type") != "DynUNet":
-        raise ModelError(f"architecture {arch.get('type')!r} not supported (DynUNet only)")
-    strides = [list(s) if isinstance(s, list) else s for s in arch["strides"]]
-    kernels = [list(k) if isinstance(k, list) else k for k in arch["kernels"]]
-    return DynUNet(spatial_dims=3, in_channels=int(arch["in_channels"]),
-                   out_channels=int(arch["out_channels"]), kernel_size=kernels, strides=strides,
-                   upsample_kernel_size=strides[1:], filters=list(arch["filters"]),
-                   norm_name="instance", res_block=bool(arch.get("res_block", False)))
+build_network = build_unet  # the DynUNet of a bundle's architecture (also used by training)
+normalise = unet_normalise  # clip to the HU window, scale to [0, 1]
 
 
 def resample_to_spacing(image: sitk.Image, spacing_mm: tuple[float, float, float],
@@ -62,33 +58,20 @@ def resample_to_spacing(image: sitk.Image, spacing_mm: tuple[float, float, float
                          image.GetPixelID())
 
 
-def normalise(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Clip to the HU window and scale to [0, 1] (float32)."""
-    lo, hi = window
-    return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
-
-
 class UNetBackend:
     """Segments ICH, IVH (and oedema) with a trained DynUNet bundle."""
 
     name = "unet"
 
     def __init__(self, model_dir: Path, *, device: str = "auto", mirror: bool = False,
-                 sw_batch_size: int = 2, overlap: float = 0.25) -> None:
-        import torch
-
+                 sw_batch_size: int = UNET_SW_BATCH_SIZE, overlap: float = UNET_OVERLAP) -> None:
         self.bundle: Bundle = load_bundle(model_dir, backend="unet")
         self.device = select_device(device)
+        self.autocast_dtype = unet_autocast_dtype(self.device)
         self.mirror = mirror
         self.sw_batch_size = sw_batch_size
         self.overlap = overlap
-        self.net = build_network(self.bundle.meta["architecture"])
-        try:
-            state = torch.load(self.bundle.weights_path, map_location="cpu", weights_only=True)
-            self.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        except (RuntimeError, OSError, KeyError) as exc:
-            raise ModelError(f"{self.bundle.weights_path}: {exc}") from exc
-        self.net.eval().to(self.device)
+        self.net = load_unet(self.bundle.meta["architecture"], self.bundle.weights_path, self.device)
         # Model classes -> canonical label values, by name (checked once, here).
         self.class_values = {}
         for cls, name in self.bundle.labels.items():
@@ -99,26 +82,14 @@ class UNetBackend:
 
     def probabilities(self, volume: CTVolume) -> tuple[np.ndarray, sitk.Image]:
         """Class probabilities (C, z, y, x) on the model grid, and that grid as an image."""
-        import torch
-        from monai.inferers import sliding_window_inference
-
         grid = resample_to_spacing(volume.image, self.bundle.spacing_mm,
                                    antialias=bool(self.bundle.meta.get("antialias", False)))
-        x = normalise(sitk.GetArrayViewFromImage(grid), self.bundle.hu_window)
-        tensor = torch.from_numpy(x)[None, None].to(self.device)
-        roi = self.bundle.roi_size_zyx
-        cuda = self.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=cuda):
-            logits = sliding_window_inference(tensor, roi, self.sw_batch_size, self.net,
-                                              overlap=self.overlap, mode="gaussian")
-            probs = torch.softmax(logits.float(), dim=1)
-            if self.mirror:  # left-right mirroring, averaged
-                flipped = sliding_window_inference(tensor.flip(-1), roi, self.sw_batch_size,
-                                                   self.net, overlap=self.overlap,
-                                                   mode="gaussian")
-                probs = (probs + torch.softmax(flipped.float(), dim=1).flip(-1)) / 2
-        return probs[0].cpu().numpy(), grid
+        x = unet_normalise(sitk.GetArrayViewFromImage(grid), self.bundle.hu_window)
+        probs = unet_probabilities(self.net, x, self.bundle.roi_size_zyx, device=self.device,
+                                   autocast_dtype=self.autocast_dtype,
+                                   sw_batch_size=self.sw_batch_size, overlap=self.overlap,
+                                   mirror=self.mirror)
+        return probs, grid
 
     def segment(self, volume: CTVolume) -> LabelMap:
         probs, grid = self.probabilities(volume)
