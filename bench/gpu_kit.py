@@ -13,7 +13,7 @@ The kit (git-ignored, at most 52 MiB so that it travels with the repository) hol
   instead of 4.2 MB; ``gpu_check.py`` loads them back into fp32, so its fp32 figures use
   fp16-rounded convolution weights. Model 1 is also kept as published (``model_1.fp32.pt``),
   so that the check reports what that rounding changes;
-- ``inputs/{1mm,5mm}.npz``: one synthetic 512-matrix phantom (``dicomnode.synth.make_study``)
+- ``inputs/{1mm,5mm}.npz``: one synthetic 512-matrix phantom (``dicomnode.lab.synth.make_study``)
   at 1 mm and 5 mm slices, loaded by the node's loader and preprocessed by the backends' own
   functions up to the model grids: for the unet the resampled HU on its grid clipped to its
   window (float32), for BLAST-CT the 1 mm grid clipped to [-15, 100] HU (int8, exact: the
@@ -83,12 +83,12 @@ def make_inputs(dest: Path, quick: bool) -> dict[str, dict]:
     """The phantom at each thickness on the unet and BLAST-CT grids, with its truth."""
     import SimpleITK as sitk
 
+    from dicomnode.lab.synth import make_study
     from dicomnode.load import load_series
     from dicomnode.segment.blast_ct import as_reference_pixel_type, preprocess, reorient, resample_1mm
     from dicomnode.segment.bundle import load_bundle
     from dicomnode.segment.inference import BLAST_WINDOW_HU, blast_normalise
     from dicomnode.segment.unet import resample_to_spacing
-    from dicomnode.synth import make_study
 
     bundle = load_bundle(UNET_DIR, backend="unet")
     dest.mkdir(parents=True)
