@@ -32,7 +32,7 @@ MODEL_DIR = REPO.parent / "shared" / "models" / "blast-ct-v1"
 PHANTOMS = [(1, 30.0, "lobar"), (2, 25.0, "basal_ganglia"), (3, 40.0, "lobar_subcortical")]
 
 
-def run(backend, crop) -> tuple[np.ndarray, float]:  # type: ignore[no-untyped-def]
+def run(backend, crop) -> tuple[np.ndarray, float]:
     import SimpleITK as sitk
 
     t0 = time.perf_counter()

@@ -35,6 +35,7 @@ import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,8 +153,9 @@ def main() -> int:
     shutil.copytree(UNET_DIR, out / "unet", ignore=shutil.ignore_patterns(".cache"))
     store_blast(blast_dir, out / "blast", numbers)
     inputs = make_inputs(out / "inputs", args.quick)
-    files = {p.relative_to(out).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
-             for p in sorted(out.rglob("*")) if p.is_file()}
+    files: dict[str, dict[str, Any]] = {
+        p.relative_to(out).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+        for p in sorted(out.rglob("*")) if p.is_file()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip() or None
     manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": args.quick,

@@ -70,7 +70,7 @@ def bare_receiver(folder: Path, port: int, fsync: bool) -> int:
     counter = iter(range(1 << 62))
     lock = threading.Lock()
 
-    def handle_store(event):  # type: ignore[no-untyped-def]
+    def handle_store(event):
         with lock:
             k = next(counter)
         with open(folder / f"{k:07d}.dcm", "wb") as fh:
@@ -85,7 +85,8 @@ def bare_receiver(folder: Path, port: int, fsync: bool) -> int:
     ae.maximum_associations = 10
     syntaxes = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian]
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, syntaxes)
+        if cx.abstract_syntax is not None:  # always set in pynetdicom's list; typed Optional
+            ae.add_supported_context(cx.abstract_syntax, syntaxes)
     folder.mkdir(parents=True, exist_ok=True)
     print(f"bare receiver listening on {LOOPBACK}:{port} fsync={fsync}", flush=True)
     ae.start_server((LOOPBACK, port), block=True,

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,7 +39,7 @@ class StageTimer:
     def wrap(self, name: str, fn: Callable) -> Callable:
         perf = time.perf_counter
 
-        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):
             t = perf()
             try:
                 return fn(*args, **kwargs)
@@ -71,7 +72,9 @@ def stage_timers(timer: StageTimer) -> Iterator[None]:
     import dicomnode.receive.instance_store as storage
     import dicomnode.receive.recorder as recorder
 
-    ds_prop = events.Event.dataset
+    ds_prop = cast(property, events.Event.dataset)  # a property on the class, typed as its getter
+    if ds_prop.fget is None:
+        raise TypeError("pynetdicom's Event.dataset is not a readable property")
     fake_hashlib = types.SimpleNamespace(
         sha256=timer.wrap("  sha256", hashlib.sha256))
     real_fsync = os.fsync
@@ -129,7 +132,7 @@ def profile_node(n: int, work: Path, files: list[Path], cprofile: bool, assocs: 
     profiles: list[cProfile.Profile] = []
     node = None
 
-    def thread_profiler(*_args):  # type: ignore[no-untyped-def]
+    def thread_profiler(*_args):
         p = cProfile.Profile()
         profiles.append(p)
         p.enable()  # replaces this hook for the rest of the thread
@@ -144,10 +147,10 @@ def profile_node(n: int, work: Path, files: list[Path], cprofile: bool, assocs: 
                      split_into(files, run_dir / "split", assocs))
             seconds = send(parts, node.port, run_dir)
             cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-            threading.setprofile(None)  # type: ignore[arg-type]
+            threading.setprofile(None)
             verify_node(folder, n)
     finally:
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
         if node is not None:
             node.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -179,7 +182,7 @@ def profile_node(n: int, work: Path, files: list[Path], cprofile: bool, assocs: 
     stats = None
     for p in profiles:
         p.create_stats()
-        if p.stats:  # type: ignore[attr-defined]
+        if p.stats:
             stats = pstats.Stats(p) if stats is None else stats.add(p)
     if stats is None:
         console.print("no profile data")

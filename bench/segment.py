@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,8 @@ def run_backend(backend: str, cases: list[dict], ensemble: int, device: str,
         seg = replace(seg, unet_model=Path(unet_model))
     t0 = time.perf_counter()
     model = build_backend(seg)
-    out = {"backend": backend, "model_load_s": time.perf_counter() - t0, "cases": []}
+    rows: list[dict[str, Any]] = []
+    out: dict[str, Any] = {"backend": backend, "model_load_s": time.perf_counter() - t0, "cases": rows}
     for case in cases + ([{"folder": str(GE_DIR), "ge": True}] if with_ge else []):
         folder = Path(case["folder"])
         files = sorted((folder / "dicom").glob("*.dcm")) if not case.get("ge") else \
@@ -120,7 +122,7 @@ def run_backend(backend: str, cases: list[dict], ensemble: int, device: str,
             if pred.shape == truth.shape:  # untilted phantoms: same grid
                 a, b = pred == 1, truth == 1
                 row["dice"] = float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
-        out["cases"].append(row)
+        rows.append(row)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 

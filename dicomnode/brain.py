@@ -206,7 +206,7 @@ def _brain_mask(hu: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> n
             # an open ring borrows the cavity of the nearest closed slice towards the widest one
             towards = [c for c in closed if (c - k) * (widest - k) >= 0]
             src = min(towards, key=lambda c: abs(c - k))
-            cand[k] &= cavities[src]  # type: ignore[operator]
+            cand[k] &= cavities[src]
     if not cand.any():
         return cand
     cut = _disk((int(round(BRIDGE_CUT_MM / sy)), int(round(BRIDGE_CUT_MM / sx))))[None]

@@ -63,7 +63,7 @@ class CTVolume:
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
         """Voxel spacing of ``image`` (x, y, z)."""
-        return tuple(self.image.GetSpacing())  # type: ignore[return-value]
+        return tuple(self.image.GetSpacing())
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from dicomnode.assemble.selection import Sibling, evaluate
 from dicomnode.assemble.stack_summary import series_geometry
 from dicomnode.config import AssemblySettings, EligibilitySettings
+from dicomnode.db.dml import affected_rows
 from dicomnode.db.models import Instance, Job, Series, SeriesState, utcnow
 from dicomnode.db.session import SessionFactory
 from dicomnode.logs import log_context
@@ -83,14 +84,14 @@ def _complete(session: Session, series_id: int, assembly: AssemblySettings,
         reason = evaluate(series.attributes, geometry, count, rules, siblings)
         # Conditional update: if an instance arrived meanwhile (count or version changed), this
         # sweep leaves the series alone and a later one completes it with every instance.
-        changed = session.execute(
+        changed = affected_rows(session.execute(
             update(Series).where(Series.id == series_id, Series.version == series.version,
                                  Series.state == SeriesState.RECEIVING,
                                  Series.instance_count == count)
             .values(state=SeriesState.REJECTED if reason else SeriesState.QUEUED,
                     reason=reason or geometry.get("warning", ""), geometry=geometry,
                     completed_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)).rowcount
+            .execution_options(synchronize_session=False)))
         if not changed:
             return None
         if reason:

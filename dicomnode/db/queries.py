@@ -17,7 +17,7 @@ def series_status(sessions: SessionFactory, *, limit: int = 50) -> list[dict[str
             select(Series, Study.study_instance_uid)
             .join(Study, Series.study_id == Study.id)
             .order_by(Series.updated_at.desc(), Series.id.desc()).limit(limit)).all()
-        jobs = {}
+        jobs: dict[tuple[int, int], Job] = {}
         if rows:
             for job in session.scalars(select(Job).where(
                     Job.series_id.in_([s.id for s, _ in rows])).order_by(Job.id)):
@@ -27,7 +27,7 @@ def series_status(sessions: SessionFactory, *, limit: int = 50) -> list[dict[str
         delivery = delivery_summary(sessions, [j.id for j in jobs.values()])
         out = []
         for series, study_uid in rows:
-            job = jobs.get((series.id, series.version))
+            latest = jobs.get((series.id, series.version))
             geometry = series.geometry or {}
             out.append({
                 "series_instance_uid": series.series_instance_uid,
@@ -37,9 +37,9 @@ def series_status(sessions: SessionFactory, *, limit: int = 50) -> list[dict[str
                 "state": series.state,
                 "reason": series.reason,
                 "version": series.version,
-                "job_id": job.id if job else None,
+                "job_id": latest.id if latest else None,
                 "tilt_deg": geometry.get("tilt_deg"),
-                "delivery": delivery.get(job.id) if job else None,
+                "delivery": delivery.get(latest.id) if latest else None,
                 "spacing_mm": geometry.get("spacing_mm"),
                 "updated_at": series.updated_at.isoformat(timespec="seconds") + "Z",
             })

@@ -58,10 +58,12 @@ def _segment_sources(seg: Dataset) -> dict[int, list[tuple[str, str]]]:
     """Segment number -> (SOP Class UID, SOP Instance UID) of the source images of its frames."""
     out: dict[int, list[tuple[str, str]]] = {}
     # With one segment, the segment identification may sit in the shared functional groups.
-    shared = seg.get("SharedFunctionalGroupsSequence", [None])[0]
-    shared_id = shared.get("SegmentIdentificationSequence") if shared is not None else None
+    shared = seg.get("SharedFunctionalGroupsSequence")
+    shared_id = shared[0].get("SegmentIdentificationSequence") if shared else None
     for frame in seg.PerFrameFunctionalGroupsSequence:
         ident = frame.get("SegmentIdentificationSequence") or shared_id
+        if not ident:
+            raise ValueError("SEG frame without Segment Identification (PS3.3 C.8.20.3)")
         number = int(ident[0].ReferencedSegmentNumber)
         refs = out.setdefault(number, [])
         for derivation in frame.get("DerivationImageSequence", []):

@@ -28,7 +28,7 @@ class GeometryError(ValueError):
     """Direction cosines that do not describe a plane."""
 
 
-def axes(orientation: Sequence[float]) -> np.ndarray:
+def axes(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
     """Orthonormal (row, column, normal) directions as the columns of a 3x3 matrix.
 
     The column cosine is made orthogonal to the row cosine (Gram-Schmidt): the values stored in

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from dicomnode.db.dml import affected_rows
 from dicomnode.db.models import Instance, Job, JobState, Series, SeriesState, Study, utcnow
 from dicomnode.db.session import SessionFactory
 from dicomnode.domain import SeriesRef
@@ -21,7 +23,7 @@ from dicomnode.domain import SeriesRef
 log = logging.getLogger(__name__)
 
 
-def claim_next(sessions: SessionFactory, storage_root, worker: str) -> SeriesRef | None:
+def claim_next(sessions: SessionFactory, storage_root: Path, worker: str) -> SeriesRef | None:
     """Claim the oldest queued job; returns None when the queue is empty."""
     while True:
         with sessions.begin() as session:
@@ -30,16 +32,17 @@ def claim_next(sessions: SessionFactory, storage_root, worker: str) -> SeriesRef
             if job_id is None:
                 return None
             now = utcnow()
-            claimed = session.execute(
+            claimed = affected_rows(session.execute(
                 update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
                 .values(state=JobState.PROCESSING, worker=worker, claimed_at=now,
                         attempts=Job.attempts + 1)
-                .execution_options(synchronize_session=False)).rowcount
+                .execution_options(synchronize_session=False)))
             if not claimed:
                 continue  # another worker was faster; try the next one
-            job = session.get(Job, job_id)
-            series = session.get(Series, job.series_id)
-            study = session.get(Study, series.study_id)
+            # Foreign keys guarantee these rows; session.get is typed Optional.
+            job = session.get_one(Job, job_id)
+            series = session.get_one(Series, job.series_id)
+            study = session.get_one(Study, series.study_id)
             if series.version == job.version:
                 series.state = SeriesState.PROCESSING
             paths = tuple(storage_root / p for p in session.scalars(
@@ -52,7 +55,7 @@ def claim_next(sessions: SessionFactory, storage_root, worker: str) -> SeriesRef
 
 def finish(sessions: SessionFactory, job_id: int, *, error: str = "",
            timings_s: dict[str, Any] | None = None, outputs: dict[str, Any] | None = None,
-           also: Callable[[Session], None] | None = None) -> None:
+           also: Callable[[Session], object] | None = None) -> None:
     """Mark a claimed job done (``error`` empty) or failed (``error`` is ``Type: message``).
 
     ``also`` runs in the same transaction (the outbox rows), so a crash cannot leave a job done

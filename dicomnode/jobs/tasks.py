@@ -11,6 +11,7 @@ from sqlalchemy import delete, select
 
 from dicomnode.assemble.series import sweep
 from dicomnode.config import Settings
+from dicomnode.db.dml import affected_rows
 from dicomnode.db.models import Instance, Series, SeriesState, Study, utcnow
 from dicomnode.db.session import SessionFactory
 from dicomnode.storage import series_dir
@@ -44,8 +45,8 @@ def retention(sessions: SessionFactory, storage_root: Path, retention_days: int)
             series = session.get(Series, series_id)
             if series is None or series.state not in _FINISHED:
                 continue
-            removed += session.execute(delete(Instance).where(Instance.series_id == series_id)
-                                       ).rowcount or 0
+            removed += affected_rows(session.execute(
+                delete(Instance).where(Instance.series_id == series_id)))
             series.instance_count = 0
             series.reason = (series.reason + "; " if series.reason else "") + \
                 f"images deleted after {retention_days} days"

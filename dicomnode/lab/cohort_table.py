@@ -167,7 +167,7 @@ def _load_volume(study: Path):
 
         img = sitk.Cast(sitk.ReadImage(str(study)), sitk.sitkFloat32)
         return CTVolume(series_instance_uid="", study_instance_uid="", image=img, slices=(),
-                        orientation=tuple(img.GetDirection()[:6]),  # type: ignore[arg-type]
+                        orientation=tuple(img.GetDirection()[:6]),
                         pixel_spacing_mm=(img.GetSpacing()[1], img.GetSpacing()[0]),
                         rows=img.GetSize()[1], columns=img.GetSize()[0])
     from dicomnode.load.volume import load_series
@@ -240,9 +240,10 @@ def build_table(cases: Sequence[Case], *, spec: ImageSpec | None = DEFAULT_IMAGE
                 continue
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                extra = {} if img is None else {"image": img}
-                np.savez_compressed(path, names=np.array(list(feats)), values=np.array(list(feats.values())),
-                                    **extra)
+                arrays = {"names": np.array(list(feats)), "values": np.array(list(feats.values()))}
+                if img is not None:
+                    arrays["image"] = img
+                np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         rows.append(feats)
         imgs.append(img)
         kept.append(case)

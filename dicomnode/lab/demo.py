@@ -33,7 +33,8 @@ class BuiltinPacs:
         self.dicom_port = free_port()
         ae = AE(ae_title=self.AE_TITLE)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax)
+            if cx.abstract_syntax is not None:  # always set in pynetdicom's list; typed Optional
+                ae.add_supported_context(cx.abstract_syntax)
         self.server = ae.start_server(("127.0.0.1", self.dicom_port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._store)])
 
@@ -46,7 +47,8 @@ class BuiltinPacs:
         return len(list(self.folder.glob("*.dcm")))
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self.server is not None:
+            self.server.shutdown()
 
 
 def run_demo(settings: Settings, out: Path, *, matrix: int = 256, timeout_s: float = 600,

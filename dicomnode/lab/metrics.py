@@ -8,9 +8,10 @@ Vickers & Elkin (Med Decis Making 2006): NB(t) = TP/n - FP/n * t / (1 - t).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -45,7 +46,7 @@ METRIC_NAMES = (
 )
 
 
-def _check(y: Sequence, p: Sequence) -> tuple[np.ndarray, np.ndarray]:
+def _check(y: ArrayLike, p: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y).astype(int).ravel()
     p = np.asarray(p, dtype=float).ravel()
     if y.shape != p.shape:
@@ -59,7 +60,7 @@ def _check(y: Sequence, p: Sequence) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
-def confusion(y: Sequence, p: Sequence, threshold: float = 0.5) -> dict[str, int]:
+def confusion(y: ArrayLike, p: ArrayLike, threshold: float = 0.5) -> dict[str, int]:
     """Counts at ``threshold`` (a case is called positive when p >= threshold)."""
     y, p = _check(y, p)
     pred = p >= threshold
@@ -75,7 +76,7 @@ def _ratio(a: float, b: float) -> float:
     return float(a / b) if b > 0 else float("nan")
 
 
-def binary_metrics(y: Sequence, p: Sequence, threshold: float = 0.5) -> dict[str, float]:
+def binary_metrics(y: ArrayLike, p: ArrayLike, threshold: float = 0.5) -> dict[str, float]:
     """AUC, accuracy, sensitivity, specificity, precision, F1, AP and Brier score.
 
     Threshold metrics call a case positive when ``p >= threshold``. AUC and AP are NaN when
@@ -100,8 +101,8 @@ def binary_metrics(y: Sequence, p: Sequence, threshold: float = 0.5) -> dict[str
 
 
 def bootstrap_ci(
-    y: Sequence,
-    p: Sequence,
+    y: ArrayLike,
+    p: ArrayLike,
     fn: Callable[[np.ndarray, np.ndarray], float] | None = None,
     *,
     n_boot: int = 1000,
@@ -128,8 +129,8 @@ def bootstrap_ci(
 
 
 def summarize(
-    y: Sequence,
-    p: Sequence,
+    y: ArrayLike,
+    p: ArrayLike,
     threshold: float = 0.5,
     *,
     n_boot: int = 1000,
@@ -191,21 +192,21 @@ def _auc_rank(y: np.ndarray, p: np.ndarray) -> float:
     return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def roc_points(y: Sequence, p: Sequence) -> dict[str, list[float]]:
+def roc_points(y: ArrayLike, p: ArrayLike) -> dict[str, list[float]]:
     """ROC curve (false positive rate, true positive rate)."""
     y, p = _check(y, p)
     fpr, tpr, _ = roc_curve(y, p)
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
 
 
-def pr_points(y: Sequence, p: Sequence) -> dict[str, list[float]]:
+def pr_points(y: ArrayLike, p: ArrayLike) -> dict[str, list[float]]:
     """Precision-recall curve (recall ascending) and the prevalence (no-skill line)."""
     y, p = _check(y, p)
     prec, rec, _ = precision_recall_curve(y, p)
     return {"recall": rec[::-1].tolist(), "precision": prec[::-1].tolist(), "prevalence": float(y.mean())}
 
 
-def calibration_curve(y: Sequence, p: Sequence, n_bins: int = 10) -> dict[str, list[float]]:
+def calibration_curve(y: ArrayLike, p: ArrayLike, n_bins: int = 10) -> dict[str, list[float] | list[int]]:
     """Reliability diagram on quantile bins: mean predicted vs observed rate, with counts.
 
     Quantile bins keep every bin populated when risks are skewed (PSE risks are mostly small).
@@ -216,7 +217,9 @@ def calibration_curve(y: Sequence, p: Sequence, n_bins: int = 10) -> dict[str, l
     if edges.size < 2:
         edges = np.array([p.min(), p.max() + 1e-12])
     idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, edges.size - 2)
-    pred, obs, cnt = [], [], []
+    pred: list[float] = []
+    obs: list[float] = []
+    cnt: list[int] = []
     for b in range(edges.size - 1):
         m = idx == b
         if m.any():
@@ -228,7 +231,7 @@ def calibration_curve(y: Sequence, p: Sequence, n_bins: int = 10) -> dict[str, l
     return {"predicted": pred, "observed": obs, "count": cnt, "ece": [ece]}
 
 
-def calibration_intercept_slope(y: Sequence, p: Sequence) -> dict[str, float]:
+def calibration_intercept_slope(y: ArrayLike, p: ArrayLike) -> dict[str, float]:
     """Logistic recalibration: logit P(y) = a + b logit(p). Ideal: a = 0, b = 1.
 
     ``intercept`` is calibration-in-the-large with the slope fixed at 1 (offset model).
@@ -255,7 +258,7 @@ def calibration_intercept_slope(y: Sequence, p: Sequence) -> dict[str, float]:
 
 
 def decision_curve(
-    y: Sequence, p: Sequence, thresholds: Sequence[float] | None = None
+    y: ArrayLike, p: ArrayLike, thresholds: ArrayLike | None = None
 ) -> dict[str, list[float]]:
     """Net benefit of the model, of treating all and of treating none, per threshold."""
     y, p = _check(y, p)
@@ -273,7 +276,7 @@ def decision_curve(
     return {"threshold": t.tolist(), "model": model, "treat_all": all_, "treat_none": [0.0] * t.size}
 
 
-def oracle_auc(p_true: Sequence) -> float:
+def oracle_auc(p_true: ArrayLike) -> float:
     """Bayes-optimal AUC of the true risks (expected over outcome draws; synthetic cohorts)."""
     from dicomnode.lab.synth.cohort import expected_auc
 

@@ -72,6 +72,14 @@ def image_shape_of(names: Sequence[str]) -> tuple[int, int, int] | None:
     return None
 
 
+def _image_shape(names: Sequence[str]) -> tuple[int, int, int]:
+    """The image stack shape of an image preset's table (ValueError without ``img_*`` columns)."""
+    shape = image_shape_of(names)
+    if shape is None:
+        raise ValueError("this preset needs image columns (img_*); build the table with images")
+    return shape
+
+
 def _idx(names: Sequence[str], *, prefixes: Sequence[str] = (), patterns: Sequence[str] = (),
          exclude: Sequence[str] = ()) -> list[int]:
     out = []
@@ -140,7 +148,7 @@ def _cnn_kwargs(tiny: bool, seed: int, **extra: Any) -> dict[str, Any]:
 def build_psenet(names: Sequence[str], *, seed: int = 0, tiny: bool = False) -> BaseEstimator:
     """A: deep image score (CNN on the slices with the mask prior) + cortical involvement + volume
     (+ age and sex from the DICOM header), logistic fusion. Clinical data are not used."""
-    shape = image_shape_of(names)
+    shape = _image_shape(names)
     side = _idx(names, patterns=_VOLUME + _CORTICAL, prefixes=("hdr_",))
     parts = [("image", CNNFeatures(shape, output="score", cross_fit=_xfit(tiny), **_cnn_kwargs(tiny, seed)),
                _img_idx(names))]
@@ -189,7 +197,7 @@ def _clinical_idx(names: Sequence[str]) -> list[int]:
 def build_multitask_image(names: Sequence[str], *, seed: int = 0, tiny: bool = False) -> BaseEstimator:
     """B, Image-to-HE: a multi-task CNN (segments the haematoma and predicts the outcome); its
     normalised score, recalibrated by logistic regression."""
-    shape = image_shape_of(names)
+    shape = _image_shape(names)
     return Pipeline([
         ("features", ColumnTransformer([
             ("image", CNNFeatures(shape, output="score", arch="multitask", cross_fit=_xfit(tiny),
@@ -212,7 +220,7 @@ def build_multitask_clinical(names: Sequence[str], *, seed: int = 0, tiny: bool 
 
 def build_multitask_he(names: Sequence[str], *, seed: int = 0, tiny: bool = False) -> BaseEstimator:
     """B, Integrated-to-HE: the multi-task image score plus forward-selected clinical variables."""
-    shape = image_shape_of(names)
+    shape = _image_shape(names)
     parts: list = [("image", CNNFeatures(shape, output="score", arch="multitask", cross_fit=_xfit(tiny),
                                          **_cnn_kwargs(tiny, seed)), _img_idx(names))]
     idx = _clinical_idx(names)
@@ -228,7 +236,7 @@ def build_multitask_he(names: Sequence[str], *, seed: int = 0, tiny: bool = Fals
 def build_resnet_lasso_svm(names: Sequence[str], *, seed: int = 0, tiny: bool = False) -> BaseEstimator:
     """C: ResNet deep features of the largest slice and its neighbours (cropped to the ROI) +
     radiomics, LASSO fusion, SVM with Platt probabilities."""
-    shape = image_shape_of(names)
+    shape = _image_shape(names)
     rad = _idx(names, prefixes=("rad_",))
     parts: list = [("deep", CNNFeatures(shape, output="score", arch="resnet", cross_fit=_xfit(tiny),
                                         **_cnn_kwargs(tiny, seed, width=4 if tiny else 8)), _img_idx(names))]
@@ -245,7 +253,7 @@ def build_resnet_lasso_svm(names: Sequence[str], *, seed: int = 0, tiny: bool = 
 def build_efficientnet_synth(names: Sequence[str], *, seed: int = 0, tiny: bool = False) -> BaseEstimator:
     """D: 2D EfficientNet-B0 on the slices with the lesion mask as a prior channel, trained on
     each image plus five generated versions (synthesize_variants) and standard augmentation."""
-    shape = image_shape_of(names)
+    shape = _image_shape(names)
     kw = _cnn_kwargs(tiny, seed, epochs=3 if tiny else 8, n_features=8)
     return Pipeline([
         ("features", ColumnTransformer([("image", "passthrough", _img_idx(names))])),
@@ -257,7 +265,7 @@ def build_efficientnet_synth(names: Sequence[str], *, seed: int = 0, tiny: bool 
 def build_hybrid_kbest_svm(names: Sequence[str], *, seed: int = 0, tiny: bool = False) -> BaseEstimator:
     """E: radiomics + CNN features + clinical variables, SelectKBest and SVM, K and the SVM
     kernel/complexity chosen by an inner grid search (AUC)."""
-    shape = image_shape_of(names)
+    shape = _image_shape(names)
     cnn = CNNFeatures(shape, output="score", cross_fit=_xfit(tiny), **_cnn_kwargs(tiny, seed))
     parts: list = [("cnn", cnn, _img_idx(names))]
     rad = _idx(names, prefixes=("rad_",))

@@ -179,7 +179,7 @@ def train_preset(table: CohortTable, target: str, preset: str, *, out: Path | No
 def headline(result: dict[str, Any]) -> dict[str, Any]:
     """The metrics that go into model.json and the docs table (value and 95% CI)."""
     m = result["cv"]["metrics"]
-    out = {k: {"value": m[k]["value"], "ci95": [m[k]["ci_low"], m[k]["ci_high"]]}
+    out: dict[str, Any] = {k: {"value": m[k]["value"], "ci95": [m[k]["ci_low"], m[k]["ci_high"]]}
            for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1",
                      "average_precision", "brier")}
     out["calibration"] = result["cv"]["calibration"]

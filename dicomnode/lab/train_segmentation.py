@@ -97,7 +97,7 @@ def _patch(image: np.ndarray, labels: np.ndarray, roi: tuple[int, int, int],
     if any(p[1] for p in pad):
         image = np.pad(image, pad, constant_values=0.0)
         labels = np.pad(labels, pad, constant_values=0)
-    fg = np.empty((0, 3))
+    fg: np.ndarray = np.empty((0, 3), dtype=np.intp)
     if positive:
         # Class first, then a voxel of it: small classes (IVH) get centred as often as ICH.
         present = [c for c in np.unique(labels) if c > 0]
@@ -225,9 +225,11 @@ def train(folders: Sequence[Path], out: Path, cfg: TrainConfig, *,
             with torch.inference_mode():
                 for p in val:
                     case = np.load(p)
-                    x = torch.from_numpy(case["image"])[None, None].to(device)
-                    logits = sliding_window_inference(x, cfg.roi_size_zyx, 2, net, overlap=0.25,
+                    x_val = torch.from_numpy(case["image"])[None, None].to(device)
+                    logits = sliding_window_inference(x_val, cfg.roi_size_zyx, 2, net, overlap=0.25,
                                                       mode="gaussian")
+                    if not isinstance(logits, torch.Tensor):
+                        raise TypeError("the network returned more than one tensor")
                     pred = logits.argmax(1)[0].cpu().numpy()
                     if (case["labels"] == 1).any():
                         dices.append(_dice(pred == 1, case["labels"] == 1))

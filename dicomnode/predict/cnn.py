@@ -174,7 +174,7 @@ class _CNNBase(BaseEstimator):
         img = np.nan_to_num(X.reshape(-1, c, h, w), nan=0.0)
         return img
 
-    def _inputs(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def _inputs(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised network input and the mask (segmentation target) if there is one."""
         c = img.shape[1]
         mc = self.mask_channel % c
@@ -213,7 +213,7 @@ class _CNNBase(BaseEstimator):
             x_tr_img = np.concatenate([x_tr_img, syn])
             y_tr = np.concatenate([y_tr, np.repeat(y_tr, int(self.n_synthetic))])
         x_tr, m_tr = self._inputs(x_tr_img)
-        x_val, m_val = self._inputs(img[val]) if n_val else (None, None)
+        x_val, m_val = self._inputs(img[val])  # empty when n_val is 0 (never used then)
         net = self._net().to(self.device)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         bce = torch.nn.functional.binary_cross_entropy_with_logits

@@ -75,10 +75,10 @@ def cave_score(
     if _known(ich_volume_ml) and float(ich_volume_ml) < 0:  # type: ignore[arg-type]
         raise ValueError(f"ich_volume_ml must be >= 0, got {ich_volume_ml}")
     components: dict[str, bool | None] = {
-        "cortical_involvement": bool(cortical_involvement) if _known(cortical_involvement) else None,  # type: ignore[arg-type]
+        "cortical_involvement": bool(cortical_involvement) if _known(cortical_involvement) else None,
         "age_under_65": float(age_y) < AGE_LIMIT_Y if _known(age_y) else None,  # type: ignore[arg-type]
         "volume_over_10ml": float(ich_volume_ml) > VOLUME_LIMIT_ML if _known(ich_volume_ml) else None,  # type: ignore[arg-type]
-        "early_seizure": bool(early_seizure) if _known(early_seizure) else None,  # type: ignore[arg-type]
+        "early_seizure": bool(early_seizure) if _known(early_seizure) else None,
     }
     score = sum(1 for v in components.values() if v)
     unknown = tuple(k for k, v in components.items() if v is None)

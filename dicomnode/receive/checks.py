@@ -126,7 +126,7 @@ def read_header(ds: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
         "manufacturer": _text(ds, "Manufacturer"),
         "specific_character_set": _text(ds, "SpecificCharacterSet"),
     }
-    geometry = {
+    geometry: dict[str, Any] = {
         "ipp": _floats(ds.get("ImagePositionPatient"), 3),
         "iop": _floats(ds.get("ImageOrientationPatient"), 6),
         "instance_number": _number(ds, "InstanceNumber"),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
@@ -40,7 +42,7 @@ def handle_echo(event: Event) -> int:
 def handle_store(event: Event, store: InstanceStore) -> int:
     """C-STORE: acknowledge only once the instance is on disk and in the database."""
     calling_ae, peer = _peer(event)
-    request = event.request
+    request = cast(C_STORE, event.request)  # this handler is bound to EVT_C_STORE only
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
     try:
         series_uid = ""

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, bindparam, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from dicomnode.db.models import Instance, Series, SeriesState, Study, utcnow
+from dicomnode.db.models import Base, Instance, Series, SeriesState, Study, utcnow
 
 log = logging.getLogger(__name__)
 _MAX_BATCH = 256
@@ -53,13 +53,23 @@ def _insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]],
                    key: str) -> None:
     """INSERT ... ON CONFLICT (key) DO NOTHING, on SQLite and PostgreSQL."""
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(pg_insert(table).on_conflict_do_nothing(index_elements=[key]), rows)
     elif conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        conn.execute(sqlite_insert(table).on_conflict_do_nothing(index_elements=[key]), rows)
     else:  # pragma: no cover - other databases: plain insert, conflicts raise
         conn.execute(insert(table), rows)
-        return
-    conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=[key]), rows)
+
+
+def _table(model: type[Base]) -> Table:
+    """The Table of a mapped class (``__table__`` is typed as any FromClause)."""
+    table = model.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to a table")
+    return table
 
 
 class Recorder:
@@ -86,7 +96,7 @@ class Recorder:
             instance_count=Series.instance_count + bindparam("n"),
             last_received_at=bindparam("now"), updated_at=bindparam("now"),
         ).returning(Series.version)
-        self._insert_instances = insert(Instance.__table__)
+        self._insert_instances = insert(_table(Instance))
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dicomnode-dirsync")
         self._thread = threading.Thread(target=self._run, name="dicomnode-recorder", daemon=True)
         self._thread.start()
@@ -196,23 +206,27 @@ class Recorder:
     def _study_id(self, conn: Connection, r: Record, now: Any) -> int:
         sid = self._study_ids.get(r.study_uid)
         if sid is None:
-            _insert_ignore(conn, Study.__table__, [{
+            _insert_ignore(conn, _table(Study), [{
                 "study_instance_uid": r.study_uid, "patient_id": r.patient_id,
                 "accession_number": r.accession_number, "created_at": now}],
                 "study_instance_uid")
             sid = conn.scalar(select(Study.id).where(Study.study_instance_uid == r.study_uid))
+            if sid is None:
+                raise RuntimeError("study row missing right after its insert")
             self._study_ids[r.study_uid] = sid
         return sid
 
     def _series_id(self, conn: Connection, r: Record, now: Any) -> int:
         sid = self._series_ids.get(r.series_uid)
         if sid is None:
-            _insert_ignore(conn, Series.__table__, [{
+            _insert_ignore(conn, _table(Series), [{
                 "series_instance_uid": r.series_uid, "study_id": self._study_id(conn, r, now),
                 "state": SeriesState.RECEIVING, "reason": "", "version": 1,
                 "instance_count": 0, "attributes": r.series_attrs, "geometry": {},
                 "first_received_at": now, "last_received_at": now, "updated_at": now}],
                 "series_instance_uid")
             sid = conn.scalar(select(Series.id).where(Series.series_instance_uid == r.series_uid))
+            if sid is None:
+                raise RuntimeError("series row missing right after its insert")
             self._series_ids[r.series_uid] = sid
         return sid

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydicom import uid
 from pynetdicom import AE, AllStoragePresentationContexts, _config
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
@@ -63,7 +63,8 @@ def build_ae(settings: Settings) -> AE:
     ae.require_calling_aet = list(settings.access.allowed_calling_aets)
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        if cx.abstract_syntax is not None:  # always set in pynetdicom's list; typed Optional
+            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
     return ae
 
 
@@ -102,6 +103,8 @@ class _Server(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.socket is None:
+            raise OSError("the server socket is closed")
         client, address = self.socket.accept()
         client.settimeout(self.ae.network_timeout)
         if self.ssl_context:
@@ -148,6 +151,8 @@ class _SharedPortServer(_Server):
     """Binds with SO_REUSEPORT so several receiving processes share one port."""
 
     def server_bind(self) -> None:
+        if self.socket is None:
+            raise OSError("the server socket is closed")
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 

@@ -21,7 +21,7 @@ class SegmentationBackend(Protocol):
         ...
 
 
-def select_device(preference: str = "auto"):  # type: ignore[no-untyped-def]
+def select_device(preference: str = "auto"):
     """``cuda`` when present (or asked for), else ``cpu`` with one thread per core.
 
     See :func:`dicomnode.segment.inference.select_device`; imported here on first use so that

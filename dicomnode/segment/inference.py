@@ -88,6 +88,13 @@ def unet_normalise(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
+def _tensor(output: object) -> torch.Tensor:
+    """MONAI's sliding window returns a tensor for a network with one output (ours)."""
+    if not isinstance(output, torch.Tensor):
+        raise ModelError(f"the network returned {type(output).__name__}, not one tensor")
+    return output
+
+
 def unet_probabilities(net: torch.nn.Module, x: np.ndarray, roi_size_zyx: Sequence[int], *,
                        device: torch.device, autocast_dtype: torch.dtype | None,
                        sw_batch_size: int = UNET_SW_BATCH_SIZE, overlap: float = UNET_OVERLAP,
@@ -106,11 +113,11 @@ def unet_probabilities(net: torch.nn.Module, x: np.ndarray, roi_size_zyx: Sequen
                                                 enabled=enabled):
         logits = sliding_window_inference(tensor, roi, sw_batch_size, net, overlap=overlap,
                                           mode="gaussian")
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = torch.softmax(_tensor(logits).float(), dim=1)
         if mirror:  # left-right mirroring, averaged
             flipped = sliding_window_inference(tensor.flip(-1), roi, sw_batch_size, net,
                                                overlap=overlap, mode="gaussian")
-            probs = (probs + torch.softmax(flipped.float(), dim=1).flip(-1)) / 2
+            probs = (probs + torch.softmax(_tensor(flipped).float(), dim=1).flip(-1)) / 2
     return probs[0].cpu().numpy()
 
 

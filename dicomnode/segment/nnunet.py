@@ -106,7 +106,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _quiet():  # type: ignore[no-untyped-def]
+def _quiet():
     """nnU-Net prints to stdout; send that to our debug log instead (journald keeps stdout)."""
     buffer = io.StringIO()
     try:

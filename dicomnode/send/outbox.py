@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from dicomnode.config import Destination, Settings
+from dicomnode.db.dml import affected_rows
 from dicomnode.db.models import Job, OutboxItem, OutboxState, utcnow
 from dicomnode.db.session import SessionFactory
 from dicomnode.send.scu import ItemOutcome, store_items
@@ -60,10 +61,10 @@ def resend(sessions: SessionFactory, job_id: int) -> int:
     with sessions.begin() as session:
         if session.get(Job, job_id) is None:
             raise KeyError(f"job {job_id} does not exist")
-        return session.execute(
+        return affected_rows(session.execute(
             update(OutboxItem).where(OutboxItem.job_id == job_id)
             .values(state=OutboxState.PENDING, attempts=0, next_attempt_at=utcnow(),
-                    last_error="")).rowcount or 0
+                    last_error="")))
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float) -> float:

@@ -12,7 +12,7 @@ import pydicom
 from pydicom import uid
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 
 from dicomnode.errors import DeliveryError
 
@@ -103,7 +103,7 @@ def send_files(files: Iterable[Path], ae_title: str, host: str, port: int, *,
     return report
 
 
-def _store_one(assoc, path: Path) -> int:  # type: ignore[no-untyped-def]
+def _store_one(assoc, path: Path) -> int:
     try:
         rsp = assoc.send_c_store(path)
     except ValueError as exc:  # no accepted context for this file's class/syntax

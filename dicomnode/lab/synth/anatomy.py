@@ -11,9 +11,9 @@ Tissue classes and HU values are documented in docs/synthetic-data.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 import numpy as np
 
@@ -28,7 +28,18 @@ from .lattice import (
     smooth_min,
 )
 
-Warp = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+class Warp(Protocol):
+    """A displacement of tissue around a centre (``lesion.MassEffect``): maps sample points."""
+
+    @property
+    def centre_mm(self) -> np.ndarray: ...
+
+    @property
+    def radius_mm(self) -> float: ...
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 class Tissue(IntEnum):
@@ -229,7 +240,7 @@ class Painter:
         self.u = (x / F32(self.S[0]), y / F32(self.S[1]), z / F32(self.S[2]))
         self.w, self.warp_box = self.u, None
         wbox = lat.region(warp.centre_mm, 3 * warp.radius_mm) if warp is not None else None
-        if wbox is not None:  # tissue moves only within 3 radii of the clot
+        if warp is not None and wbox is not None:  # tissue moves only within 3 radii of the clot
             self.warp_box = wbox
             moved = warp(x[wbox], y[wbox], z[wbox])
             self.w = tuple(a.copy() for a in self.u)
@@ -267,9 +278,10 @@ class Painter:
         """Replace what is below by ``value`` in proportion to occupancy (partial volume)."""
         b = box if box is not None else (slice(None),) * 3
         occ = occupancy(sdf, self.ramp)
-        if self.want_hu:
+        if self.hu is not None:
             h = self.hu[b]
-            h += (F32(value) - h) * occ if np.isscalar(value) else (value - h) * occ
+            target = value if isinstance(value, np.ndarray) else F32(value)
+            h += (target - h) * occ
         t = self.tissue[b]
         t[occ > 0.5] = int(tissue)
 

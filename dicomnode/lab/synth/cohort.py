@@ -81,7 +81,7 @@ def pse_features(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _linear(coefs: dict[str, float], feats: dict[str, np.ndarray]) -> np.ndarray:
-    return coefs["intercept"] + sum(coefs[k] * v for k, v in feats.items())
+    return np.asarray(coefs["intercept"] + sum(coefs[k] * v for k, v in feats.items()), dtype=float)
 
 
 def he_risk(t: dict[str, np.ndarray]) -> np.ndarray:

@@ -28,7 +28,7 @@ from .cohort import (
     sample_cohort_arrays,
 )
 from .lesion import Markers
-from .study import build_case, geometry_for, render_case, write_scan
+from .study import StudyTruth, build_case, geometry_for, render_case, write_scan
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,11 @@ def make_cohort(
                 patient_name=f"SYNTH^C{seed}-{i:04d}",
                 patient_id=pid,
             )
-        base = None if follow_up else _finished_scan(out_dir / pid / "baseline")
-        if base is None:
+        done = None if follow_up else _finished_scan(out_dir / pid / "baseline")
+        base: SimpleNamespace | StudyTruth
+        if done is not None:
+            base = done
+        else:
             ph = render_case(case, geom, lesion=case.lesion, scan=0)
             base = write_scan(
                 out_dir / pid / "baseline",

@@ -99,10 +99,10 @@ class LesionSpec:
 
     def unit_sdf(self, px, py, pz) -> np.ndarray:
         """Signed distance in unit-frame lengths (multiply by ``scale_mm`` for mm)."""
-        body = None
-        for c, semi in self.lobes:
-            d = ellipsoid_sdf(px, py, pz, c, semi)
-            body = d if body is None else smooth_min(body, d, 0.35)
+        (c0, semi0), *rest = self.lobes
+        body = ellipsoid_sdf(px, py, pz, c0, semi0)
+        for c, semi in rest:
+            body = smooth_min(body, ellipsoid_sdf(px, py, pz, c, semi), 0.35)
         body = body + F32(self.rough_amp) * self.rough(px, py, pz)
         for c, r in self.satellites:
             body = np.minimum(body, ellipsoid_sdf(px, py, pz, c, (r, r, r)))
@@ -237,10 +237,12 @@ def _site_centre(
         "brainstem": (3, 19, -42),
     }
     if site in fixed:
-        c = np.array(fixed[site], dtype=float) + j
+        c = np.array(fixed[site], dtype=np.float64) + j
         c[0] *= side
         return c
-    u = np.array(LOBES[lobe], dtype=float) + 0.08 * jitter
+    if lobe is None:
+        raise ValueError(f"site {site!r} needs a lobe")
+    u = np.array(LOBES[lobe], dtype=np.float64) + 0.08 * jitter
     u[0] *= side
     u /= np.linalg.norm(u)
     semi, centre = np.array([68.0, 85.0, 59.0]), np.array([0.0, 0.0, 5.0])
@@ -256,7 +258,7 @@ def _site_centre(
             + 6.0
             + 1.25 * spec.r_eq_mm * _max_radius_ratio(spec)
         )
-    depth = min(depth, t - 12.0)
+    depth = min(float(depth), float(t) - 12.0)
     return centre + u * (t - depth)
 
 
@@ -286,7 +288,8 @@ class MassEffect:
             return None
         return cls(spec.centre_mm, spec.r_eq_mm, float(min(0.6, 0.6 * (volume_ml - 15.0) / 45.0)))
 
-    def __call__(self, x, y, z):
+    def __call__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c, big_r, f = self.centre_mm, F32(self.radius_mm), F32(self.fraction)
         dx, dy, dz = x - F32(c[0]), y - F32(c[1]), z - F32(c[2])
         r = np.sqrt(dx * dx + dy * dy + dz * dz) + F32(1e-3)

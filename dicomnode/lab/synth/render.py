@@ -199,6 +199,8 @@ def render_anatomy(
     )
     painter = Painter(anat, lat, ramp_mm=step, warp=warp)
     hu, tissue = painter.paint(beam_hardening_hu=beam_hardening_hu)
+    if hu is None:  # a Painter made with want_hu=True always paints HU
+        raise RuntimeError("the painter returned no HU values")
     hu = hu.reshape(geom.n_slices, n_sub, n_w, n_w).mean(axis=1)
     tissue = tissue.reshape(geom.n_slices, n_sub, n_w, n_w)
     if up:

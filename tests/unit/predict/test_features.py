@@ -183,56 +183,6 @@ def test_deep_slices(study):
         deep_slices(volume, _without_ich(labels))
 
 
-def test_deep_extractor_roundtrip_and_training_step(study, tmp_path):
-    import torch
-
-    from dicomnode.predict.lesion_slices import DeepFeatureExtractor, SliceConfig
-
-    volume, labels, _ = study
-    ext = DeepFeatureExtractor(
-        "resnet10", slices=SliceConfig(mask_channel=True, size_px=32), widen_factor=0.25, seed=1
-    )
-    assert ext.n_features == 128 and ext.feature_names[-1] == "deep_127"
-    f = ext.features(volume, labels)
-    assert list(f) == ext.feature_names and all(math.isfinite(v) for v in f.values())
-    assert all(math.isnan(v) for v in ext.features(volume, _without_ich(labels)).values())
-    # trainable as a classifier: one step lowers the loss on a fixed batch
-    x = torch.as_tensor(np.stack([ext.inputs(volume, labels)] * 4))
-    x[2:] = x[2:].flip(-1)
-    y = torch.tensor([[1.0], [1.0], [0.0], [0.0]])
-    ext.network.train()
-    opt = torch.optim.Adam(ext.network.parameters(), lr=1e-3)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    losses = []
-    for _ in range(3):
-        opt.zero_grad()
-        loss = loss_fn(ext.network(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-    weights, cfg = ext.save(tmp_path / "deep.pt")
-    assert json.loads(cfg.read_text())["slices"]["mask_channel"] is True
-    back = DeepFeatureExtractor.load(weights)
-    inp = ext.inputs(volume, labels)
-    assert np.allclose(back.embed(inp), ext.embed(inp), atol=1e-5)
-
-
-def test_efficientnet_extractor():
-    from dicomnode.predict.lesion_slices import DeepFeatureExtractor, SliceConfig
-
-    ext = DeepFeatureExtractor("efficientnet-b0", slices=SliceConfig(offsets_mm=(0.0,), mask_channel=True))
-    assert ext.n_features == 1280
-    emb = ext.embed(np.zeros((2, 2, 32, 32), dtype=np.float32))
-    assert emb.shape == (2, 1280)
-    assert ext.predict_logit(np.zeros((1, 2, 32, 32), dtype=np.float32)).shape == (1,)
-    with pytest.raises(ValueError, match="expected"):
-        ext.embed(np.zeros((1, 5, 32, 32), dtype=np.float32))
-
-
-# ---- measurement, header, clinical ---------------------------------------------------------------
-
-
 def test_extract_features(study):
     volume, labels, m = study
     clinical = {
