@@ -66,4 +66,7 @@ def ct_template() -> Dataset:
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.PixelSpacing = [1.8, 1.8]  # 230 mm field of view, head-sized
     ds.SliceThickness = 5.0
+    # CT_small was acquired with contrast (ISOVUE300 IV); a non-contrast head CT carries none.
+    for keyword in ("ContrastBolusAgent", "ContrastBolusRoute"):
+        delattr(ds, keyword)
     return ds

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from dicomnode.assemble.contrast import contrast_reason
 from dicomnode.config import EligibilitySettings
 
 
@@ -58,6 +59,9 @@ def evaluate(attrs: dict[str, Any], geometry: dict[str, Any], n_instances: int,
     description = attrs.get("series_description", "")
     if re.search(rules.excluded_description_regex, description):
         return f"series description {description!r} matches the excluded pattern"
+    contrast = contrast_reason(attrs, geometry, rules)
+    if contrast:
+        return contrast
     thickness = attrs.get("slice_thickness_mm")
     if thickness is not None and not (rules.min_slice_thickness_mm <= thickness
                                       <= rules.max_slice_thickness_mm):

@@ -104,6 +104,20 @@ class EligibilitySettings:
     head_extent_mm: tuple[float, float] = (60.0, 260.0)
     head_fov_mm: tuple[float, float] = (150.0, 320.0)
     bone_kernel_regex: str = r"(?i)bone|lung|sharp|edge|detail|h[6-9]\d|j70|br6|yc|yd|fc3[05]"
+    # Non-contrast only (assemble/contrast.py): values that mean "no contrast", and text rules.
+    contrast_absent_values: tuple[str, ...] = ("", "NONE", "NO", "N/A", "NA", "NIL", "-", "0",
+                                               "NOT APPLICABLE", "NO CONTRAST", "WITHOUT")
+    non_contrast_regex: str = (
+        r"(?i)\bw/?o\b|\bwithout\b|\bnon[- ]?(contrast|enhanced|con)\b|\bno[ -]contrast\b"
+        r"|\bunenhanced\b|\bncct\b|\bnc[ -]ct\b|\bnativ\w*|\bplain\b|\bohne\s*(km|kontrast)"
+        r"|\bsans\s*(injection|iode|contraste)|\bsin\s*contraste|\bsenza\s*(mdc|contrasto)"
+        r"|\bzonder\s*contrast|\bc-(?![a-z0-9])")
+    contrast_description_regex: str = (
+        r"(?i)\bcta\b|\bctp\b|\bctv\b|angio|perfusion|\bperf\b|venogra|\bc\+"
+        r"|\bw/? ?contrast|\bwith\s+contrast|post[- ]?contrast|contrast[- ]enhanced|\bcontrast\b"
+        r"|\bkm\b|kontrast|\bavec\s*injection|\bcon\s*contraste|\bcon\s*mdc|\biod")
+    vnc_regex: str = r"(?i)\bvnc\b|virtual[ _-]?non[ _-]?contrast|virtual[ _-]?unenhanced"
+    reject_time_resolved: bool = True
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,13 @@ class Validator:
             head_extent_mm=self._range(t, s, "head_extent_mm", d.head_extent_mm),
             head_fov_mm=self._range(t, s, "head_fov_mm", d.head_fov_mm),
             bone_kernel_regex=self._regex(t, s, "bone_kernel_regex", d.bone_kernel_regex),
+            contrast_absent_values=self._strs(t, s, "contrast_absent_values",
+                                              d.contrast_absent_values),
+            non_contrast_regex=self._regex(t, s, "non_contrast_regex", d.non_contrast_regex),
+            contrast_description_regex=self._regex(t, s, "contrast_description_regex",
+                                                   d.contrast_description_regex),
+            vnc_regex=self._regex(t, s, "vnc_regex", d.vnc_regex),
+            reject_time_resolved=self._bool(t, s, "reject_time_resolved", True),
         )
 
     def _segmentation(self, raw: Mapping[str, Any]) -> SegmentationSettings:

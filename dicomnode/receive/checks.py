@@ -96,6 +96,16 @@ def _enhanced_frames(ds: Dataset) -> list[dict[str, Any]]:
     return frames
 
 
+def _contrast_administered(ds: Dataset) -> str:
+    """Enhanced CT: "YES" when any Contrast/Bolus Usage item (PS3.3 C.7.6.16.2.12) says so."""
+    if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
+        return ""
+    item = functional_group(ds, 0, "ContrastBolusUsageSequence")
+    if item is None:
+        return ""
+    return "YES" if str(item.get("ContrastBolusAgentAdministered", "")).upper() == "YES" else "NO"
+
+
 def read_header(ds: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (series attributes, instance geometry) from a dataset.
 
@@ -125,6 +135,12 @@ def read_header(ds: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
         "series_number": _number(ds, "SeriesNumber"),
         "manufacturer": _text(ds, "Manufacturer"),
         "specific_character_set": _text(ds, "SpecificCharacterSet"),
+        # Contrast/Bolus module (PS3.3 C.7.6.4): eligibility refuses contrast studies.
+        "contrast_agent": _text(ds, "ContrastBolusAgent"),
+        "contrast_route": _text(ds, "ContrastBolusRoute"),
+        "contrast_volume_ml": _number(ds, "ContrastBolusVolume"),
+        "contrast_ingredient": _text(ds, "ContrastBolusIngredient"),
+        "contrast_administered": _contrast_administered(ds),
     }
     geometry: dict[str, Any] = {
         "ipp": _floats(ds.get("ImagePositionPatient"), 3),
