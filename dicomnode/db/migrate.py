@@ -51,6 +51,8 @@ PRE_MIGRATION_TABLES = frozenset({
 
 
 class SchemaState(enum.StrEnum):
+    """Where a database stands against this code's revisions."""
+
     EMPTY = "empty"
     UNVERSIONED = "unversioned"
     BEHIND = "behind"
@@ -96,7 +98,7 @@ class SchemaStatus:
             line = (f"empty: `{upgrade_command}` or the first `dicomnode serve` creates it at "
                     f"revision {self.head} (head)")
         else:
-            line = f"{self.where}, not head: {self.problem(upgrade_command)}"
+            line = f"not head: {self.problem(upgrade_command)}"
         return f"database {self.url}\n{line}"
 
 
