@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow reliability bench gpu-kit lint venv clean
+.PHONY: run test test-slow reliability bench gpu-kit lint migration venv clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,12 @@ bench: $(STAMP)
 # bench/gpu_check.py (docs/benchmarks.md, "GPU").
 gpu-kit: $(STAMP)
 	$(BIN)/python bench/gpu_kit.py --out .gpu-kit
+
+# The next schema revision after a change to dicomnode/db/models.py: make migration m="add job leases"
+# (docs/architecture.md, "How to change the schema").
+migration: $(STAMP)
+	test -n "$(m)" || { echo 'usage: make migration m="what the revision changes"'; exit 2; }
+	$(BIN)/python -m dicomnode.db.migrate "$(m)"
 
 # mypy runs inside bench/: its scripts import each other as top-level modules (not a package).
 lint: $(STAMP)

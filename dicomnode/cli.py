@@ -1,4 +1,4 @@
-"""Command line: ``dicomnode serve | worker | status | resend | echo | send | run | train | synth``."""
+"""Command line: ``dicomnode serve | worker | status | resend | db | echo | send | run | train | synth``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dicomnode import __version__
 from dicomnode.config import Destination, Settings, load_settings, parse_peer
-from dicomnode.errors import ConfigError, DeliveryError
+from dicomnode.errors import ConfigError, DeliveryError, SchemaError
 from dicomnode.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -62,22 +62,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    from dicomnode.db.session import make_sessions
+    from dicomnode.db.session import open_sessions
     from dicomnode.send.outbox import resend
 
     settings = _settings(args)
-    n = resend(make_sessions(settings.database_url), args.job)
+    n = resend(open_sessions(settings), args.job)
     print(f"job {args.job}: {n} outputs queued for sending again (same UIDs)")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicomnode.db.migrate import upgrade_command
     from dicomnode.db.queries import counters, series_status
-    from dicomnode.db.session import make_sessions
+    from dicomnode.db.session import open_for_reading
 
     settings = _settings(args)
-    sessions = make_sessions(settings.database_url)
-    rows = series_status(sessions, limit=args.limit)
+    sessions, schema = open_for_reading(settings)
+    problem = schema.problem(upgrade_command(settings))
+    if problem:
+        print(f"dicomnode: warning: {problem}", file=sys.stderr)
+    try:
+        rows = series_status(sessions, limit=args.limit)
+        c = counters(sessions)
+    except SQLAlchemyError as exc:
+        if not problem:
+            raise
+        print(f"dicomnode: cannot read this schema ({type(exc).__name__})", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -93,11 +106,26 @@ def cmd_status(args: argparse.Namespace) -> int:
                       r["state"], str(r["job_id"] or ""), tilt, r["reason"])
     console = Console()
     console.print(table)
-    c = counters(sessions)
     if c["discarded"] or c["refused"]:
         console.print(f"acknowledged but not processed: {sum(c['discarded'].values())} instances "
                       f"of other classes; refused: {c['refused']}")
     return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from dicomnode.db import migrate
+    from dicomnode.db.session import make_engine
+
+    settings = _settings(args)
+    setup_logging(settings.logging.level)
+    engine = make_engine(settings.database_url,
+                         sqlite_synchronous=settings.database.sqlite_synchronous)
+    if args.action == "upgrade":
+        print(migrate.describe_upgrade(*migrate.upgrade(engine)))
+        return 0
+    status = migrate.schema_status(engine)
+    print(status.describe(migrate.upgrade_command(settings)))
+    return 0 if status.state is migrate.SchemaState.CURRENT else 1
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
@@ -248,6 +276,16 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("db", help="the database schema: upgrade | current")
+    db_sub = p.add_subparsers(dest="action", required=True)
+    for action, text in (("upgrade", "bring the database to this dicomnode's schema revision "
+                                     "(back it up first)"),
+                         ("current", "show the database's revision and whether it is the newest "
+                                     "(exit code 1 when not)")):
+        d = db_sub.add_parser(action, help=text)
+        _add_config_options(d, node=False)
+        d.set_defaults(func=cmd_db)
+
     p = sub.add_parser("echo", help="C-ECHO a peer: dicomnode echo AET@HOST:PORT")
     p.add_argument("peer", metavar="AET@HOST:PORT")
     p.add_argument("--calling-aet", default="DICOMNODE")
@@ -319,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(with_lab=with_lab).parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except (ConfigError, SchemaError) as exc:
         print(f"dicomnode: {exc}", file=sys.stderr)
         return 2
     except (DeliveryError, ValueError, FileNotFoundError) as exc:

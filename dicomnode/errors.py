@@ -15,6 +15,10 @@ class ConfigError(DicomnodeError):
         super().__init__(f"invalid configuration {path}:\n{lines}")
 
 
+class SchemaError(DicomnodeError):
+    """The database is not at this dicomnode's schema revision; the message says what to do."""
+
+
 class InstanceRejected(DicomnodeError):
     """An incoming instance cannot be stored; carries the DIMSE status to return."""
 

@@ -63,3 +63,5 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("apscheduler").setLevel("ERROR")
     # highdicom narrates every module it copies at INFO.
     logging.getLogger("highdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
+    # alembic names its dialect at INFO on every start; dicomnode.db.migrate logs each upgrade.
+    logging.getLogger("alembic").setLevel("DEBUG" if level == "DEBUG" else "WARNING")

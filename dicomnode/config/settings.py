@@ -76,10 +76,13 @@ class DatabaseSettings:
     # Excluded from repr: a PostgreSQL URL carries the password (see __repr__).
     url: str = field(default="", repr=False)
     sqlite_synchronous: str = "FULL"
+    # Upgrade a database at an older schema revision at start instead of refusing to start.
+    auto_upgrade: bool = False
 
     def __repr__(self) -> str:
         url = redact_url(self.url) if self.url else ""
-        return f"DatabaseSettings(url={url!r}, sqlite_synchronous={self.sqlite_synchronous!r})"
+        return (f"DatabaseSettings(url={url!r}, sqlite_synchronous={self.sqlite_synchronous!r}, "
+                f"auto_upgrade={self.auto_upgrade!r})")
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,7 @@ class Validator:
             sqlite_synchronous=self._get(t, "database", "sqlite_synchronous", "FULL",
                                          lambda x: x in ("FULL", "NORMAL", "EXTRA"),
                                          "FULL, NORMAL or EXTRA"),
+            auto_upgrade=self._bool(t, "database", "auto_upgrade", False),
         )
         t = self._table(raw, "assembly", set(AssemblySettings.__dataclass_fields__))
         assembly = AssemblySettings(

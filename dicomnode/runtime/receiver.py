@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from dicomnode.config import Settings
-from dicomnode.db.session import make_sessions
+from dicomnode.db.session import open_sessions
 from dicomnode.logs import setup_logging
 from dicomnode.receive.instance_store import InstanceStore
 from dicomnode.receive.scp import start_scp
@@ -22,8 +22,7 @@ def main() -> int:
     settings: Settings = read_payload()
     setup_logging(settings.logging.level)
     stopped = stop_on_signals()
-    sessions = make_sessions(settings.database_url,
-                             sqlite_synchronous=settings.database.sqlite_synchronous)
+    sessions = open_sessions(settings)
     store = InstanceStore(settings.storage.path, sessions,
                           min_free_disk_mb=settings.storage.min_free_disk_mb,
                           keep_non_ct=settings.storage.keep_non_ct, fsync=settings.storage.fsync)

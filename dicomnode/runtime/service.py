@@ -17,7 +17,7 @@ from types import FrameType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
-from dicomnode.db.session import SessionFactory, make_sessions
+from dicomnode.db.session import SessionFactory, open_sessions
 from dicomnode.jobs.queue import requeue_stale, requeue_worker
 from dicomnode.jobs.scheduler import build_scheduler
 from dicomnode.receive.instance_store import InstanceStore
@@ -38,8 +38,8 @@ class Node:
                  start_worker: bool = False) -> None:
         self.settings = settings
         settings.storage.path.mkdir(parents=True, exist_ok=True)
-        self.sessions = sessions or make_sessions(
-            settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
+        # Refuses (SchemaError) a database at another schema revision unless auto_upgrade.
+        self.sessions = sessions or open_sessions(settings)
         self.store = InstanceStore(settings.storage.path, self.sessions,
                                    min_free_disk_mb=settings.storage.min_free_disk_mb,
                                    keep_non_ct=settings.storage.keep_non_ct,

@@ -13,7 +13,7 @@ import socket
 import threading
 
 from dicomnode.config import Settings
-from dicomnode.db.session import make_sessions
+from dicomnode.db.session import open_sessions
 from dicomnode.errors import ModelError
 from dicomnode.jobs.queue import claim_next
 from dicomnode.logs import setup_logging
@@ -30,11 +30,11 @@ def worker_name(pid: int) -> str:
 def run_worker(settings: Settings, stop: threading.Event | None = None, *,
                poll_s: float = 1.0, max_jobs: int | None = None) -> int:
     """Process jobs until ``stop`` is set (or ``max_jobs`` are done); returns an exit code."""
+    stop = stop or threading.Event()
+    # First, so that a database at another schema revision is refused before the model loads.
+    sessions = open_sessions(settings)
     from dicomnode.pipeline import make_context, process_series
 
-    stop = stop or threading.Event()
-    sessions = make_sessions(settings.database_url,
-                             sqlite_synchronous=settings.database.sqlite_synchronous)
     try:
         ctx = make_context(settings)
     except ModelError as exc:

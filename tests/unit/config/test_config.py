@@ -30,15 +30,16 @@ def test_all_problems_reported_at_once_with_path(tmp_path: Path) -> None:
     f = tmp_path / "bad.toml"
     f.write_text('[node]\nport = 70000\nae_title = "THIS TITLE IS FAR TOO LONG"\nbogus = 1\n'
                  '[access]\nallowed_networks = ["not-a-net"]\n'
-                 '[eligibility]\nhead_description_regex = "("\n[surprise]\n')
+                 '[eligibility]\nhead_description_regex = "("\n[surprise]\n'
+                 '[database]\nauto_upgrade = "yes"\n')
     with pytest.raises(ConfigError) as exc:
         load_settings(f)
     text = str(exc.value)
     assert str(f) in text
     for fragment in ("port", "ae_title", "bogus", "not-a-net", "head_description_regex",
-                     "surprise"):
+                     "surprise", "[database] auto_upgrade = 'yes': expected true or false"):
         assert fragment in text
-    assert len(exc.value.problems) == 6
+    assert len(exc.value.problems) == 7
 
 
 def test_relative_paths_resolve_against_file_folder(tmp_path: Path) -> None:

@@ -1,0 +1,17 @@
+"""One test per schema revision: rows written at the previous revision survive the upgrade.
+
+A new revision adds one test here with :func:`~tests.unit.db.revision_rows.assert_upgrade_keeps_rows`
+(its docstring shows how).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.unit.db.revision_rows import BASELINE_ROWS, assert_upgrade_keeps_rows
+
+
+def test_0001_adopts_a_pre_migration_database_with_all_its_rows(tmp_path: Path) -> None:
+    after = assert_upgrade_keeps_rows(tmp_path / "db.sqlite", None, BASELINE_ROWS)
+    assert {name: len(rows) for name, rows in after.items()} == {
+        name: len(rows) for name, rows in BASELINE_ROWS.items()}
