@@ -170,6 +170,8 @@ def _migration_transaction(engine: Engine) -> Iterator[Connection]:
         # pysqlite opens transactions only before INSERT/UPDATE/DELETE, so DDL would commit
         # one statement at a time: say BEGIN and COMMIT ourselves instead.
         raw = conn.connection.driver_connection
+        if raw is None:  # typed Optional; a checked-out pool connection always has one
+            raise SchemaError("no SQLite connection to upgrade")
         level = raw.isolation_level
         raw.isolation_level = None
         try:
