@@ -61,7 +61,7 @@ def printable(text: str) -> str:
 
 
 def _outline_px(size_px: int) -> int:
-    """Width of the dark outline around glyphs of ``size_px`` (1 px up to 19 px, then wider)."""
+    """Width of the dark outline around glyphs of ``size_px`` (1 px up to 20 px, then wider)."""
     return max(1, round(size_px / 14))
 
 
