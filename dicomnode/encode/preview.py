@@ -7,33 +7,34 @@ offline runner and the docs. Side effects: :func:`write_previews` writes files.
 
 Slices are shown in a brain window (W80 L40). Each label is outlined by the ring of pixels just
 outside its mask (4-connected, 1 px below 384 columns, else 2 px), so the haematoma's own pixels
-stay visible: ICH red, IVH cyan, extra-axial yellow, oedema a faint green.
+stay visible: ICH red, IVH cyan, extra-axial yellow, oedema a faint green. Text is DejaVu,
+anti-aliased and outlined (:mod:`.text`); Pillow draws it and writes the PNG files.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, OEDEMA, CTVolume, LabelMap, Measurements, Prediction, Risk
 
-from .font import CELL_H, CELL_W, draw_text
+from .text import draw_text, font, line_height
 
 __all__ = [
     "BLOOD_LABELS",
     "BRAIN_WINDOW_HU",
     "NOT_FOR_DIAGNOSIS",
     "STYLE",
-    "encode_png",
     "outline",
     "render_slice",
     "render_summary",
+    "slice_text_px",
     "summary_lines",
     "window",
     "write_png",
@@ -54,6 +55,7 @@ STYLE: dict[int, tuple[str, tuple[int, int, int], float]] = {
 }
 WHITE, AMBER, GREY = (255, 255, 255), (255, 170, 0), (170, 170, 170)
 SUMMARY_SIZE = (512, 1024)  # rows, columns: key slice on the left, text on the right
+SUMMARY_TITLE_PX, SUMMARY_TEXT_PX = 28, 16  # shown about 1:1 in a one-up viewport
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
@@ -91,6 +93,11 @@ def burn_outlines(grey: np.ndarray, labels2d: np.ndarray, *, thickness: int) -> 
     return rgb
 
 
+def slice_text_px(columns: int) -> int:
+    """Text size on a slice of ``columns``: 1/28 of the width (18 px at 512), at least 10 px."""
+    return max(10, round(columns / 28))
+
+
 def render_slice(hu: np.ndarray, labels2d: np.ndarray, *, annotate: bool = True,
                  synthetic: bool = False) -> np.ndarray:
     """One slice in the brain window with outlines, and (from 192 columns) a corner annotation.
@@ -102,26 +109,30 @@ def render_slice(hu: np.ndarray, labels2d: np.ndarray, *, annotate: bool = True,
         raise ValueError(f"hu {hu.shape} and labels {labels2d.shape} must be the same 2-D shape")
     rows, cols = hu.shape
     rgb = burn_outlines(window(hu), labels2d, thickness=outline_thickness(cols))
-    if annotate and cols >= 192:
-        scale = max(1, cols // 256)
-        margin = 2 * scale
-        lines = [NOT_FOR_DIAGNOSIS] + ([SYNTHETIC_NOTE] if synthetic else [])
-        for i, text in enumerate(lines):
-            draw_text(rgb, text, margin + i * CELL_H * scale, margin, AMBER, scale=scale, shadow=True)
-        present = [v for v in STYLE if v != OEDEMA and (labels2d == v).any()]
-        _legend(rgb, present[::-1], rows - margin - CELL_H * scale, margin, scale)
-    return rgb
+    if not (annotate and cols >= 192):
+        return rgb
+    img = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(img)
+    size = slice_text_px(cols)
+    margin, step = max(2, size // 4), line_height(size)
+    lines = [NOT_FOR_DIAGNOSIS] + ([SYNTHETIC_NOTE] if synthetic else [])
+    for i, text in enumerate(lines):
+        draw_text(draw, (margin, margin + i * step), text, AMBER, face="bold", size_px=size)
+    present = [v for v in STYLE if v != OEDEMA and (labels2d == v).any()]
+    _legend(draw, present[::-1], (margin, rows - margin - step), size)
+    return np.array(img)
 
 
-def _legend(rgb: np.ndarray, values: Sequence[int], row: int, col: int, scale: int) -> None:
-    """Coloured boxes and names of ``values`` on one line starting at (row, col)."""
-    box = 7 * scale
+def _legend(draw: ImageDraw.ImageDraw, values: Sequence[int], xy: tuple[int, int], size: int) -> None:
+    """Coloured squares and names of ``values`` on one text line whose top left is ``xy``."""
+    x, y = xy
+    _, top, _, bottom = font("sans", size).getbbox("H")  # the square spans the capital height
+    box = bottom - top
     for value in values:
         name, colour, _ = STYLE[value]
-        rgb[row:row + box, col:col + box] = colour
-        col += box + 3 * scale
-        _, w = draw_text(rgb, name, row, col, WHITE, scale=scale, shadow=True)
-        col += w + 10 * scale
+        draw.rectangle((x, y + top, x + box - 1, y + bottom - 1), fill=colour, outline=(0, 0, 0))
+        x += box + size // 3
+        x += draw_text(draw, (x, y), name, WHITE, size_px=size) + size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,25 +193,6 @@ def summary_lines(labels: LabelMap, measurements: Measurements,
     return out
 
 
-def _wrap(text: str, width: int) -> list[str]:
-    words, lines, line = text.split(" "), [], ""
-    for word in words:
-        while len(word) > width:  # a very long token: hard split
-            if line:
-                lines.append(line)
-                line = ""
-            lines.append(word[:width])
-            word = word[width:]
-        candidate = f"{line} {word}" if line else word
-        if len(candidate) <= width:
-            line = candidate
-        else:
-            lines.append(line)
-            line = word
-    lines.append(line)
-    return lines
-
-
 def key_slice_index(volume: CTVolume, labels: LabelMap, measurements: Measurements) -> int:
     """z index (into ``volume.image``) of the key slice: largest ICH area, else most blood, else middle."""
     n = volume.image.GetSize()[2]
@@ -244,63 +236,41 @@ def render_summary(volume: CTVolume, labels: LabelMap, measurements: Measurement
     r0, c0 = (rows - pic.shape[0]) // 2, (rows - pic.shape[1]) // 2
     rgb[r0:r0 + pic.shape[0], c0:c0 + pic.shape[1]] = pic
 
-    scale, x0, y = 2, rows + 16, 14
-    width_chars = (cols - x0 - 8) // (CELL_W * scale)
-    draw_text(rgb, "Haemorrhage summary", y, x0, WHITE, scale=3)
-    y += CELL_H * 3 + 6
+    img = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(img)
+    x0, y = rows + 16, 12
+    draw_text(draw, (x0, y), "Haemorrhage summary", WHITE, face="bold", size_px=SUMMARY_TITLE_PX)
+    y += line_height(SUMMARY_TITLE_PX) + 6
+    step = line_height(SUMMARY_TEXT_PX)
+    # Monospaced, so that the numbers of summary_lines stay in columns.
+    width_chars = int((cols - x0 - 8) // font("mono", SUMMARY_TEXT_PX).getlength("M"))
     lines = summary_lines(labels, measurements, prediction)
     lines.append((f"Key slice {z + 1} of {volume.image.GetSize()[2]}", GREY))
     lines += [(text, GREY) for text in footer]
     for text, colour in lines:
-        for part in _wrap(text, width_chars) if text else [""]:
-            if y + CELL_H * scale > rows - 30:
+        for part in textwrap.wrap(text, width_chars) or [""]:
+            if y + step > rows - 2 * step:  # keep the legend's line free
                 break
-            draw_text(rgb, part, y, x0, colour, scale=scale)
-            y += CELL_H * scale
-    _legend(rgb, [v for v in (ICH, IVH, EXTRA_AXIAL, OEDEMA)
-                  if v in (ICH, IVH) or (sitk.GetArrayViewFromImage(labels.image) == v).any()],
-            rows - 12 - 7 * scale, x0, scale)
-    return rgb
+            face = "mono-bold" if colour == AMBER else "mono"  # the warnings stand out
+            draw_text(draw, (x0, y), part, colour, face=face, size_px=SUMMARY_TEXT_PX)
+            y += step
+    _legend(draw, [v for v in (ICH, IVH, EXTRA_AXIAL, OEDEMA)
+                   if v in (ICH, IVH) or (sitk.GetArrayViewFromImage(labels.image) == v).any()],
+            (x0, rows - 8 - step), SUMMARY_TEXT_PX)
+    return np.array(img)
 
 
 # ---------------------------------------------------------------------------------------------
 # PNG
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 image (or (H, W) grey); palette PNG when <= 256 colours."""
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    """Write an (H, W, 3) RGB or (H, W) grey uint8 array as a PNG file (Pillow); returns ``path``."""
     img = np.ascontiguousarray(rgb)
     if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-        raise ValueError(f"encode_png needs (H, W) or (H, W, 3) uint8, got {img.dtype} {img.shape}")
-    h, w = img.shape[:2]
-    plte = b""
-    if img.ndim == 2:
-        colour_type, pixels = 0, img
-    else:
-        packed = (img[..., 0].astype(np.uint32) << 16) | (img[..., 1].astype(np.uint32) << 8) | img[..., 2]
-        colours, index = np.unique(packed, return_inverse=True)
-        if len(colours) <= 256:
-            colour_type, pixels = 3, index.reshape(h, w).astype(np.uint8)
-            pal = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=1)
-            plte = pal.astype(np.uint8).tobytes()
-        else:
-            colour_type, pixels = 2, img.reshape(h, w * 3)
-    raw = np.zeros((h, pixels.shape[1] + 1), dtype=np.uint8)  # filter byte 0 (None) per row
-    raw[:, 1:] = pixels
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))
-            + (chunk(b"PLTE", plte) if plte else b"")
-            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 9))
-            + chunk(b"IEND", b""))
-
-
-def write_png(path: Path, rgb: np.ndarray) -> Path:
+        raise ValueError(f"write_png needs (H, W) or (H, W, 3) uint8, got {img.dtype} {img.shape}")
     path = Path(path)
-    path.write_bytes(encode_png(rgb))
+    Image.fromarray(img).save(path, format="PNG")
     return path
 
 

@@ -1,43 +1,40 @@
-"""Validation report: one self-contained HTML page with inline SVG plots (no plotting library).
+"""Validation report: one self-contained HTML page with the plots inline as SVG (matplotlib).
 
 Inputs: the result dict of :func:`dicomnode.lab.train_predictor.train_preset` (metrics with CIs,
 curves, confusion matrix, comparators, oracle AUC). Outputs: HTML text / file. Side effects:
 :func:`write_report` writes one file.
 
 Plots: ROC (``id="roc"``), precision-recall (``id="pr"``), calibration (``id="calibration"``)
-and decision curve (``id="dca"``), each an ``<svg>`` element with the class ``plot``.
+and decision curve (``id="dca"``), each an ``<svg>`` element with the class ``plot``, drawn by
+matplotlib's SVG backend (no pyplot, no files, no scripts).
 """
 
 from __future__ import annotations
 
 import html
+import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_svg import FigureCanvasSVG
+from matplotlib.figure import Figure
+
 __all__ = ["line_plot_svg", "render_report", "write_report"]
 
 COLOURS = ("#1f5aa6", "#c8553d", "#2a9d8f", "#8d6cab", "#e9a03b", "#555555")
-W, H, ML, MR, MT, MB = 360, 300, 52, 14, 28, 44
+FIGSIZE_IN = (4.8, 4.0)
+# Text stays text (small, searchable; the page's sans-serif when DejaVu is absent); names are
+# not parsed as TeX; ids come from a salt, so that a report renders the same every time.
+_RC = {"svg.fonttype": "none", "text.parse_math": False, "font.size": 9}
 
 
 def _fmt(v: float) -> str:
     return f"{v:.4g}" if isinstance(v, int | float) and math.isfinite(v) else "n/a"
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return [lo]
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
-    start = math.ceil(lo / step) * step
-    out, t = [], start
-    while t <= hi + 1e-12:
-        out.append(round(t, 10))
-        t += step
-    return out
 
 
 def line_plot_svg(
@@ -51,62 +48,39 @@ def line_plot_svg(
     ylim: tuple[float, float] = (0.0, 1.0),
     diagonal: bool = False,
 ) -> str:
-    """An ``<svg>`` line plot. Each series: ``{"x", "y", "label"}`` and optional ``"dash"``,
-    ``"points"`` (markers) and ``"colour"``. Values outside the limits are clipped."""
-    pw, ph = W - ML - MR, H - MT - MB
-    x0, x1 = xlim
-    y0, y1 = ylim
+    """An inline ``<svg>`` line plot. Each series: ``{"x", "y", "label"}`` and optional ``"dash"``,
+    ``"points"`` (markers) and ``"colour"``. Lines are cut at the limits; a series with no finite
+    point is left out. The ``<g>`` of series ``k`` has the id ``<plot_id>-series-<k>``."""
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": plot_id}):
+        fig = Figure(figsize=FIGSIZE_IN, layout="constrained")
+        FigureCanvasSVG(fig)
+        ax = fig.add_subplot()
+        ax.set(xlim=xlim, ylim=ylim, xlabel=xlabel, ylabel=ylabel)
+        ax.set_title(title, fontweight="bold")
+        ax.grid(color="#eee")
+        if diagonal:
+            ax.plot(xlim, ylim, color="#aaa", linestyle=(0, (4, 3)), linewidth=1, gid="reference")
+        for k, s in enumerate(series):
+            x, y = np.asarray(s["x"], dtype=float), np.asarray(s["y"], dtype=float)
+            if not (np.isfinite(x) & np.isfinite(y)).any():
+                continue
+            ax.plot(x, y, color=s.get("colour", COLOURS[k % len(COLOURS)]), linewidth=1.8,
+                    linestyle="--" if s.get("dash") else "-", marker="o" if s.get("points") else None,
+                    markersize=4, label=str(s.get("label", "")), gid=f"series-{k}")
+        if ax.lines:
+            ax.legend(fontsize="small", loc="best")
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return _inline(buf.getvalue(), plot_id, title)
 
-    def sx(v: float) -> float:
-        return ML + (min(max(v, x0), x1) - x0) / (x1 - x0) * pw
 
-    def sy(v: float) -> float:
-        return MT + ph - (min(max(v, y0), y1) - y0) / (y1 - y0) * ph
-
+def _inline(svg: str, plot_id: str, title: str) -> str:
+    """matplotlib's SVG file as an element of the page: no XML prolog, ids unique in the page."""
+    svg = svg[svg.index("<svg"):]
+    # All plots share the page's id namespace, and matplotlib numbers its groups per figure.
+    svg = re.sub(r'(id="|href="#|url\(#)', rf"\g<1>{plot_id}-", svg)
     e = html.escape
-    parts = [
-        f'<svg id="{e(plot_id)}" class="plot" xmlns="http://www.w3.org/2000/svg" width="{W}" '
-        f'height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{e(title)}">',
-        f'<title>{e(title)}</title>',
-        f'<rect x="{ML}" y="{MT}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>',
-        f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">{e(title)}</text>',
-    ]
-    for t in _ticks(x0, x1):
-        parts.append(f'<line x1="{sx(t):.1f}" y1="{MT + ph}" x2="{sx(t):.1f}" y2="{MT + ph + 4}" '
-                     f'stroke="#333"/><text x="{sx(t):.1f}" y="{MT + ph + 16}" text-anchor="middle" '
-                     f'font-size="10">{t:g}</text>'
-                     f'<line x1="{sx(t):.1f}" y1="{MT}" x2="{sx(t):.1f}" y2="{MT + ph}" stroke="#eee"/>')
-    for t in _ticks(y0, y1):
-        parts.append(f'<line x1="{ML - 4}" y1="{sy(t):.1f}" x2="{ML}" y2="{sy(t):.1f}" stroke="#333"/>'
-                     f'<text x="{ML - 6}" y="{sy(t) + 3:.1f}" text-anchor="end" font-size="10">{t:g}</text>'
-                     f'<line x1="{ML}" y1="{sy(t):.1f}" x2="{ML + pw}" y2="{sy(t):.1f}" stroke="#eee"/>')
-    parts.append(f'<text x="{ML + pw / 2}" y="{H - 8}" text-anchor="middle" font-size="11">'
-                 f'{e(xlabel)}</text>')
-    parts.append(f'<text x="14" y="{MT + ph / 2}" text-anchor="middle" font-size="11" '
-                 f'transform="rotate(-90 14 {MT + ph / 2})">{e(ylabel)}</text>')
-    if diagonal:
-        parts.append(f'<line class="reference" x1="{sx(x0):.1f}" y1="{sy(y0):.1f}" x2="{sx(x1):.1f}" '
-                     f'y2="{sy(y1):.1f}" stroke="#aaa" stroke-dasharray="4 3"/>')
-    for k, s in enumerate(series):
-        xs, ys = list(s["x"]), list(s["y"])
-        pts = [(sx(a), sy(b)) for a, b in zip(xs, ys, strict=True)
-               if isinstance(a, int | float) and isinstance(b, int | float)
-               and math.isfinite(a) and math.isfinite(b)]
-        if not pts:
-            continue
-        colour = s.get("colour", COLOURS[k % len(COLOURS)])
-        dash = ' stroke-dasharray="5 3"' if s.get("dash") else ""
-        d = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
-        parts.append(f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="1.8"{dash} '
-                     f'points="{d}"><title>{e(str(s.get("label", "")))}</title></polyline>')
-        if s.get("points"):
-            parts.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.8" fill="{colour}"/>' for a, b in pts)
-        ly = MT + 12 + 13 * k
-        parts.append(f'<line x1="{ML + pw - 120}" y1="{ly - 3}" x2="{ML + pw - 104}" y2="{ly - 3}" '
-                     f'stroke="{colour}" stroke-width="2"{dash}/>'
-                     f'<text x="{ML + pw - 100}" y="{ly}" font-size="10">{e(str(s.get("label", "")))}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    return svg.replace("<svg ", f'<svg id="{e(plot_id)}" class="plot" role="img" aria-label="{e(title)}" ', 1)
 
 
 def _roc(models: Mapping[str, Mapping[str, Any]]) -> str:

@@ -29,10 +29,17 @@ def run(tmp_path_factory):
 def test_report_contains_plots(run):
     _, result, out = run
     text = (out / "report.html").read_text()
+    preset = result["preset"]
     for plot in ("roc", "pr", "calibration", "dca"):
         m = re.search(rf'<svg id="{plot}" class="plot"[^>]*>(.*?)</svg>', text, re.S)
         assert m, plot
-        assert "<polyline" in m.group(1), plot
+        # the model's curve is drawn (a path of many points) and named in the legend
+        line = re.search(rf'<g id="{plot}-series-0">\s*<path d="([^"]*)"', m.group(1))
+        assert line and line.group(1).count("L") >= 3, plot
+        assert re.search(rf"<text [^>]*>{re.escape(preset)}( \(|<)", m.group(1)), plot
+    ids = re.findall(r' id="([^"]*)"', text)
+    assert len(ids) == len(set(ids))  # four SVGs in one page: no id twice
+    assert not re.search(r"<script|<link|<img|src=", text)  # self-contained: nothing fetched
     assert "Fit on synthetic data; not clinically validated." in text
     assert "Oracle AUC" in text and "Confusion matrix" in text
     assert text == render_report(result)
@@ -67,10 +74,15 @@ def test_bundle_loads_back_and_refuses_wrong_order(run):
 
 
 def test_line_plot_svg_clips_and_escapes():
-    svg = line_plot_svg("x", "a <b>", [{"x": [0, 2], "y": [0, float("nan")], "label": "s&t"},
-                                       {"x": [0, 1], "y": [0, 1], "label": "ok", "points": True}],
-                        xlabel="x", ylabel="y")
-    assert svg.startswith('<svg id="x"') and "a &lt;b&gt;" in svg and "<circle" in svg
+    series = [{"x": [0, 2], "y": [0, float("nan")], "label": "s&t $x$"},
+              {"x": [0, 1], "y": [0, 1], "label": "ok", "points": True},
+              {"x": [0.5], "y": [None], "label": "nothing"}]
+    svg = line_plot_svg("x", "a <b>", series, xlabel="x", ylabel="y")
+    assert svg.startswith('<svg id="x" class="plot"') and "a &lt;b&gt;" in svg
+    assert "s&amp;t $x$" in svg and "nothing" not in svg  # names are text, not TeX; empty series out
+    markers = re.search(r'<g id="x-series-1">.*?</g>', svg, re.S)
+    assert markers and markers.group(0).count("<use ") == 2  # one marker per point
+    assert svg == line_plot_svg("x", "a <b>", series, xlabel="x", ylabel="y")  # deterministic
 
 
 def test_cli_register():

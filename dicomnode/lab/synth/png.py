@@ -1,12 +1,11 @@
-"""A tiny PNG writer (zlib only) for previews of synthetic slices in a CT window."""
+"""Previews of synthetic slices in a CT window, written as PNG files by Pillow."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 def window(hu: np.ndarray, width_hu: float = 80.0, level_hu: float = 40.0) -> np.ndarray:
@@ -19,17 +18,4 @@ def write_png(path: Path, grey: np.ndarray) -> None:
     """Write a 2-D uint8 array as an 8-bit greyscale PNG."""
     if grey.ndim != 2 or grey.dtype != np.uint8:
         raise ValueError("write_png needs a 2-D uint8 array")
-    h, w = grey.shape
-    raw = b"".join(b"\x00" + grey[r].tobytes() for r in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        body = tag + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    png = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
-    Path(path).write_bytes(png)
+    Image.fromarray(np.ascontiguousarray(grey)).save(Path(path), format="PNG")

@@ -5,10 +5,9 @@ The studies (``plain_case``, ``tilted_case``) come from this folder's conftest.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-import struct
 import subprocess
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,21 +15,25 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from dicomnode.domain import ICH, IVH, OEDEMA, CaveScore, LabelMap, Measurements, Prediction, Risk
-from dicomnode.encode.font import text_mask
 from dicomnode.encode.overlay import build_overlays
 from dicomnode.encode.preview import (
     AMBER,
     STYLE,
-    encode_png,
+    SUMMARY_TEXT_PX,
+    key_slice_index,
     prediction_lines,
     render_slice,
+    render_summary,
     window,
+    write_png,
     write_previews,
 )
+from dicomnode.encode.text import draw_text
 from dicomnode.geometry.source_grid import to_source_grid
 
 if TYPE_CHECKING:  # the fixtures' type; pytest itself loads conftest
@@ -155,22 +158,68 @@ def test_outlines_on_brain_window(plain_case: Case, overlays: list[Dataset]) -> 
         assert (np.abs(rgb[..., 1] - grey)[inside] <= 1).all()
 
 
+def _amber(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of amber text over black: the amber hue at any anti-aliasing coverage."""
+    r, g, b = (rgb[..., k].astype(int) for k in range(3))
+    return (r > 60) & (b < 8) & (np.abs(g * AMBER[0] - r * AMBER[1]) <= 0.1 * r * AMBER[0])
+
+
+def _line_mask(text: str) -> np.ndarray:
+    """The amber pixels of ``text`` drawn as the summary draws its warnings, cropped."""
+    img = Image.new("RGB", (1024, 64))
+    draw_text(ImageDraw.Draw(img), (4, 4), text, AMBER, face="mono-bold", size_px=SUMMARY_TEXT_PX)
+    return _crop(_amber(np.asarray(img)))
+
+
 def test_summary_text(plain_case: Case, overlays: list[Dataset]) -> None:
     summary = overlays[0].pixel_array
     rows = summary.shape[0]
     text = summary[:, rows:]  # right of the key slice
     assert (text.max(axis=2) > 0).sum() > 3000
-    # the first amber line reads NOT FOR DIAGNOSTIC USE, the second the synthetic-model note
-    amber = (text == AMBER).all(axis=2)
-    r0 = int(np.flatnonzero(amber.any(axis=1))[0])
-    for i, words in enumerate(["NOT FOR DIAGNOSTIC USE", "Model fit on synthetic data only"]):
-        line = amber[r0 + 20 * i:r0 + 20 * i + 16]
-        assert (_crop(line) == _crop(text_mask(words, 2))).all()
+    # the two amber lines read NOT FOR DIAGNOSTIC USE and the synthetic-model note, in that order
+    amber = _amber(text)
+    lit = np.flatnonzero(amber.any(axis=1))
+    bands = np.split(lit, np.flatnonzero(np.diff(lit) > 1) + 1)
+    assert len(bands) == 2
+    for band, words in zip(bands, ["NOT FOR DIAGNOSTIC USE", "Model fit on synthetic data only"],
+                           strict=True):
+        assert (_crop(amber[band[0]:band[-1] + 1]) == _line_mask(words)).all(), words
     # predictions add text, the key slice stays; the summary references one source slice
     plain = _build(plain_case, prediction=None)[0].pixel_array
     assert (plain[:, rows:] != text).any() and (plain[:, :rows] == summary[:, :rows]).all()
     assert len(overlays[0].SourceImageSequence) == 1
     assert "CAVE" in overlays[0].ImageComments and "ICH volume" in overlays[0].ImageComments
+
+
+def test_summary_draws_non_ascii_text(plain_case: Case) -> None:
+    c = plain_case
+
+    def summary(model: str) -> np.ndarray:
+        labels = dataclasses.replace(c.labels, model=model)
+        return render_summary(c.volume, labels, c.measurements)[:, SUMMARY_TEXT_PX * 32:]
+
+    # each non-ASCII letter is drawn as itself: not as "?" (the old bitmap font) nor plain ASCII
+    ours = summary("Hämatom-µNet 5°")
+    for folded in ("H?matom-?Net 5?", "Hamatom-uNet 5o"):
+        assert (ours != summary(folded)).any(), folded
+    # characters the font lacks, control characters and lone surrogates draw, not crash
+    odd = summary("模型\x00\r\n\ud800\U0001f600")
+    assert (odd != summary("")).any()
+
+
+def test_text_glyphs_are_the_fonts_own() -> None:
+    def drawn(text: str) -> np.ndarray:
+        img = Image.new("RGB", (64, 32))
+        draw_text(ImageDraw.Draw(img), (2, 2), text, (255, 255, 255), size_px=18)
+        return np.asarray(img)
+
+    missing = drawn("\U0010ffff")  # not in any font: DejaVu's empty box
+    assert missing.any()
+    for ch, ascii_ in zip("°äéßμÖ", "oaesuO", strict=True):
+        glyph = drawn(ch)
+        assert glyph.any(), ch
+        for other in (drawn("?"), drawn(ascii_), missing):
+            assert (glyph != other).any(), ch
 
 
 def test_uids_deterministic(plain_case: Case, overlays: list[Dataset]) -> None:
@@ -247,18 +296,28 @@ def test_tilted_series_on_source_planes(tilted_case: Case, with_pixels: bool) ->
                            [float(v) for v in src.ImageOrientationPatient])
 
 
-def test_slice_annotation_only_in_corners() -> None:
+@pytest.mark.parametrize("size", [256, 512])
+def test_slice_annotation_only_in_corners(size: int) -> None:
     rng = np.random.default_rng(0)
-    hu = rng.normal(35, 10, (256, 256)).astype(np.float32)
-    lab = np.zeros((256, 256), np.uint8)
-    lab[100:140, 90:150] = ICH
-    lab[150:160, 120:130] = IVH
+    hu = rng.normal(35, 10, (size, size)).astype(np.float32)
+    lab = np.zeros((size, size), np.uint8)
+    f = size // 256
+    lab[100 * f:140 * f, 90 * f:150 * f] = ICH
+    lab[150 * f:160 * f, 120 * f:130 * f] = IVH
     plain = render_slice(hu, lab, annotate=False)
     rgb = render_slice(hu, lab, synthetic=True)
     changed = (rgb != plain).any(axis=2)
-    assert changed[:30, :200].any() and changed[-20:, :100].any()  # warning top left, legend bottom left
-    assert not changed[30:-20].any()
+    top, bottom = 30 * f, 20 * f  # the warning's and the legend's bands
+    # warning top left (both lines), legend bottom left (a square of each label's colour)
+    assert changed[:top, :100 * f].any() and changed[top // 2:top, :100 * f].any()
+    legend = rgb[-bottom:, :size // 2]
+    for value in (ICH, IVH):
+        assert (legend == STYLE[value][1]).all(axis=2).sum() >= (4 * f) ** 2, value
+    assert not changed[top:-bottom].any()
     assert (plain[..., 0][lab == ICH] == window(hu)[lab == ICH]).all()
+    # the text is amber and white (anti-aliased, with a dark edge), not just any mark
+    assert (rgb[:top][changed[:top]] == AMBER).all(axis=1).sum() > 50 * f * f
+    assert (rgb[-bottom:][changed[-bottom:]] == (255, 255, 255)).all(axis=1).sum() > 10 * f * f
 
 
 def test_prediction_lines() -> None:
@@ -271,42 +330,26 @@ def test_prediction_lines() -> None:
     assert prediction_lines(None) == []
 
 
-def _read_png(data: bytes) -> tuple[tuple[int, ...], bytes]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, ihdr, idat = 8, None, b""
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(tag + body)
-        if tag == b"IHDR":
-            ihdr = struct.unpack(">IIBBBBB", body)
-        elif tag == b"IDAT":
-            idat += body
-        pos += 12 + length
-    assert ihdr is not None and tag == b"IEND"
-    return ihdr, zlib.decompress(idat)
-
-
 def test_previews_are_valid_pngs(plain_case: Case, tmp_path: Path) -> None:
     c = plain_case
     paths = write_previews(tmp_path / "png", c.volume, c.labels, c.measurements, prediction=PREDICTION)
     assert [p.name for p in paths] == ["overlay-key-slice.png", "overlay-summary.png"]
-    for path, shape in zip(paths, [(64, 64), (512, 1024)], strict=True):
-        (w, h, depth, colour_type, *_), raw = _read_png(path.read_bytes())
-        assert (h, w, depth) == (*shape, 8) and colour_type in (2, 3)
-        assert len(raw) == h * (1 + w * (3 if colour_type == 2 else 1))
+    z = key_slice_index(c.volume, c.labels, c.measurements)
+    key = render_slice(sitk.GetArrayFromImage(c.volume.image)[z], sitk.GetArrayFromImage(c.labels.image)[z],
+                       synthetic=c.labels.synthetic_training)
+    summary = render_summary(c.volume, c.labels, c.measurements, PREDICTION)
+    for path, expected in zip(paths, [key, summary], strict=True):
+        with Image.open(path) as img:
+            assert (img.format, img.mode, img.size) == ("PNG", "RGB", expected.shape[1::-1])
+            assert (np.asarray(img) == expected).all()
+    assert summary.shape == (512, 1024, 3) and key.shape == (64, 64, 3)
 
 
-def test_png_round_trip() -> None:
+def test_png_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    few = rng.integers(0, 4, (5, 7, 1)) * np.array([[[60, 0, 20]]])
-    many = rng.integers(0, 256, (5, 7, 3))
-    for rgb in (few.astype(np.uint8), many.astype(np.uint8)):
-        (w, h, _, colour_type, *_), raw = _read_png(encode_png(rgb))
-        rows = np.frombuffer(raw, np.uint8).reshape(h, -1)
-        assert (rows[:, 0] == 0).all()
-        if colour_type == 2:
-            assert (rows[:, 1:].reshape(h, w, 3) == rgb).all()
-        else:
-            assert len(np.unique(rows[:, 1:])) == len(np.unique(rgb.reshape(-1, 3), axis=0))
+    for rgb in (rng.integers(0, 256, (5, 7, 3)), rng.integers(0, 256, (5, 7))):
+        path = write_png(tmp_path / "x.png", rgb.astype(np.uint8))
+        with Image.open(path) as img:
+            assert img.format == "PNG" and (np.asarray(img) == rgb).all()
+    with pytest.raises(ValueError, match="uint8"):
+        write_png(tmp_path / "y.png", np.zeros((5, 7, 4), np.uint8))

@@ -1,4 +1,4 @@
-"""Serving loads only what serving needs: no dicomnode.lab, no pytest, no hypothesis.
+"""Serving loads only what serving needs: no dicomnode.lab, no pytest, no hypothesis, no matplotlib.
 
 Checked on the real entry points in fresh interpreters: ``dicomnode run`` on a study with the
 shipped prediction models, and ``dicomnode worker`` until it is ready. At exit each process
@@ -21,7 +21,8 @@ from tests.conftest import REPO
 # Runs the CLI as `python -m dicomnode.cli ...` would, and prints at exit what it loaded.
 _PROBE = """
 import atexit, json, runpy, sys
-WATCHED = ("dicomnode.lab", "pytest", "_pytest", "hypothesis", "dicomnode.pipeline", "skops.io")
+WATCHED = ("dicomnode.lab", "pytest", "_pytest", "hypothesis", "matplotlib", "dicomnode.pipeline",
+           "skops.io", "PIL.ImageFont")
 def report():
     loaded = sorted({w for w in WATCHED for m, mod in list(sys.modules.items())
                      if mod is not None and (m == w or m.startswith(w + "."))})
@@ -30,7 +31,8 @@ atexit.register(report)
 sys.argv = ["dicomnode"] + sys.argv[1:]
 runpy.run_module("dicomnode.cli", run_name="__main__")
 """
-FORBIDDEN = {"dicomnode.lab", "pytest", "_pytest", "hypothesis"}
+# matplotlib is only where the overlay fonts are found (dicomnode.encode.text), never imported.
+FORBIDDEN = {"dicomnode.lab", "pytest", "_pytest", "hypothesis", "matplotlib"}
 
 
 def _config(tmp_path: Path) -> Path:
@@ -56,7 +58,7 @@ def test_dicomnode_run_imports_no_lab_and_no_test_framework(tmp_path: Path) -> N
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded = _loaded(proc.stderr)
-    assert {"dicomnode.pipeline", "skops.io"} <= loaded  # the serving path really ran
+    assert {"dicomnode.pipeline", "skops.io", "PIL.ImageFont"} <= loaded  # the serving path really ran
     assert not loaded & FORBIDDEN
 
 
