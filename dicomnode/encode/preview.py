@@ -126,7 +126,8 @@ def render_slice(hu: np.ndarray, labels2d: np.ndarray, *, annotate: bool = True,
 def _legend(draw: ImageDraw.ImageDraw, values: Sequence[int], xy: tuple[int, int], size: int) -> None:
     """Coloured squares and names of ``values`` on one text line whose top left is ``xy``."""
     x, y = xy
-    _, top, _, bottom = font("sans", size).getbbox("H")  # the square spans the capital height
+    _, top_px, _, bottom_px = font("sans", size).getbbox("H")  # the square spans the capital height
+    top, bottom = int(top_px), int(bottom_px)
     box = bottom - top
     for value in values:
         name, colour, _ = STYLE[value]

@@ -51,7 +51,8 @@ def line_plot_svg(
     """An inline ``<svg>`` line plot. Each series: ``{"x", "y", "label"}`` and optional ``"dash"``,
     ``"points"`` (markers) and ``"colour"``. Lines are cut at the limits; a series with no finite
     point is left out. The ``<g>`` of series ``k`` has the id ``<plot_id>-series-<k>``."""
-    with matplotlib.rc_context({**_RC, "svg.hashsalt": plot_id}):
+    # matplotlib's stubs type rc keys as a Literal of every known name; these are known names.
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": plot_id}):  # type: ignore[dict-item]
         fig = Figure(figsize=FIGSIZE_IN, layout="constrained")
         FigureCanvasSVG(fig)
         ax = fig.add_subplot()
