@@ -20,13 +20,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from dicomnode.segment.bundle import write_bundle
 from dicomnode.segment.unet import build_network, normalise, resample_to_spacing
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 CLASS_NAMES = {1: "ICH", 2: "IVH", 3: "oedema"}
@@ -154,27 +157,94 @@ def train(folders: Sequence[Path], out: Path, cfg: TrainConfig, *,
           data_description: str = "", synthetic: bool = True) -> Path:
     """Train and write a bundle to ``out``; returns the model.json path."""
     import torch
-    from monai.inferers import sliding_window_inference
-    from monai.losses import DiceCELoss
 
     from dicomnode.segment.base import select_device
 
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = select_device(cfg.device)
+    data, fit, val = _load_cases(folders, cfg, out, rng)
+    arch = _architecture(cfg)
+    fitting = _fitting(arch, cfg, device)
+    best: dict[str, Any] = {"dice": float("-inf")}
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Run(out=out, cfg=cfg, arch=arch, fit=fit, val=val, device=device,
+               started=time.monotonic(), data_description=data_description, synthetic=synthetic)
+    for epoch in range(1, cfg.epochs + 1):
+        metrics = {"loss": _train_epoch(fitting, data, cfg, rng)}
+        if val and (epoch % cfg.validate_every == 0 or epoch == cfg.epochs):
+            metrics.update(_validate(fitting, val, cfg))
+        # With validation cases, only validated epochs compete for the best weights.
+        if not val or "val_ich_dice" in metrics:
+            best = _keep_if_best(run, fitting, epoch, metrics, best)
+        log.info("epoch %d/%d %s", epoch, cfg.epochs, metrics)
+        if progress is not None:
+            progress(epoch, cfg.epochs, metrics)
+    return write_bundle(out, _meta(run, best), run.weights)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a training run records in its bundle besides the best metrics."""
+
+    out: Path
+    cfg: TrainConfig
+    arch: dict[str, Any]
+    fit: list[Path]
+    val: list[Path]
+    device: Any
+    started: float  # time.monotonic() when the epochs began
+    data_description: str
+    synthetic: bool
+
+    @property
+    def weights(self) -> Path:
+        return self.out / "model.pt"
+
+
+@dataclass(frozen=True)
+class _Fitting:
+    """The network on its device and what updates it."""
+
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: torch.nn.Module
+    device: torch.device
+
+
+def _voxel_ml(cfg: TrainConfig) -> float:
+    return float(np.prod(cfg.spacing_mm)) / 1000.0
+
+
+def _load_cases(folders: Sequence[Path], cfg: TrainConfig, out: Path, rng: random.Random
+                ) -> tuple[list[dict[str, np.ndarray]], list[Path], list[Path]]:
+    """(arrays of the fit cases, fit cases, validation cases), after a shuffle drawn from ``rng``."""
     cases = prepare(folders, cfg, out / ".cache")
     rng.shuffle(cases)
     loaded = {p: dict(np.load(p)) for p in cases}  # read once: split, then fit
-    voxel_ml = float(np.prod(cfg.spacing_mm)) / 1000.0
+    voxel_ml = _voxel_ml(cfg)
     val, fit = split_validation(
         cases, [float((loaded[p]["labels"] == 1).sum()) * voxel_ml for p in cases], cfg)
     data = [loaded.pop(p) for p in fit]
     del loaded  # validation cases are re-read per validation, as before
-    arch = {"type": "DynUNet", "in_channels": 1, "out_channels": 4,
+    return data, fit, val
+
+
+def _architecture(cfg: TrainConfig) -> dict[str, Any]:
+    """The DynUNet description stored in the bundle (downsampling in-plane first)."""
+    return {"type": "DynUNet", "in_channels": 1, "out_channels": 4,
             "filters": list(cfg.filters),
             "kernels": [[3, 3, 3]] * len(cfg.filters),
             "strides": [[1, 1, 1]] + [[1, 2, 2] if i == 0 else [2, 2, 2]
                                       for i in range(len(cfg.filters) - 1)]}
+
+
+def _fitting(arch: dict[str, Any], cfg: TrainConfig, device: torch.device) -> _Fitting:
+    """Network (optionally from ``cfg.init_weights``), AdamW, learning-rate schedule and loss."""
+    import torch
+    from monai.losses import DiceCELoss
+
     if cfg.threads > 0:
         # On a shared CPU, fewer threads than cores avoids the stalls of oversubscribed
         # OpenMP thread teams (measured: 0.5 s/iteration alone, 9 s with 2 threads under load).
@@ -193,91 +263,110 @@ def train(folders: Sequence[Path], out: Path, cfg: TrainConfig, *,
     # Batch Dice without the background: a patch without a class must not push that class's
     # probabilities to zero everywhere (per-patch Dice of an empty class is all-or-nothing).
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-    best: dict[str, Any] = {"dice": float("-inf")}
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / "model.pt"
-    started = time.monotonic()
-    for epoch in range(1, cfg.epochs + 1):
-        net.train()
-        losses = []
-        for _ in range(cfg.iterations_per_epoch):
-            xs, ys = [], []
-            for _ in range(cfg.batch_size):
-                case = data[rng.randrange(len(data))]
-                x, y = _patch(case["image"], case["labels"], cfg.roi_size_zyx, rng,
-                              positive=rng.random() < 2 / 3)
-                x, y = _augment(x, y, rng)
-                xs.append(x)
-                ys.append(y)
-            xb = torch.from_numpy(np.stack(xs))[:, None].to(device)
-            yb = torch.from_numpy(np.stack(ys).astype(np.int64))[:, None].to(device)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = loss_fn(net(xb).float(), yb)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        metrics = {"loss": float(np.mean(losses))}
-        if val and (epoch % cfg.validate_every == 0 or epoch == cfg.epochs):
-            net.eval()
-            dices, negative_ml = [], [0.0]
-            with torch.inference_mode():
-                for p in val:
-                    case = np.load(p)
-                    x_val = torch.from_numpy(case["image"])[None, None].to(device)
-                    logits = sliding_window_inference(x_val, cfg.roi_size_zyx, 2, net, overlap=0.25,
-                                                      mode="gaussian")
-                    if not isinstance(logits, torch.Tensor):
-                        raise TypeError("the network returned more than one tensor")
-                    pred = logits.argmax(1)[0].cpu().numpy()
-                    if (case["labels"] == 1).any():
-                        dices.append(_dice(pred == 1, case["labels"] == 1))
-                    else:
-                        negative_ml.append(float(np.isin(pred, (1, 2)).sum()) * voxel_ml)
-            metrics["val_ich_dice"] = float(np.mean(dices)) if dices else 0.0
-            metrics["val_negative_max_ml"] = max(negative_ml)
-        if val and "val_ich_dice" not in metrics:
-            log.info("epoch %d/%d %s", epoch, cfg.epochs, metrics)
-            if progress is not None:
-                progress(epoch, cfg.epochs, metrics)
-            continue
-        score = metrics.get("val_ich_dice", -metrics["loss"])
-        if score > best["dice"]:
-            best = {"dice": score, "epoch": epoch, **metrics}
-            torch.save({k: v.detach().half().cpu() for k, v in net.state_dict().items()}, weights)
-            # A usable bundle exists after every improvement, so a long run can be stopped.
-            write_bundle(out, _meta(out, arch, cfg, best, fit, val, device, started,
-                                    data_description, synthetic), weights)
-        log.info("epoch %d/%d %s", epoch, cfg.epochs, metrics)
-        if progress is not None:
-            progress(epoch, cfg.epochs, metrics)
-    return write_bundle(out, _meta(out, arch, cfg, best, fit, val, device, started,
-                                   data_description, synthetic), weights)
+    return _Fitting(net=net, opt=opt, sched=sched, loss_fn=loss_fn, device=device)
 
 
-def _meta(out: Path, arch: dict[str, Any], cfg: TrainConfig, best: dict[str, Any],
-          fit: list[Path], val: list[Path], device: Any, started: float,
-          data_description: str, synthetic: bool) -> dict[str, Any]:
+def _batch(data: Sequence[dict[str, np.ndarray]], cfg: TrainConfig, rng: random.Random,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of augmented random patches (images and labels) on ``device``."""
+    import torch
+
+    xs, ys = [], []
+    for _ in range(cfg.batch_size):
+        case = data[rng.randrange(len(data))]
+        x, y = _patch(case["image"], case["labels"], cfg.roi_size_zyx, rng,
+                      positive=rng.random() < 2 / 3)
+        x, y = _augment(x, y, rng)
+        xs.append(x)
+        ys.append(y)
+    xb = torch.from_numpy(np.stack(xs))[:, None].to(device)
+    yb = torch.from_numpy(np.stack(ys).astype(np.int64))[:, None].to(device)
+    return xb, yb
+
+
+def _train_epoch(fitting: _Fitting, data: Sequence[dict[str, np.ndarray]], cfg: TrainConfig,
+                 rng: random.Random) -> float:
+    """``cfg.iterations_per_epoch`` optimiser steps; returns the mean loss."""
+    import torch
+
+    device = fitting.device
+    fitting.net.train()
+    losses = []
+    for _ in range(cfg.iterations_per_epoch):
+        xb, yb = _batch(data, cfg, rng, device)
+        fitting.opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = fitting.loss_fn(fitting.net(xb).float(), yb)
+        loss.backward()
+        fitting.opt.step()
+        fitting.sched.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+def _validate(fitting: _Fitting, val: Sequence[Path], cfg: TrainConfig) -> dict[str, float]:
+    """ICH Dice of the validation cases with ICH, and the largest blood volume (mL) predicted
+    in a case without (on the model grid)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    voxel_ml = _voxel_ml(cfg)
+    fitting.net.eval()
+    dices, negative_ml = [], [0.0]
+    with torch.inference_mode():
+        for p in val:
+            case = np.load(p)
+            x_val = torch.from_numpy(case["image"])[None, None].to(fitting.device)
+            logits = sliding_window_inference(x_val, cfg.roi_size_zyx, 2, fitting.net, overlap=0.25,
+                                              mode="gaussian")
+            if not isinstance(logits, torch.Tensor):
+                raise TypeError("the network returned more than one tensor")
+            pred = logits.argmax(1)[0].cpu().numpy()
+            if (case["labels"] == 1).any():
+                dices.append(_dice(pred == 1, case["labels"] == 1))
+            else:
+                negative_ml.append(float(np.isin(pred, (1, 2)).sum()) * voxel_ml)
+    return {"val_ich_dice": float(np.mean(dices)) if dices else 0.0,
+            "val_negative_max_ml": max(negative_ml)}
+
+
+def _keep_if_best(run: _Run, fitting: _Fitting, epoch: int, metrics: dict[str, float],
+                  best: dict[str, Any]) -> dict[str, Any]:
+    """Save weights and bundle when this epoch scores better; returns the (new) best."""
+    import torch
+
+    score = metrics.get("val_ich_dice", -metrics["loss"])
+    if score > best["dice"]:
+        best = {"dice": score, "epoch": epoch, **metrics}
+        torch.save({k: v.detach().half().cpu() for k, v in fitting.net.state_dict().items()},
+                   run.weights)
+        # A usable bundle exists after every improvement, so a long run can be stopped.
+        write_bundle(run.out, _meta(run, best), run.weights)
+    return best
+
+
+def _meta(run: _Run, best: dict[str, Any]) -> dict[str, Any]:
     """model.json content for the weights saved so far."""
     import monai
     import torch
 
+    cfg = run.cfg
     return {
-        "name": out.name, "version": datetime.now(UTC).strftime("%Y.%m.%d"), "backend": "unet",
-        "architecture": arch, "labels": {str(k): v for k, v in CLASS_NAMES.items()},
+        "name": run.out.name, "version": datetime.now(UTC).strftime("%Y.%m.%d"), "backend": "unet",
+        "architecture": run.arch, "labels": {str(k): v for k, v in CLASS_NAMES.items()},
         "spacing_mm": list(cfg.spacing_mm), "hu_window": list(cfg.hu_window),
         "roi_size_zyx": list(cfg.roi_size_zyx), "antialias": cfg.antialias,
         "dtype": "float16 weights, float32 compute",
         "min_component_ml": 0.1,
-        "synthetic_training": synthetic,
+        "synthetic_training": run.synthetic,
         "intended_use": ("Research and demonstration only. Fit on synthetic data; not clinically "
-                         "validated; not for diagnostic use." if synthetic else
+                         "validated; not for diagnostic use." if run.synthetic else
                          "Research use; not clinically validated; not for diagnostic use."),
-        "training": {"data": data_description, "cases": len(fit), "validation_cases": len(val),
+        "training": {"data": run.data_description, "cases": len(run.fit),
+                     "validation_cases": len(run.val),
                      "config": {k: (list(v) if isinstance(v, tuple) else v)
                                 for k, v in cfg.__dict__.items()},
-                     "device": str(device), "seconds": round(time.monotonic() - started, 1),
+                     "device": str(run.device), "seconds": round(time.monotonic() - run.started, 1),
                      "best_epoch": best.get("epoch")},
         "metrics": ({"validation_ich_dice_model_grid": round(best["val_ich_dice"], 4),
                      "validation_negative_max_ml": round(best.get("val_negative_max_ml", 0.0), 2),

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,7 +27,15 @@ from dicomnode.domain import CTVolume, SourceSlice
 from dicomnode.errors import VolumeError
 
 from .frames import Frame, header_summary, read_instance
-from .output_grid import SAME_POSITION_MM, axes, check_consistent, large_gaps, plan_grid, sort_frames
+from .output_grid import (
+    SAME_POSITION_MM,
+    Grid,
+    axes,
+    check_consistent,
+    large_gaps,
+    plan_grid,
+    sort_frames,
+)
 from .pixels import decode_frames, decode_one, iter_planes
 from .resample import resample_stack
 
@@ -72,6 +82,48 @@ def load_series(
         two planes, or pixel data that cannot be decoded.
     """
     t0 = time.perf_counter()
+    datasets, frames = _read_headers(paths)
+    check_consistent(frames)
+    series_uid = frames[0].series_instance_uid
+    extra = {"series_uid": series_uid}
+    warn = _Warnings(extra)
+    frames, grid = _plan_stack(frames, datasets, warn, target_spacing_mm=target_spacing_mm)
+    image = _fill_image(datasets, frames, grid, fill_hu=fill_hu, workers=workers, extra=extra)
+    volume = CTVolume(
+        series_instance_uid=series_uid,
+        study_instance_uid=frames[0].study_instance_uid,
+        image=image,
+        slices=_source_slices(frames),
+        orientation=tuple(float(v) for v in frames[0].orientation),  # type: ignore[arg-type]
+        pixel_spacing_mm=frames[0].pixel_spacing_mm,
+        rows=frames[0].rows,
+        columns=frames[0].columns,
+        resampled=grid.resampled,
+        warnings=tuple(warn.messages),
+        header=_header(datasets[frames[0].path], frames, grid),
+    )
+    log.info(
+        "loaded %d planes -> %s voxels of %s mm%s in %.2f s",
+        len(frames), "x".join(map(str, grid.size)), "x".join(f"{s:.3g}" for s in grid.spacing),
+        " (resampled)" if grid.resampled else "", time.perf_counter() - t0, extra=extra,
+    )
+    return volume
+
+
+@dataclass(frozen=True)
+class _Warnings:
+    """Collects the warnings of one load (for ``CTVolume.warnings``) and logs each once."""
+
+    extra: dict[str, str]
+    messages: list[str] = field(default_factory=list)
+
+    def __call__(self, message: str) -> None:
+        self.messages.append(message)
+        log.warning("%s", message, extra=self.extra)
+
+
+def _read_headers(paths: Sequence[Path]) -> tuple[dict[Path, Dataset], list[Frame]]:
+    """Headers of every distinct file (pixel data deferred) and the frames they hold."""
     if not paths:
         raise VolumeError("no instances to load")
     datasets: dict[Path, Dataset] = {}
@@ -83,15 +135,17 @@ def load_series(
         ds, fs = read_instance(path)
         datasets[path] = ds
         frames.extend(fs)
-    check_consistent(frames)
-    series_uid = frames[0].series_instance_uid
-    extra = {"series_uid": series_uid}
-    warnings: list[str] = []
+    return datasets, frames
 
-    def warn(message: str) -> None:
-        warnings.append(message)
-        log.warning("%s", message, extra=extra)
 
+def _plan_stack(
+    frames: list[Frame],
+    datasets: dict[Path, Dataset],
+    warn: Callable[[str], None],
+    *,
+    target_spacing_mm: float | None,
+) -> tuple[list[Frame], Grid]:
+    """Sort and de-duplicate consistent frames, plan the output grid, warn about the stack."""
     direction = axes(frames[0].orientation)
     frames = sort_frames(frames, direction[:, 2])
     frames = _drop_duplicates(frames, datasets, warn)
@@ -101,7 +155,19 @@ def load_series(
     missing = sum(f.rescale_missing for f in frames)
     if missing:
         warn(f"Rescale Slope/Intercept missing in {missing} of {len(frames)} planes; used 1 and 0")
+    return frames, grid
 
+
+def _fill_image(
+    datasets: dict[Path, Dataset],
+    frames: list[Frame],
+    grid: Grid,
+    *,
+    fill_hu: float,
+    workers: int | None,
+    extra: dict[str, str],
+) -> sitk.Image:
+    """Decode (and resample where the grid says so) every plane into a SimpleITK image in HU."""
     view = np.zeros(tuple(int(s) for s in grid.size[::-1]), np.float32)  # (z, y, x)
     if grid.resampled:
         resample_stack(iter_planes(datasets, frames, workers=workers), grid, view, fill_hu=fill_hu)
@@ -115,40 +181,30 @@ def load_series(
     image.SetOrigin([float(v) for v in grid.origin])
     image.SetSpacing([float(v) for v in grid.spacing])
     image.SetDirection([float(v) for v in grid.direction.ravel()])
+    return image
 
-    first_ds = datasets[frames[0].path]
+
+def _header(first_ds: Dataset, frames: Sequence[Frame], grid: Grid) -> dict[str, Any]:
+    """``header_summary`` of the first plane plus what the stack itself says."""
     header = header_summary(first_ds)
     header["n_source_planes"] = len(frames)
     gaps = np.diff(grid.source_uvw[:, 2])
     header["source_gap_mm"] = (round(float(gaps.min()), 4), round(float(gaps.max()), 4))
     header["resample_reasons"] = grid.reasons
-    volume = CTVolume(
-        series_instance_uid=series_uid,
-        study_instance_uid=frames[0].study_instance_uid,
-        image=image,
-        slices=tuple(
-            SourceSlice(
-                sop_instance_uid=f.sop_instance_uid,
-                sop_class_uid=f.sop_class_uid,
-                position_mm=(float(f.position[0]), float(f.position[1]), float(f.position[2])),
-                frame_number=None if f.index is None else f.index + 1,
-            )
-            for f in frames
-        ),
-        orientation=tuple(float(v) for v in frames[0].orientation),  # type: ignore[arg-type]
-        pixel_spacing_mm=frames[0].pixel_spacing_mm,
-        rows=frames[0].rows,
-        columns=frames[0].columns,
-        resampled=grid.resampled,
-        warnings=tuple(warnings),
-        header=header,
+    return header
+
+
+def _source_slices(frames: Sequence[Frame]) -> tuple[SourceSlice, ...]:
+    """The source planes in the order of the stack (frame numbers are 1-based)."""
+    return tuple(
+        SourceSlice(
+            sop_instance_uid=f.sop_instance_uid,
+            sop_class_uid=f.sop_class_uid,
+            position_mm=(float(f.position[0]), float(f.position[1]), float(f.position[2])),
+            frame_number=None if f.index is None else f.index + 1,
+        )
+        for f in frames
     )
-    log.info(
-        "loaded %d planes -> %s voxels of %s mm%s in %.2f s",
-        len(frames), "x".join(map(str, grid.size)), "x".join(f"{s:.3g}" for s in grid.spacing),
-        " (resampled)" if grid.resampled else "", time.perf_counter() - t0, extra=extra,
-    )
-    return volume
 
 
 def _drop_duplicates(

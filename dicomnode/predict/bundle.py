@@ -96,9 +96,58 @@ def save_predictor(
 
     folder = Path(folder)
     names = check_names(feature_names)
-    if target not in TARGETS:
-        raise ModelError(f"target must be one of {TARGETS}, got {target!r}")
-    if not name or not version or not preset:
+    desc = _Description(
+        name=name,
+        version=version,
+        target=target,
+        preset=preset,
+        training_data=training_data,
+        metrics=metrics,
+        synthetic_training=synthetic_training,
+        calibration=calibration,
+        intended_use=intended_use,
+        extra=extra,
+    )
+    uses_rad = _check_before_saving(model, names, desc, radiomics_params)
+    _clear_folder(folder, overwrite=overwrite)
+    untrusted = _dump_model(sio, folder, model, names, target, extra_trusted)
+    files = [MODEL_FILE]
+    if radiomics_params is not None:
+        shutil.copyfile(radiomics_params, folder / RADIOMICS_FILE)
+        files.append(RADIOMICS_FILE)
+    meta = _metadata(
+        desc, model, names, folder, files, untrusted, uses_radiomics=uses_rad or radiomics_params is not None
+    )
+    tmp = folder / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, folder / META_FILE)
+    log.info("saved predictor %s %s (%s, %d features) to %s", name, version, target, len(names), folder)
+    return folder / META_FILE
+
+
+@dataclass(frozen=True)
+class _Description:
+    """What :func:`save_predictor` records about a model besides the estimator and its files."""
+
+    name: str
+    version: str
+    target: str
+    preset: str
+    training_data: Mapping[str, Any] | str
+    metrics: Mapping[str, Any]
+    synthetic_training: bool
+    calibration: Mapping[str, Any] | str | None
+    intended_use: str | None
+    extra: Mapping[str, Any] | None
+
+
+def _check_before_saving(
+    model: Any, names: list[str], desc: _Description, radiomics_params: Path | None
+) -> bool:
+    """Refuse a bundle that could not be served; return whether it uses ``rad_*`` features."""
+    if desc.target not in TARGETS:
+        raise ModelError(f"target must be one of {TARGETS}, got {desc.target!r}")
+    if not desc.name or not desc.version or not desc.preset:
         raise ModelError("name, version and preset must be non-empty")
     positive = model_checks(model, names)
     try:
@@ -113,12 +162,23 @@ def save_predictor(
     uses_rad = any(n.startswith("rad_") for n in names)
     if uses_rad and radiomics_params is None:
         raise ModelError("the model uses rad_* features: radiomics_params is required")
+    return uses_rad
+
+
+def _clear_folder(folder: Path, *, overwrite: bool) -> None:
+    """Create ``folder``, refusing an existing bundle unless ``overwrite``; drop stale files."""
     if (folder / META_FILE).exists() and not overwrite:
         raise ModelError(f"{folder} already holds a model bundle (overwrite=False)")
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (MODEL_FILE, RADIOMICS_FILE):
         (folder / stale).unlink(missing_ok=True)
 
+
+def _dump_model(
+    sio: Any, folder: Path, model: Any, names: list[str], target: str, extra_trusted: Iterable[str]
+) -> list[str]:
+    """Write ``model.skops``; return its untrusted types, sorted (removed and refused if any is
+    outside the allow-list)."""
     # The payload repeats the feature names and target, so that model.json and the weights
     # cannot drift apart unnoticed.
     payload = {"estimator": model, "feature_names": names, "target": target, "format_version": FORMAT_VERSION}
@@ -129,26 +189,41 @@ def save_predictor(
     if refused:
         (folder / MODEL_FILE).unlink()
         raise ModelError(f"the model holds types outside the allow-list: {refused}")
-    files = [MODEL_FILE]
-    if radiomics_params is not None:
-        shutil.copyfile(radiomics_params, folder / RADIOMICS_FILE)
-        files.append(RADIOMICS_FILE)
+    return untrusted
 
-    libs = ["scikit-learn", "skops", "numpy", "scipy"]
-    if uses_rad or radiomics_params is not None:
-        libs.append("pyradiomics")
-    use = intended_use or "Research use: predicts {} from the admission non-contrast head CT.".format(
-        "haematoma expansion" if target == "he" else "post-stroke epilepsy"
+
+def _intended_use(desc: _Description) -> str:
+    """The given intended use (or a default per target), marked when fit on synthetic data."""
+    use = desc.intended_use or "Research use: predicts {} from the admission non-contrast head CT.".format(
+        "haematoma expansion" if desc.target == "he" else "post-stroke epilepsy"
     )
-    if synthetic_training and SYNTHETIC_INTENDED_USE.lower().rstrip(".") not in use.lower():
+    if desc.synthetic_training and SYNTHETIC_INTENDED_USE.lower().rstrip(".") not in use.lower():
         use = f"{use.rstrip()} {SYNTHETIC_INTENDED_USE}"
-    meta = {
+    return use
+
+
+def _metadata(
+    desc: _Description,
+    model: Any,
+    names: list[str],
+    folder: Path,
+    files: list[str],
+    untrusted: list[str],
+    *,
+    uses_radiomics: bool,
+) -> dict[str, Any]:
+    """The content of ``model.json`` for files already written to ``folder``."""
+    use = _intended_use(desc)
+    libs = ["scikit-learn", "skops", "numpy", "scipy"]
+    if uses_radiomics:
+        libs.append("pyradiomics")
+    return {
         "format": BUNDLE_FORMAT,
         "format_version": FORMAT_VERSION,
-        "name": name,
-        "version": str(version),
-        "target": target,
-        "preset": preset,
+        "name": desc.name,
+        "version": str(desc.version),
+        "target": desc.target,
+        "preset": desc.preset,
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "estimator": type(model).__name__,
         "positive_class": 1,
@@ -156,21 +231,16 @@ def save_predictor(
         "feature_names": names,
         "libraries": {lib: installed_version(lib) for lib in libs},
         "python": platform.python_version(),
-        "training_data": jsonable(training_data),
-        "metrics": jsonable(metrics),
-        "calibration": jsonable(calibration),
+        "training_data": jsonable(desc.training_data),
+        "metrics": jsonable(desc.metrics),
+        "calibration": jsonable(desc.calibration),
         "intended_use": use,
-        "synthetic_training": bool(synthetic_training),
+        "synthetic_training": bool(desc.synthetic_training),
         "skops_untrusted_types": untrusted,
-        "radiomics_params": RADIOMICS_FILE if radiomics_params is not None else None,
+        "radiomics_params": RADIOMICS_FILE if RADIOMICS_FILE in files else None,
         "files": {f: {"sha256": sha256(folder / f), "bytes": (folder / f).stat().st_size} for f in files},
-        "extra": jsonable(extra or {}),
+        "extra": jsonable(desc.extra or {}),
     }
-    tmp = folder / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, folder / META_FILE)
-    log.info("saved predictor %s %s (%s, %d features) to %s", name, version, target, len(names), folder)
-    return folder / META_FILE
 
 
 @dataclass
@@ -298,6 +368,34 @@ def load_predictor(
 
     folder = Path(folder)
     meta = _read_meta(folder)
+    _check_files(folder, meta)
+    _check_libraries(folder, meta)
+    payload = _load_payload(sio, folder, extra_trusted)
+    model = payload["estimator"]
+    names = check_names(meta["feature_names"])
+    _check_payload_matches(folder, meta, payload, names)
+    positive = model_checks(model, names)
+    pred = Predictor(
+        folder=folder,
+        name=str(meta["name"]),
+        version=str(meta["version"]),
+        target=str(meta["target"]),
+        preset=str(meta["preset"]),
+        feature_names=tuple(names),
+        model=model,
+        metadata=meta,
+        positive_index=positive,
+        radiomics_params=_radiomics_path(folder, meta, names),
+    )
+    if feature_names is not None:
+        pred.check_features(feature_names)
+    if pred.synthetic_training:
+        log.info("model %s %s: %s", pred.name, pred.version, pred.intended_use)
+    return pred
+
+
+def _check_files(folder: Path, meta: Mapping[str, Any]) -> None:
+    """Every file listed in ``model.json`` is present with the recorded SHA-256."""
     for fname, info in meta["files"].items():
         p = folder / fname
         if not p.is_file():
@@ -305,6 +403,10 @@ def load_predictor(
         digest = sha256(p)
         if digest != info.get("sha256"):
             raise ModelError(f"{folder}: {fname} hash differs from model.json (file changed or corrupt)")
+
+
+def _check_libraries(folder: Path, meta: Mapping[str, Any]) -> None:
+    """Recorded libraries are installed with the same major version (scikit-learn minor: logged)."""
     for lib, saved in meta["libraries"].items():
         if lib not in LIBRARIES or saved is None:
             continue
@@ -315,6 +417,10 @@ def load_predictor(
             raise ModelError(f"{folder}: saved with {lib} {saved}, installed {now} (major version differs)")
         if lib == "scikit-learn" and now.split(".")[:2] != str(saved).split(".")[:2]:
             log.warning("%s: saved with scikit-learn %s, running %s", folder, saved, now)
+
+
+def _load_payload(sio: Any, folder: Path, extra_trusted: Iterable[str]) -> dict[str, Any]:
+    """The skops payload, loaded only when every untrusted type in it is allowed."""
     allowed = ALLOWED_TYPES | set(extra_trusted)
     untrusted = untrusted_types(folder / MODEL_FILE)
     refused = sorted(t for t in untrusted if t not in allowed)
@@ -326,8 +432,13 @@ def load_predictor(
         raise ModelError(f"{folder}: cannot load {MODEL_FILE} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or "estimator" not in payload:
         raise ModelError(f"{folder}: {MODEL_FILE} is not a dicomnode predictor payload")
-    model = payload["estimator"]
-    names = check_names(meta["feature_names"])
+    return payload
+
+
+def _check_payload_matches(
+    folder: Path, meta: Mapping[str, Any], payload: Mapping[str, Any], names: list[str]
+) -> None:
+    """``model.json`` and the payload agree on the feature names and the target."""
     if list(payload.get("feature_names", [])) != names:
         raise ModelError(
             f"{folder}: model.json feature names differ from those stored with the estimator: "
@@ -338,7 +449,10 @@ def load_predictor(
             f"{folder}: model.json target {meta['target']!r} differs from the estimator's "
             f"{payload.get('target')!r}"
         )
-    positive = model_checks(model, names)
+
+
+def _radiomics_path(folder: Path, meta: Mapping[str, Any], names: list[str]) -> Path | None:
+    """The bundle's radiomics params file, required by ``rad_*`` features; ``deep_*`` refused."""
     rad = meta.get("radiomics_params")
     rad_path = folder / rad if rad else None
     if any(n.startswith("rad_") for n in names) and rad_path is None:
@@ -346,20 +460,4 @@ def load_predictor(
     if meta.get("deep_extractor") or any(n.startswith("deep_") for n in names):
         raise ModelError(f"{folder}: deep_* features (a separate deep feature extractor) are not "
                          "supported; image presets use img_* columns")
-    pred = Predictor(
-        folder=folder,
-        name=str(meta["name"]),
-        version=str(meta["version"]),
-        target=str(meta["target"]),
-        preset=str(meta["preset"]),
-        feature_names=tuple(names),
-        model=model,
-        metadata=meta,
-        positive_index=positive,
-        radiomics_params=rad_path,
-    )
-    if feature_names is not None:
-        pred.check_features(feature_names)
-    if pred.synthetic_training:
-        log.info("model %s %s: %s", pred.name, pred.version, pred.intended_use)
-    return pred
+    return rad_path

@@ -11,7 +11,7 @@ import csv
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,8 +27,9 @@ from .cohort import (
     bayes_optimal_auc,
     sample_cohort_arrays,
 )
-from .lesion import Markers
-from .study import StudyTruth, build_case, geometry_for, render_case, write_scan
+from .lesion import LesionSpec, Markers
+from .render import ScanGeometry
+from .study import Case, StudyTruth, build_case, geometry_for, render_case, write_scan
 
 log = logging.getLogger(__name__)
 
@@ -78,90 +79,131 @@ def make_cohort(
     geom = geometry_for(matrix, thickness_mm, 0.0, None)
     rows = []
     for i in range(n + n_negative):
-        negative = i >= n
-        pid = f"SYNTH-C{seed}-{i:04d}"
-        row: dict = {"patient_id": pid, "class": "negative" if negative else "ich"}
-        if negative:
-            case = build_case(
-                seed * 100000 + i,
-                hemorrhage_ml=None,
-                site="lobar",
-                patient_name=f"SYNTH^C{seed}-{i:04d}",
-                patient_id=pid,
-            )
-        else:
-            row.update({k: _plain(v[i]) for k, v in table.items()})
-            case = build_case(
-                seed * 100000 + i,
-                hemorrhage_ml=float(table["volume_ml"][i]),
-                site=str(table["site"][i]),
-                ivh=bool(table["ivh"][i]),
-                markers=Markers(
-                    heterogeneity=float(table["heterogeneity"][i]),
-                    irregularity=float(table["irregularity"][i]),
-                    blend_sign=bool(table["blend_sign"][i]),
-                    black_hole_sign=bool(table["black_hole_sign"][i]),
-                    swirl_sign=bool(table["swirl_sign"][i]),
-                ),
-                age_y=int(table["age_y"][i]),
-                sex=str(table["sex"][i]),
-                patient_name=f"SYNTH^C{seed}-{i:04d}",
-                patient_id=pid,
-            )
-        done = None if follow_up else _finished_scan(out_dir / pid / "baseline")
-        base: SimpleNamespace | StudyTruth
-        if done is not None:
-            base = done
-        else:
-            ph = render_case(case, geom, lesion=case.lesion, scan=0)
-            base = write_scan(
-                out_dir / pid / "baseline",
-                case,
-                ph,
-                lesion=case.lesion,
-                scan=0,
-                acquired=case.baseline_time,
-                compress="none",
-            )
-        row.update(
-            {
-                "age_y": case.age_y,
-                "sex": case.sex,
-                "baseline_study_uid": base.study_instance_uid,
-                "baseline_dir": str((out_dir / pid / "baseline").relative_to(out_dir)),
-                "ich_volume_ml": base.ich_volume_ml,
-                "ivh_volume_ml": base.ivh_volume_ml,
-                "oedema_volume_ml": base.oedema_volume_ml,
-                "cortical_involvement_measured": base.cortical_involvement,
-            }
-        )
+        row, patient = _draw_patient(i, seed, table, negative=i >= n)
+        case = patient.case
+        base = _baseline_scan(out_dir / patient.patient_id / "baseline", case, geom, resume=not follow_up)
+        row.update(_baseline_columns(out_dir, patient, base))
         if follow_up and case.lesion is not None:
-            ratio = float(table["followup_volume_ml"][i] / table["volume_ml"][i])
-            design_ml = case.lesion.unit_volume_mm3 * case.lesion.scale_mm**3 / 1000.0
-            grown = replace(
-                case.lesion.scaled_to(design_ml * ratio), oedema_frac=case.lesion.oedema_frac * 1.3
-            )
-            acquired = case.baseline_time + timedelta(hours=float(table["followup_delay_h"][i]))
-            ph = render_case(case, geom, lesion=grown, scan=1)
-            fu = write_scan(
-                out_dir / pid / "followup", case, ph, lesion=grown, scan=1, acquired=acquired, compress="none"
-            )
-            observed = he_clinical(base.ich_volume_ml, fu.ich_volume_ml)
-            if observed != bool(table["he"][i]):
-                log.warning(
-                    "patient %d: HE drawn %s but voxel volumes say %s", i, bool(table["he"][i]), observed
-                )
-            row.update(
-                {
-                    "followup_study_uid": fu.study_instance_uid,
-                    "followup_dir": str((out_dir / pid / "followup").relative_to(out_dir)),
-                    "followup_ich_volume_ml": fu.ich_volume_ml,
-                    "he_observed": observed,
-                }
-            )
+            row.update(_followup_scan(out_dir, patient, case.lesion, geom, table, base))
         rows.append(row)
         if progress is not None:
             progress(i + 1)
+    return _write_manifest(out_dir, rows)
+
+
+@dataclass(frozen=True)
+class _Patient:
+    """Patient ``index`` of a cohort and the case drawn for it."""
+
+    index: int
+    patient_id: str
+    case: Case
+
+
+def _draw_patient(
+    i: int, seed: int, table: dict[str, np.ndarray], *, negative: bool
+) -> tuple[dict, _Patient]:
+    """(first manifest columns, patient) ``i``: row ``i`` of ``table``, or a normal scan."""
+    pid = f"SYNTH-C{seed}-{i:04d}"
+    row: dict = {"patient_id": pid, "class": "negative" if negative else "ich"}
+    if negative:
+        case = build_case(
+            seed * 100000 + i,
+            hemorrhage_ml=None,
+            site="lobar",
+            patient_name=f"SYNTH^C{seed}-{i:04d}",
+            patient_id=pid,
+        )
+        return row, _Patient(i, pid, case)
+    row.update({k: _plain(v[i]) for k, v in table.items()})
+    case = build_case(
+        seed * 100000 + i,
+        hemorrhage_ml=float(table["volume_ml"][i]),
+        site=str(table["site"][i]),
+        ivh=bool(table["ivh"][i]),
+        markers=Markers(
+            heterogeneity=float(table["heterogeneity"][i]),
+            irregularity=float(table["irregularity"][i]),
+            blend_sign=bool(table["blend_sign"][i]),
+            black_hole_sign=bool(table["black_hole_sign"][i]),
+            swirl_sign=bool(table["swirl_sign"][i]),
+        ),
+        age_y=int(table["age_y"][i]),
+        sex=str(table["sex"][i]),
+        patient_name=f"SYNTH^C{seed}-{i:04d}",
+        patient_id=pid,
+    )
+    return row, _Patient(i, pid, case)
+
+
+def _baseline_scan(
+    folder: Path, case: Case, geom: ScanGeometry, *, resume: bool
+) -> SimpleNamespace | StudyTruth:
+    """Render and write the baseline scan, or (``resume``) take the one a previous run finished."""
+    done = _finished_scan(folder) if resume else None
+    if done is not None:
+        return done
+    ph = render_case(case, geom, lesion=case.lesion, scan=0)
+    return write_scan(
+        folder,
+        case,
+        ph,
+        lesion=case.lesion,
+        scan=0,
+        acquired=case.baseline_time,
+        compress="none",
+    )
+
+
+def _baseline_columns(
+    out_dir: Path, patient: _Patient, base: SimpleNamespace | StudyTruth
+) -> dict[str, object]:
+    """Manifest columns of the baseline scan."""
+    case, pid = patient.case, patient.patient_id
+    return {
+        "age_y": case.age_y,
+        "sex": case.sex,
+        "baseline_study_uid": base.study_instance_uid,
+        "baseline_dir": str((out_dir / pid / "baseline").relative_to(out_dir)),
+        "ich_volume_ml": base.ich_volume_ml,
+        "ivh_volume_ml": base.ivh_volume_ml,
+        "oedema_volume_ml": base.oedema_volume_ml,
+        "cortical_involvement_measured": base.cortical_involvement,
+    }
+
+
+def _followup_scan(
+    out_dir: Path,
+    patient: _Patient,
+    lesion: LesionSpec,
+    geom: ScanGeometry,
+    table: dict[str, np.ndarray],
+    base: SimpleNamespace | StudyTruth,
+) -> dict[str, object]:
+    """Render and write the follow-up (``lesion`` grown to the drawn volume, more oedema);
+    return its manifest columns."""
+    case, pid, i = patient.case, patient.patient_id, patient.index
+    ratio = float(table["followup_volume_ml"][i] / table["volume_ml"][i])
+    design_ml = lesion.unit_volume_mm3 * lesion.scale_mm**3 / 1000.0
+    grown = replace(lesion.scaled_to(design_ml * ratio), oedema_frac=lesion.oedema_frac * 1.3)
+    acquired = case.baseline_time + timedelta(hours=float(table["followup_delay_h"][i]))
+    ph = render_case(case, geom, lesion=grown, scan=1)
+    fu = write_scan(
+        out_dir / pid / "followup", case, ph, lesion=grown, scan=1, acquired=acquired, compress="none"
+    )
+    observed = he_clinical(base.ich_volume_ml, fu.ich_volume_ml)
+    if observed != bool(table["he"][i]):
+        log.warning("patient %d: HE drawn %s but voxel volumes say %s", i, bool(table["he"][i]), observed)
+    return {
+        "followup_study_uid": fu.study_instance_uid,
+        "followup_dir": str((out_dir / pid / "followup").relative_to(out_dir)),
+        "followup_ich_volume_ml": fu.ich_volume_ml,
+        "he_observed": observed,
+    }
+
+
+def _write_manifest(out_dir: Path, rows: list[dict]) -> Path:
+    """Write cohort_model.json, manifest.csv and manifest.json; return the CSV's path."""
     (out_dir / "cohort_model.json").write_text(json.dumps(cohort_model(), indent=2) + "\n")
     manifest = out_dir / "manifest.csv"
     keys = list(dict.fromkeys(k for r in rows for k in r))

@@ -247,33 +247,117 @@ def paint_lesion(
     labels = np.zeros(hu.shape, dtype=np.uint8)
     px = geom.pixel_spacing_mm
     oedema_mm = spec.oedema_frac * spec.r_eq_mm + 1.5
+    box = _lesion_region(anat, spec, geom, pose, oedema_mm)
+    if box is None:
+        return labels, 0.0, 0.0
+    grid = _LesionGrid.for_box(geom, pose, box)
+    _, tissue = Painter(anat, grid.lattice, ramp_mm=grid.step_mm, warp=warp, want_hu=False).paint(
+        intracranial_only=True
+    )
+    parts = _lesion_parts(anat, spec, grid, tissue, oedema_mm)
+    f_ich, s_ich, f_oed, f_ivh = (grid.down(a) for a in (parts.ich, parts.ich_hu, parts.oedema, parts.ivh))
+    h = hu[box]
+    rest = 1 - f_ich - f_oed - f_ivh
+    hu[box] = h * rest + s_ich + f_oed * F32(spec.oedema_hu) + f_ivh * F32(spec.ivh_hu)
+    lab = np.zeros(h.shape, dtype=np.uint8)
+    lab[f_oed >= 0.5] = LABEL_OEDEMA
+    lab[f_ivh >= 0.5] = LABEL_IVH
+    lab[f_ich >= 0.5] = LABEL_ICH
+    labels[box] = lab
+    voxel_ml = px * px * geom.thickness_mm / 1000.0
+    sample_ml = voxel_ml / (grid.ss * grid.ss * grid.n_sub)
+    return labels, float(f_ich.sum() * voxel_ml), float(parts.cortical_samples * sample_ml)
+
+
+def _lesion_region(
+    anat: AnatomyParams, spec: LesionSpec, geom: ScanGeometry, pose: Pose, oedema_mm: float
+) -> tuple[slice, slice, slice] | None:
+    """Output index box (k, j, i) around the clot, its oedema and (with IVH) the ventricles."""
     boxes = [_lesion_box(geom, pose, spec.centre_mm, spec.extent_mm + oedema_mm + 3)]
     if spec.ivh:
         vent = np.array([0.0, 30.0, 8.0]) * np.asarray(anat.scale)
         boxes.append(_lesion_box(geom, pose, vent, 40.0))
-    boxes = [b for b in boxes if b is not None]
-    if not boxes:
-        return labels, 0.0, 0.0
-    box = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
-    nk, nj, ni = (s.stop - s.start for s in box)
-    ss = 1 if px < 1.5 else 2
-    n_sub = max(2, int(np.ceil(geom.thickness_mm / 1.25 - 1e-6)))
-    step = px / ss
-    lat = _plane_lattice(
-        geom,
-        pose,
-        n_sub=n_sub,
-        spacing_mm=step,
-        first_offset_mm=(0.5 / ss - 0.5) * px,
-        shape_ji=(nj * ss, ni * ss),
-        slices=range(box[0].start, box[0].stop),
-        j0=box[1].start,
-        i0=box[2].start,
-    )
-    _, tissue = Painter(anat, lat, ramp_mm=step, warp=warp, want_hu=False).paint(intracranial_only=True)
-    x, y, z = lat.xyz()
+    found = [b for b in boxes if b is not None]
+    if not found:
+        return None
+    k, j, i = (slice(min(b[a].start for b in found), max(b[a].stop for b in found)) for a in range(3))
+    return k, j, i
+
+
+@dataclass(frozen=True)
+class _LesionGrid:
+    """The supersampled lattice of a lesion box: ``ss`` x ``ss`` in-plane, ``n_sub`` sub-slices."""
+
+    lattice: Lattice
+    shape_kji: tuple[int, int, int]  # output voxels of the box
+    ss: int
+    n_sub: int
+    step_mm: float
+
+    @classmethod
+    def for_box(cls, geom: ScanGeometry, pose: Pose, box: tuple[slice, slice, slice]) -> _LesionGrid:
+        px = geom.pixel_spacing_mm
+        nk, nj, ni = (s.stop - s.start for s in box)
+        ss = 1 if px < 1.5 else 2
+        n_sub = max(2, int(np.ceil(geom.thickness_mm / 1.25 - 1e-6)))
+        step = px / ss
+        lat = _plane_lattice(
+            geom,
+            pose,
+            n_sub=n_sub,
+            spacing_mm=step,
+            first_offset_mm=(0.5 / ss - 0.5) * px,
+            shape_ji=(nj * ss, ni * ss),
+            slices=range(box[0].start, box[0].stop),
+            j0=box[1].start,
+            i0=box[2].start,
+        )
+        return cls(lattice=lat, shape_kji=(nk, nj, ni), ss=ss, n_sub=n_sub, step_mm=step)
+
+    def down(self, a: np.ndarray) -> np.ndarray:
+        """Average the samples of each output voxel."""
+        nk, nj, ni = self.shape_kji
+        ss = self.ss
+        return a.reshape(nk, self.n_sub, nj, ss, ni, ss).mean(axis=(1, 3, 5))
+
+
+@dataclass(frozen=True)
+class _LesionParts:
+    """Fractions of each sample that are clot, oedema and IVH, and the clot's HU contribution."""
+
+    ich: np.ndarray
+    ich_hu: np.ndarray
+    oedema: np.ndarray
+    ivh: np.ndarray
+    cortical_samples: int  # clot samples in supratentorial cortex
+
+
+def _lesion_parts(
+    anat: AnatomyParams, spec: LesionSpec, grid: _LesionGrid, tissue: np.ndarray, oedema_mm: float
+) -> _LesionParts:
+    """Clot, oedema and IVH fractions on the lesion lattice, confined to the tissues they can fill."""
+    step = grid.step_mm
+    x, y, z = grid.lattice.xyz()
     ux, uy, uz = spec.to_unit(x, y, z)
     f_mm = spec.unit_sdf(ux, uy, uz) * F32(spec.scale_mm)
+    allowed, brain = _blood_masks(tissue, f_mm)
+    ich = occupancy(f_mm, step) * allowed
+    ich_hu = ich * spec.density(ux, uy, uz)
+    rim = F32(oedema_mm) * (1 + F32(0.35) * spec.rough(ux * 3, uy * 3, uz * 3))
+    oed = (occupancy(f_mm - rim, step) - occupancy(f_mm, step)) * brain * (1 - ich)
+    ivh = np.zeros_like(ich)
+    if spec.ivh:
+        yc = y / F32(anat.scale[1])
+        depth = np.where(np.sign(x) == spec.side, *(F32(d) for d in spec.ivh_depth_mm))
+        ivh = ((tissue == Tissue.VENTRICLE) & (yc > F32(52.0) - depth)).astype(F32) * (1 - ich)
+    # cortical involvement in the CAVE sense: supratentorial cortex only
+    supra = z / F32(anat.scale[2]) > floor_z(x / F32(anat.scale[0]), y / F32(anat.scale[1]))
+    cortical = int(((ich > 0.5) & (tissue == Tissue.CORTEX) & supra).sum())
+    return _LesionParts(ich=ich, ich_hu=ich_hu, oedema=oed, ivh=ivh, cortical_samples=cortical)
+
+
+def _blood_masks(tissue: np.ndarray, f_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(where the clot may be, brain parenchyma where oedema may be) on the lesion lattice."""
     allowed = np.isin(
         tissue,
         [
@@ -291,34 +375,7 @@ def paint_lesion(
     )
     # Sulcal CSF next to the clot takes blood; CSF outside the brain surface does not.
     allowed &= (tissue != Tissue.CSF) | (f_mm < F32(-1.0))
-    ich = occupancy(f_mm, step) * allowed
-    ich_hu = ich * spec.density(ux, uy, uz)
-    rim = F32(oedema_mm) * (1 + F32(0.35) * spec.rough(ux * 3, uy * 3, uz * 3))
-    oed = (occupancy(f_mm - rim, step) - occupancy(f_mm, step)) * brain * (1 - ich)
-    ivh = np.zeros_like(ich)
-    if spec.ivh:
-        yc = y / F32(anat.scale[1])
-        depth = np.where(np.sign(x) == spec.side, *(F32(d) for d in spec.ivh_depth_mm))
-        ivh = ((tissue == Tissue.VENTRICLE) & (yc > F32(52.0) - depth)).astype(F32) * (1 - ich)
-    # cortical involvement in the CAVE sense: supratentorial cortex only
-    supra = z / F32(anat.scale[2]) > floor_z(x / F32(anat.scale[0]), y / F32(anat.scale[1]))
-    cortical = ((ich > 0.5) & (tissue == Tissue.CORTEX) & supra).sum()
-
-    def down(a):
-        return a.reshape(nk, n_sub, nj, ss, ni, ss).mean(axis=(1, 3, 5))
-
-    f_ich, s_ich, f_oed, f_ivh = down(ich), down(ich_hu), down(oed), down(ivh)
-    h = hu[box]
-    rest = 1 - f_ich - f_oed - f_ivh
-    hu[box] = h * rest + s_ich + f_oed * F32(spec.oedema_hu) + f_ivh * F32(spec.ivh_hu)
-    lab = np.zeros(h.shape, dtype=np.uint8)
-    lab[f_oed >= 0.5] = LABEL_OEDEMA
-    lab[f_ivh >= 0.5] = LABEL_IVH
-    lab[f_ich >= 0.5] = LABEL_ICH
-    labels[box] = lab
-    voxel_ml = px * px * geom.thickness_mm / 1000.0
-    sample_ml = voxel_ml / (ss * ss * n_sub)
-    return labels, float(f_ich.sum() * voxel_ml), float(cortical * sample_ml)
+    return allowed, brain
 
 
 def add_streaks(

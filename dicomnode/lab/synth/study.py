@@ -181,9 +181,52 @@ def write_scan(
 ) -> StudyTruth:
     """Write series, label map and truth.json of one rendered scan."""
     geom = phantom.geometry
+    meta = _series_meta(case, geom, scan=scan, acquired=acquired)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dicom_dir = out_dir / "dicom"
+    write_series(dicom_dir, phantom.hu, geom, meta, compress=compress)
+    label_path = out_dir / "labels.nii.gz"
+    write_labels(label_path, phantom.labels, geom)
+    vols = _Volumes.of(phantom)
+    details = {
+        **_scan_identity(case, meta, scan=scan, acquired=acquired),
+        "geometry": _geometry_summary(geom, vols.voxel_ml),
+        "compression": compress,
+        "labels": {str(k): v for k, v in LABELS.items()},
+        "ich_volume_ml": vols.ich_ml,
+        "ivh_volume_ml": vols.ivh_ml,
+        "oedema_volume_ml": vols.oedema_ml,
+        "ich_partial_volume_ml": phantom.ich_fraction_ml,
+        "cortical_ml": phantom.cortical_ml,
+        "cortical_involvement": vols.cortical_involvement,
+        "anatomy": _anatomy_summary(case),
+        "lesion": _lesion_summary(case, lesion),
+        **(extra or {}),
+    }
+    truth_path = out_dir / "truth.json"
+    truth_path.write_text(json.dumps(details, indent=2, sort_keys=True) + "\n")
+    return StudyTruth(
+        study_instance_uid=str(meta.study_uid),
+        series_instance_uid=str(meta.series_uid),
+        patient_id=case.patient_id,
+        n_slices=geom.n_slices,
+        ich_volume_ml=vols.ich_ml,
+        ivh_volume_ml=vols.ivh_ml,
+        oedema_volume_ml=vols.oedema_ml,
+        site=lesion.site if lesion else "none",
+        cortical_involvement=vols.cortical_involvement,
+        dicom_dir=dicom_dir,
+        label_path=label_path,
+        truth_path=truth_path,
+        details=details,
+    )
+
+
+def _series_meta(case: Case, geom: ScanGeometry, *, scan: int, acquired: datetime) -> SeriesMeta:
+    """Identity, dates and descriptions of the series of scan ``scan`` (UIDs follow the seed)."""
     kind = "baseline" if scan == 0 else f"follow-up {scan}"
     study_uid = make_uid(case.seed, case.patient_id, "study", scan)
-    meta = SeriesMeta(
+    return SeriesMeta(
         patient_name=case.patient_name,
         patient_id=case.patient_id,
         birth_date=(acquired - timedelta(days=int(case.age_y * 365.25 + 100))).strftime("%Y%m%d"),
@@ -200,19 +243,35 @@ def write_scan(
         series_number=2,
         uid_seed=f"{case.seed}/{case.patient_id}/{scan}/{geom}",
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dicom_dir = out_dir / "dicom"
-    write_series(dicom_dir, phantom.hu, geom, meta, compress=compress)
-    label_path = out_dir / "labels.nii.gz"
-    write_labels(label_path, phantom.labels, geom)
-    voxel_ml = geom.pixel_spacing_mm**2 * geom.thickness_mm / 1000.0
-    vols = {
-        k: float(np.count_nonzero(phantom.labels == k) * voxel_ml)
-        for k in (LABEL_ICH, LABEL_IVH, LABEL_OEDEMA)
-    }
-    ich_ml = vols[LABEL_ICH]
-    cortical = bool(ich_ml > 0 and phantom.cortical_ml >= max(0.05, 0.01 * ich_ml))
-    details = {
+
+
+@dataclass(frozen=True)
+class _Volumes:
+    """Label volumes of a phantom (voxel count x voxel volume) and cortical involvement."""
+
+    voxel_ml: float
+    ich_ml: float
+    ivh_ml: float
+    oedema_ml: float
+    cortical_involvement: bool
+
+    @classmethod
+    def of(cls, phantom: Phantom) -> _Volumes:
+        geom = phantom.geometry
+        voxel_ml = geom.pixel_spacing_mm**2 * geom.thickness_mm / 1000.0
+        vols = {
+            k: float(np.count_nonzero(phantom.labels == k) * voxel_ml)
+            for k in (LABEL_ICH, LABEL_IVH, LABEL_OEDEMA)
+        }
+        ich_ml = vols[LABEL_ICH]
+        # Involved when the cortical part is not a few stray samples of the clot's edge.
+        cortical = bool(ich_ml > 0 and phantom.cortical_ml >= max(0.05, 0.01 * ich_ml))
+        return cls(voxel_ml, ich_ml, vols[LABEL_IVH], vols[LABEL_OEDEMA], cortical)
+
+
+def _scan_identity(case: Case, meta: SeriesMeta, *, scan: int, acquired: datetime) -> dict:
+    """truth.json: generator, seed, patient and UIDs of one scan."""
+    return {
         "synthetic": True,
         "generator": "dicomnode.lab.synth",
         "seed": case.seed,
@@ -222,47 +281,23 @@ def write_scan(
         "age_y": case.age_y,
         "sex": case.sex,
         "acquired": acquired.isoformat(),
-        "study_instance_uid": str(study_uid),
+        "study_instance_uid": str(meta.study_uid),
         "series_instance_uid": str(meta.series_uid),
-        "geometry": {
-            "matrix": geom.matrix,
-            "n_slices": geom.n_slices,
-            "pixel_spacing_mm": geom.pixel_spacing_mm,
-            "thickness_mm": geom.thickness_mm,
-            "tilt_deg": geom.tilt_deg,
-            "fov_mm": geom.fov_mm,
-            "voxel_ml": voxel_ml,
-            "affine_lps": geom.affine_lps().round(6).tolist(),
-        },
-        "compression": compress,
-        "labels": {str(k): v for k, v in LABELS.items()},
-        "ich_volume_ml": ich_ml,
-        "ivh_volume_ml": vols[LABEL_IVH],
-        "oedema_volume_ml": vols[LABEL_OEDEMA],
-        "ich_partial_volume_ml": phantom.ich_fraction_ml,
-        "cortical_ml": phantom.cortical_ml,
-        "cortical_involvement": cortical,
-        "anatomy": _anatomy_summary(case),
-        "lesion": _lesion_summary(case, lesion),
-        **(extra or {}),
     }
-    truth_path = out_dir / "truth.json"
-    truth_path.write_text(json.dumps(details, indent=2, sort_keys=True) + "\n")
-    return StudyTruth(
-        study_instance_uid=str(study_uid),
-        series_instance_uid=str(meta.series_uid),
-        patient_id=case.patient_id,
-        n_slices=geom.n_slices,
-        ich_volume_ml=ich_ml,
-        ivh_volume_ml=vols[LABEL_IVH],
-        oedema_volume_ml=vols[LABEL_OEDEMA],
-        site=lesion.site if lesion else "none",
-        cortical_involvement=cortical,
-        dicom_dir=dicom_dir,
-        label_path=label_path,
-        truth_path=truth_path,
-        details=details,
-    )
+
+
+def _geometry_summary(geom: ScanGeometry, voxel_ml: float) -> dict:
+    """truth.json: the scan geometry, with the exact index -> LPS affine."""
+    return {
+        "matrix": geom.matrix,
+        "n_slices": geom.n_slices,
+        "pixel_spacing_mm": geom.pixel_spacing_mm,
+        "thickness_mm": geom.thickness_mm,
+        "tilt_deg": geom.tilt_deg,
+        "fov_mm": geom.fov_mm,
+        "voxel_ml": voxel_ml,
+        "affine_lps": geom.affine_lps().round(6).tolist(),
+    }
 
 
 def _to_patient(case: Case, h: np.ndarray) -> list[float]:
