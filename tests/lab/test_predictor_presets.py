@@ -15,7 +15,6 @@ from dicomnode.lab import predictor_presets as P
 from dicomnode.lab import train_predictor as T
 from dicomnode.lab.cohort_table import toy_cohort
 from dicomnode.lab.metrics import oracle_auc
-from dicomnode.predict import estimators as E
 
 MAIN = ("psenet", "multitask-he", "resnet-lasso-svm", "efficientnet-synth", "hybrid-kbest-svm")
 TARGET = {"psenet": "pse", "multitask-he": "he", "resnet-lasso-svm": "he", "efficientnet-synth": "pse",
@@ -99,12 +98,8 @@ def test_cross_validation_fits_on_training_part_only(monkeypatch):
     assert all(s == set(range(n)) for s in per_repeat)
 
 
-def test_cave_cut_indicators():
-    cut = E.CutIndicators((("gt", 10.0), ("lt", 65.0))).fit(np.zeros((1, 2)))
-    X = np.array([[12.0, 70.0], [10.0, 64.0], [np.nan, np.nan], [3.0, 40.0]])
-    assert cut.transform(X).tolist() == [[1, 0], [0, 1], [0, 0], [0, 1]]
-    with pytest.raises(ValueError, match="operator"):
-        E.CutIndicators((("ge", 1.0),)).fit(X)
+def test_psenet_uses_the_cave_cut_indicators():
+    """The transformer itself is tested in tests/unit/predict/test_estimators.py."""
     names = ["m_ich_volume_ml", "m_cortical_involvement", "hdr_age_y", "img_c1x2x2_0",
              "img_c1x2x2_1", "img_c1x2x2_2", "img_c1x2x2_3"]
     steps = dict((n, t) for n, t, _ in P.build_preset("psenet", names, tiny=True)
