@@ -8,7 +8,8 @@ What decides, in this order (series-level facts before study-level text):
    for Enhanced CT the Contrast/Bolus Usage functional group, C.7.6.16.2.12): a real value means
    contrast. Empty values and "NONE", "NO", "N/A" and the like (``contrast_absent_values``)
    count as absent;
-2. time-resolved acquisition: several planes at each position (perfusion, dynamic CTA);
+2. time-resolved acquisition: several planes at each position from several acquisitions
+   (perfusion, dynamic CTA); the same planes re-sent under new SOP Instance UIDs are not;
 3. virtual non-contrast images (``vnc_regex`` on Image Type and series description);
 4. the series description and protocol name: a negated phrase ("WO CONTRAST", "non-contrast",
    "NCCT", "ohne KM", "sans injection", ...) makes the series non-contrast; otherwise a contrast
@@ -66,9 +67,9 @@ def contrast_reason(attrs: dict[str, Any], geometry: dict[str, Any],
     if str(attrs.get("contrast_administered", "")).upper() == "YES":
         return "contrast: Contrast/Bolus Agent Administered YES (Enhanced CT functional group)"
     phases = _phases(geometry)
-    if rules.reject_time_resolved and phases >= 2.0:
-        return (f"contrast: time-resolved series ({phases:.1f} planes per position, as in "
-                "perfusion or dynamic angiography)")
+    if rules.reject_time_resolved and phases >= 2.0 and int(geometry.get("acquisitions") or 0) >= 2:
+        return (f"contrast: time-resolved series ({phases:.1f} planes per position from "
+                f"{geometry['acquisitions']} acquisitions, as in perfusion or dynamic angiography)")
     image_type = "\\".join(str(v) for v in attrs.get("image_type") or [])
     for what, text in (("image type", image_type),
                        ("series description", attrs.get("series_description", ""))):

@@ -59,9 +59,6 @@ def evaluate(attrs: dict[str, Any], geometry: dict[str, Any], n_instances: int,
     description = attrs.get("series_description", "")
     if re.search(rules.excluded_description_regex, description):
         return f"series description {description!r} matches the excluded pattern"
-    contrast = contrast_reason(attrs, geometry, rules)
-    if contrast:
-        return contrast
     thickness = attrs.get("slice_thickness_mm")
     if thickness is not None and not (rules.min_slice_thickness_mm <= thickness
                                       <= rules.max_slice_thickness_mm):
@@ -80,6 +77,9 @@ def evaluate(attrs: dict[str, Any], geometry: dict[str, Any], n_instances: int,
         return "mixed or invalid image orientations in one series"
     if geometry.get("axial_angle_deg", 90.0) > 45.0:
         return f"not axial (slice normal {geometry['axial_angle_deg']:.0f} degrees from head-foot)"
+    contrast = contrast_reason(attrs, geometry, rules)
+    if contrast:
+        return contrast
     if not _is_head(attrs, geometry, rules):
         return "not recognised as head CT (body part, descriptions and extent)"
     kernel = attrs.get("kernel", "")

@@ -53,9 +53,11 @@ def series_geometry(instances: list[dict[str, Any]]) -> dict[str, Any]:
     ``mixed`` (what shows two reconstructions under one Series Instance UID) when present.
     """
     frames = _frames(instances)
+    acquisitions = {g.get("acquisition_number") for g in instances} - {None}
     usable = [(np.asarray(p, float), np.asarray(o, float)) for p, o in frames
               if p is not None and o is not None]
-    out: dict[str, Any] = {"n_frames": len(frames), "missing_geometry": len(frames) - len(usable)}
+    out: dict[str, Any] = {"n_frames": len(frames), "missing_geometry": len(frames) - len(usable),
+                           "acquisitions": len(acquisitions)}
     mixed = _mixed_reconstructions(instances)
     if mixed:
         out["mixed"] = mixed

@@ -59,11 +59,16 @@ def test_series_text_decides_before_study_text() -> None:
 
 
 def test_time_resolved_series_is_refused() -> None:
-    perfusion = {"n_frames": 320, "missing_geometry": 0, "duplicate_positions": 300}
+    perfusion = {"n_frames": 320, "missing_geometry": 0, "duplicate_positions": 300,
+                 "acquisitions": 16}
     reason = _reason(perfusion, series_description="Head 5mm")
-    assert reason is not None and reason.startswith("contrast: time-resolved series (16.0 planes")
-    resent = {"n_frames": 34, "missing_geometry": 0, "duplicate_positions": 2}  # two re-sent
-    assert _reason(resent) is None
+    assert reason is not None and reason.startswith(
+        "contrast: time-resolved series (16.0 planes per position from 16 acquisitions")
+    resent = {"n_frames": 34, "missing_geometry": 0, "duplicate_positions": 2, "acquisitions": 1}
+    assert _reason(resent) is None  # two slices sent twice
+    # The whole series sent again under new SOP Instance UIDs: one acquisition, not a perfusion.
+    again = {"n_frames": 64, "missing_geometry": 0, "duplicate_positions": 32, "acquisitions": 1}
+    assert _reason(again) is None
 
 
 def test_virtual_non_contrast_is_refused() -> None:
