@@ -1,0 +1,1 @@
+def output_checks(): pass

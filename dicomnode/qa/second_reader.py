@@ -1,0 +1,1 @@
+def compare_readers(): pass
