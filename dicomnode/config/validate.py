@@ -14,7 +14,6 @@ from typing import Any
 
 from dicomnode.config.settings import (
     QA_CHECK_NAMES,
-    QASettings,
     AccessSettings,
     AssemblySettings,
     DatabaseSettings,
@@ -24,6 +23,7 @@ from dicomnode.config.settings import (
     LoggingSettings,
     NodeSettings,
     PredictionSettings,
+    QASettings,
     SegmentationSettings,
     Settings,
     StorageSettings,

@@ -12,7 +12,6 @@ no volumes, no risks. Side effects: none.
 
 from __future__ import annotations
 
-import datetime as dt
 import textwrap
 from collections.abc import Sequence
 
@@ -108,8 +107,6 @@ def build_not_analysed_image(source_datasets: Sequence[Dataset], volume: CTVolum
                            f"analysed; no haemorrhage volume or risk was computed.")[:10240]
     image.DerivationDescription = (f"Middle slice of the source series with the reason it was "
                                    f"not analysed ({_SOFTWARE} quality checks)")[:1024]
-    now = dt.datetime.now()
-    image.ContentDate, image.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ref = Dataset()
     ref.ReferencedSOPClassUID = src.SOPClassUID
     ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
