@@ -12,7 +12,8 @@ Inputs: the :class:`~dicomnode.domain.CTVolume`, its :class:`~dicomnode.domain.L
 - ``hemorrhage_fraction``: (ICH + IVH) / brain volume;
 - ``outside_brain``: the fraction of labelled voxels outside the brain mask grown by 3 mm;
 - ``component_count``: ICH components of at least 0.1 mL;
-- ``abc2_consistency``: ABC/2 over the voxel ICH volume, when ICH is at least ``min_abc2_ml``.
+- ``abc2_consistency``: ABC/2 over the voxel ICH volume, when ICH is at least ``min_abc2_ml``
+  and one component (ABC/2 assumes one ellipsoid-like haematoma).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def output_checks(volume: CTVolume, labels: LabelMap, measurements: Measurements
                         fraction <= cfg.max_hemorrhage_fraction,
                         f"haemorrhage {fraction:.1%} of the brain ({blood_ml:.1f} mL)", cfg))
     checks.append(_outside(lab, mask, (sy, sx), cfg))
-    checks.append(_components(lab == ICH, voxel_ml, cfg))
-    checks.append(_abc2(measurements, cfg))
+    components = _components(lab == ICH, voxel_ml, cfg)
+    checks.append(components)
+    checks.append(_abc2(measurements, components.value, cfg))
     return QAReport(tuple(checks))
 
 
@@ -105,9 +107,12 @@ def _components(ich: np.ndarray, voxel_ml: float, cfg: QASettings) -> QACheck:
                  f"ICH in {count} separate components of >= {MIN_COMPONENT_ML:g} mL", cfg)
 
 
-def _abc2(m: Measurements, cfg: QASettings) -> QACheck:
+def _abc2(m: Measurements, components: float | str | None, cfg: QASettings) -> QACheck:
     lo, hi = cfg.abc2_ratio
     limit = f"ABC/2 / voxel volume {fmt_range(lo, hi)}"
+    if isinstance(components, float) and components > 1:
+        return not_measured("abc2_consistency", limit,
+                            f"ICH in {components:.0f} components (ABC/2 assumes one haematoma)")
     if m.ich_volume_ml < cfg.min_abc2_ml:
         return not_measured("abc2_consistency", limit,
                             f"ICH {m.ich_volume_ml:.1f} mL, below {cfg.min_abc2_ml:g} mL")
