@@ -147,3 +147,56 @@ class EncodedObject:
     path: Path
     sop_class_uid: str
     sop_instance_uid: str
+
+
+QA_OUTCOMES = ("pass", "warn", "fail")
+
+
+@dataclass(frozen=True)
+class QACheck:
+    """One quality check of a series: what was measured, the limit, and what it means.
+
+    ``value`` and ``limit`` are numbers or short text (a range is ``"20..45"``); ``None`` when a
+    check could not be measured (then the outcome is ``pass`` and the message says why).
+    """
+
+    name: str
+    value: float | str | None
+    limit: str
+    outcome: str  # "pass", "warn" or "fail"
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.outcome not in QA_OUTCOMES:
+            raise ValueError(f"QA outcome must be one of {QA_OUTCOMES}, got {self.outcome!r}")
+        if not self.name:
+            raise ValueError("a QA check needs a name")
+
+
+@dataclass(frozen=True)
+class QAReport:
+    """The checks of one series, in the order they ran; ``status`` is the worst outcome."""
+
+    checks: tuple[QACheck, ...] = ()
+
+    @property
+    def status(self) -> str:
+        outcomes = {c.outcome for c in self.checks}
+        return "fail" if "fail" in outcomes else "warn" if "warn" in outcomes else "pass"
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+    def reasons(self, outcome: str) -> list[str]:
+        """The messages of the checks with ``outcome``, in order."""
+        return [c.message or c.name for c in self.checks if c.outcome == outcome]
+
+    def extend(self, more: QAReport) -> QAReport:
+        return QAReport(self.checks + more.checks)
+
+    def as_record(self) -> dict[str, Any]:
+        """``result.json``'s ``qa``: ``{status, checks: [{name, value, limit, outcome, message}]}``."""
+        return {"status": self.status,
+                "checks": [{"name": c.name, "value": c.value, "limit": c.limit,
+                            "outcome": c.outcome, "message": c.message} for c in self.checks]}

@@ -1,10 +1,15 @@
-"""The product in one screen: load -> segment -> measure -> predict -> encode -> outbox.
+"""The product in one screen: load -> qa -> segment -> measure -> qa -> predict -> encode -> outbox.
 
 ``run_series`` is the one orchestration of the stages: the worker runs it for a claimed job
 (``process_series``, which then records the job and queues the outputs for delivery in one
 transaction) and ``dicomnode run`` for each eligible series found in a folder
 (``process_folder``). It is the one place that catches a stage's error and records it as
 ``Type: message``. Stages never call each other; only this module joins them.
+
+QA (docs/qa.md) runs after load (input checks) and after measure (output checks and the second
+reader). A ``fail`` ends the series as ``not_analysed`` with the reason ``QA: <first reason>``:
+no SEG and no risks, but a "not analysed" key image and SR saying why. A ``warn`` sends the
+results with the warning on the SR, the overlays and the summary image.
 """
 
 from __future__ import annotations
@@ -28,7 +33,16 @@ from dicomnode.assemble.selection import evaluate
 from dicomnode.assemble.stack_summary import series_geometry
 from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory
-from dicomnode.domain import CTVolume, EncodedObject, LabelMap, Measurements, Prediction, SeriesRef
+from dicomnode.domain import (
+    CTVolume,
+    EncodedObject,
+    LabelMap,
+    Measurements,
+    Prediction,
+    QAReport,
+    SeriesRef,
+)
+from dicomnode.encode.not_analysed import build_not_analysed_image, build_not_analysed_sr
 from dicomnode.encode.overlay import build_overlays, write_previews
 from dicomnode.encode.seg import build_seg
 from dicomnode.encode.sr import build_sr
@@ -38,9 +52,10 @@ from dicomnode.load.volume import load_series
 from dicomnode.logs import log_context
 from dicomnode.measure import measure
 from dicomnode.predict.serving import Predictors, prediction_record
+from dicomnode.qa import compare_readers, input_checks, output_checks
 from dicomnode.receive.checks import STORED_CLASSES, check_uid, read_header
 from dicomnode.segment.base import SegmentationBackend
-from dicomnode.segment.registry import build_backend
+from dicomnode.segment.registry import build_backend, build_second_reader
 from dicomnode.send.outbox import enqueue_in
 from dicomnode.storage import fsync_dir, results_dir, write_dataset_durably
 
@@ -54,13 +69,15 @@ class Context:
     settings: Settings
     backend: SegmentationBackend
     predictors: Predictors | None = None
+    second_reader: SegmentationBackend | None = None  # [qa] second_reader, when on
 
 
 def make_context(settings: Settings) -> Context:
     p = settings.prediction
     predictors = Predictors.load(p.he_model, p.pse_model, p.clinical_sidecar) if p.enabled else None
     return Context(settings=settings, backend=build_backend(settings.segmentation),
-                   predictors=predictors)
+                   predictors=predictors,
+                   second_reader=build_second_reader(settings.segmentation, settings.qa))
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,22 @@ class Analysis:
     measurements: Measurements
     prediction: Prediction | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    qa: QAReport = field(default_factory=QAReport)
+
+
+@dataclass(frozen=True)
+class NotAnalysed:
+    """A series QA refused: the volume (and, after the output checks, the labels) and why."""
+
+    volume: CTVolume
+    qa: QAReport
+    labels: LabelMap | None = None
+    measurements: Measurements | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        return f"QA: {self.qa.reasons('fail')[0]}"
 
 
 @dataclass(frozen=True)
@@ -82,6 +115,10 @@ class SeriesRun:
     @property
     def failed(self) -> bool:
         return self.record["status"] == "failed"
+
+    @property
+    def not_analysed(self) -> bool:
+        return self.record["status"] == "not_analysed"
 
 
 class _Timer:
@@ -97,20 +134,36 @@ class _Timer:
             self.timings_s[stage] = round(time.perf_counter() - start, 3)
 
 
-def analyse(paths: Sequence[Path], ctx: Context) -> Analysis:
-    """Load, segment, measure and predict one series."""
+def analyse(paths: Sequence[Path], ctx: Context) -> Analysis | NotAnalysed:
+    """Load, check, segment, measure, check and predict one series (QA: docs/qa.md)."""
     timer = _Timer()
+    qa_cfg = ctx.settings.qa
+    qa = QAReport()
     with timer("load"):
         volume = load_series(paths)
+    if qa_cfg.enabled:
+        with timer("qa_input"):
+            qa = input_checks(volume, qa_cfg)
+        if qa.failed:
+            return NotAnalysed(volume, qa, timings_s=timer.timings_s)
     with timer("segment"):
         labels = ctx.backend.segment(volume)
     with timer("measure"):
         measurements = measure(volume, labels)
+    if qa_cfg.enabled:
+        with timer("qa_output"):
+            qa = qa.extend(output_checks(volume, labels, measurements, qa_cfg))
+    if ctx.second_reader is not None and not qa.failed:
+        with timer("second_reader"):
+            second = ctx.second_reader.segment(volume)
+        qa = qa.extend(compare_readers(labels, second, qa_cfg))
+    if qa.failed:
+        return NotAnalysed(volume, qa, labels, measurements, timer.timings_s)
     prediction = None
     if ctx.predictors is not None:
         with timer("predict"):
             prediction = ctx.predictors.predict(volume, labels, measurements)
-    return Analysis(volume, labels, measurements, prediction, timer.timings_s)
+    return Analysis(volume, labels, measurements, prediction, timer.timings_s, qa)
 
 
 def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Path, *,
@@ -124,6 +177,14 @@ def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Pa
     try:
         analysis = analyse(paths, ctx)
         encode_start = time.perf_counter()
+        if isinstance(analysis, NotAnalysed):
+            objects = encode_not_analysed(analysis, paths, out_dir, version=version)
+            record = not_analysed_record(series_uid, analysis)
+            record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
+            record["timings_s"]["total"] = round(time.perf_counter() - start, 3)
+            log.warning("series not analysed: %s", analysis.reason)
+            write_outputs(out_dir, record, None)
+            return SeriesRun(record, tuple(objects))
         objects = encode_outputs(analysis, paths, out_dir, version=version)
         record = result_record(series_uid, analysis=analysis)
         record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
@@ -158,9 +219,14 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
                   "sop_class_uid": o.sop_class_uid, "sop_instance_uid": o.sop_instance_uid}
                  for o in run.objects]
         finish(sessions, ref.job_id, timings_s=record["timings_s"],
-               outputs={"dir": out_dir.relative_to(root).as_posix(), "items": items},
+               outputs={"dir": out_dir.relative_to(root).as_posix(), "items": items,
+                        "qa_status": record["qa"]["status"]},
+               not_analysed=record["reason"] if run.not_analysed else "",
                also=lambda session: enqueue_in(session, ref.job_id, items,
                                                ctx.settings.destinations))
+        if run.not_analysed:
+            log.warning("job not analysed: %s", record["reason"])
+            return record
         log.info("job done: ICH %.1f mL, IVH %.1f mL (%s)", record["ich_volume_ml"],
                  record["ivh_volume_ml"], record["backend"])
         return record
@@ -253,10 +319,12 @@ def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
     sources = source_datasets(paths, analysis.volume)
     volume, labels, m, prediction = (analysis.volume, analysis.labels, analysis.measurements,
                                      analysis.prediction)
+    warnings = qa_warnings(analysis.qa)
     seg = build_seg(sources, volume, labels, version=version, software_version=__version__)
     sr = build_sr(sources, seg, m, labels, version=version, prediction=prediction,
-                  software_version=__version__)
-    overlays = build_overlays(sources, volume, labels, m, version=version, prediction=prediction)
+                  software_version=__version__, warnings=warnings)
+    overlays = build_overlays(sources, volume, labels, m, version=version, prediction=prediction,
+                              warnings=warnings)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "overlay").mkdir(exist_ok=True)
     planned = [("seg", seg, out_dir / "seg.dcm"), ("sr", sr, out_dir / "sr.dcm")] + [
@@ -268,8 +336,41 @@ def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
                                      sop_instance_uid=str(ds.SOPInstanceUID)))
     for folder in {out_dir, out_dir / "overlay"}:
         fsync_dir(folder)
-    write_previews(out_dir / "previews", volume, labels, m, prediction=prediction)
+    write_previews(out_dir / "previews", volume, labels, m, prediction=prediction,
+                   warnings=warnings)
     return objects
+
+
+def qa_warnings(qa: QAReport) -> list[str]:
+    """The QA warnings as the SR, the overlays and the summary image show them."""
+    return [f"QA WARNING: {reason}" for reason in qa.reasons("warn")]
+
+
+def encode_not_analysed(result: NotAnalysed, paths: Sequence[Path], out_dir: Path, *,
+                        version: int) -> list[EncodedObject]:
+    """The "not analysed" key image and SR (no SEG, no risks), written durably to ``out_dir``."""
+    sources = source_datasets(paths, result.volume)
+    image = build_not_analysed_image(sources, result.volume, result.qa, version=version,
+                                     software_version=__version__)
+    sr = build_not_analysed_sr(sources, result.qa, version=version, software_version=__version__)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    objects = []
+    for kind, ds, path in (("not_analysed_image", image, out_dir / "not-analysed.dcm"),
+                           ("not_analysed_sr", sr, out_dir / "sr.dcm")):
+        write_dataset_durably(ds, path)
+        objects.append(EncodedObject(kind=kind, path=path, sop_class_uid=str(ds.SOPClassUID),
+                                     sop_instance_uid=str(ds.SOPInstanceUID)))
+    fsync_dir(out_dir)
+    return objects
+
+
+def not_analysed_record(series_instance_uid: str, result: NotAnalysed) -> dict[str, Any]:
+    """``result.json`` of a series QA refused: status ``not_analysed``, no volumes."""
+    record = result_record(series_instance_uid, status="not_analysed", reason=result.reason,
+                           timings_s=result.timings_s)
+    record["qa"] = result.qa.as_record()
+    record["warnings"] = list(result.volume.warnings) + result.qa.reasons("warn")
+    return record
 
 
 def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
@@ -283,7 +384,7 @@ def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
         "oedema_volume_ml": 0.0, "extra_axial_volume_ml": 0.0,
         "cortical_involvement": False, "site": "none", "largest_area_slice": None,
         "markers": {}, "warnings": [], "timings_s": dict(timings_s or {}),
-        **prediction_record(None),
+        **prediction_record(None), "qa": {"status": "not_checked", "checks": []},
     }
     if analysis is not None:
         m, lab = analysis.measurements, analysis.labels
@@ -303,6 +404,9 @@ def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
         record.update(prediction_record(analysis.prediction))
         if analysis.prediction is not None:
             record["warnings"] += list(analysis.prediction.warnings)
+        record["qa"] = (analysis.qa.as_record() if analysis.qa.checks
+                        else {"status": "not_checked", "checks": []})
+        record["warnings"] += analysis.qa.reasons("warn")
         record["timings_s"].update(analysis.timings_s)
     return record
 

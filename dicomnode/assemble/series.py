@@ -25,7 +25,7 @@ from dicomnode.logs import log_context
 
 log = logging.getLogger(__name__)
 _JUDGED_ELIGIBLE = (SeriesState.QUEUED, SeriesState.PROCESSING, SeriesState.DONE,
-                    SeriesState.FAILED)
+                    SeriesState.FAILED, SeriesState.NOT_ANALYSED)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dicomnode.config.settings import (
     LoggingSettings,
     NodeSettings,
     PredictionSettings,
+    QASettings,
     SegmentationSettings,
     Settings,
     StorageSettings,
@@ -30,7 +31,7 @@ from dicomnode.config.settings import (
 __all__ = [
     "ENV_VAR", "LOCAL_CONFIG", "SYSTEM_CONFIG", "AccessSettings", "AssemblySettings",
     "DatabaseSettings", "DeliverySettings", "Destination", "EligibilitySettings",
-    "LoggingSettings", "NodeSettings", "PredictionSettings", "SegmentationSettings", "Settings",
+    "LoggingSettings", "NodeSettings", "PredictionSettings", "QASettings", "SegmentationSettings", "Settings",
     "StorageSettings", "TLSSettings", "WorkerSettings", "find_config", "load_settings",
     "parse_peer", "redact_url",
 ]

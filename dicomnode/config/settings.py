@@ -135,6 +135,55 @@ class SegmentationSettings:
     device: str = "auto"
 
 
+# Every QA check, by the name it has in result.json (docs/qa.md).
+QA_CHECK_NAMES: tuple[str, ...] = (
+    "air_hu", "brain_hu", "csf_hu", "skull", "coverage_extent", "coverage_edges", "noise",
+    "metal", "age", "slice_thickness",
+    "brain_volume", "ich_mean_hu", "ich_hu_fraction", "ivh_mean_hu", "ivh_hu_fraction",
+    "hemorrhage_fraction", "outside_brain", "component_count", "abc2_consistency",
+    "second_reader_ich", "second_reader_ivh")
+
+
+@dataclass(frozen=True)
+class QASettings:
+    """Input and output checks of every analysed series (dicomnode/qa, docs/qa.md)."""
+
+    enabled: bool = True
+    # Checks whose failure only warns (results sent, with the warning); the others refuse.
+    warn_only: tuple[str, ...] = ("noise", "metal", "slice_thickness", "component_count",
+                                  "abc2_consistency", "second_reader_ich", "second_reader_ivh")
+    # input: HU calibration, skull, coverage, noise, metal, age, slice thickness
+    air_hu: tuple[float, float] = (-1100.0, -900.0)
+    min_air_fraction: float = 0.05
+    brain_hu: tuple[float, float] = (18.0, 50.0)
+    csf_hu: tuple[float, float] = (-20.0, 22.0)
+    min_skull_fraction: float = 0.5
+    min_brain_extent_mm: float = 80.0
+    max_edge_area_fraction: float = 0.5
+    max_noise_hu: float = 20.0
+    metal_hu: float = 2500.0
+    max_metal_ml: float = 0.1
+    min_age_y: int = 18
+    validated_thickness_mm: tuple[float, float] = (0.5, 5.0)
+    # output: brain volume, blood HU, haemorrhage fraction, labels outside, components, ABC/2
+    brain_volume_ml: tuple[float, float] = (700.0, 2100.0)
+    blood_mean_hu: tuple[float, float] = (40.0, 100.0)
+    blood_hu_range: tuple[float, float] = (35.0, 110.0)
+    min_blood_hu_fraction: float = 0.5
+    min_blood_ml: float = 1.0
+    max_hemorrhage_fraction: float = 0.2
+    max_outside_fraction: float = 0.1
+    max_components: int = 15
+    abc2_ratio: tuple[float, float] = (0.25, 4.0)
+    min_abc2_ml: float = 5.0
+    # second reader: another backend run after the primary one ("none" to switch off)
+    second_reader: str = "blast_ct"
+    second_reader_ensemble_size: int = 3
+    second_reader_on_cpu: bool = False
+    second_reader_abs_ml: float = 5.0
+    second_reader_rel: float = 0.5
+
+
 @dataclass(frozen=True)
 class PredictionSettings:
     enabled: bool = True
@@ -188,6 +237,7 @@ class Settings:
     eligibility: EligibilitySettings = field(default_factory=EligibilitySettings)
     segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
     prediction: PredictionSettings = field(default_factory=PredictionSettings)
+    qa: QASettings = field(default_factory=QASettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     destinations: tuple[Destination, ...] = ()
     delivery: DeliverySettings = field(default_factory=DeliverySettings)

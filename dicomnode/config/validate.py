@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.config.settings import (
+    QA_CHECK_NAMES,
     AccessSettings,
     AssemblySettings,
     DatabaseSettings,
@@ -22,6 +23,7 @@ from dicomnode.config.settings import (
     LoggingSettings,
     NodeSettings,
     PredictionSettings,
+    QASettings,
     SegmentationSettings,
     Settings,
     StorageSettings,
@@ -121,7 +123,7 @@ class Validator:
     def build(self, raw: Mapping[str, Any], source: Path | None) -> Settings:
         sections = {"node", "access", "tls", "storage", "database", "assembly", "eligibility",
                     "segmentation", "prediction", "logging", "destinations", "delivery",
-                    "worker"}
+                    "worker", "qa"}
         for key in sorted(set(raw) - sections):
             self.problems.append(f"unknown section or key {key!r}")
         d = Settings()
@@ -197,7 +199,7 @@ class Validator:
                 self.problems.append("[tls] require_client_certificate needs ca_certificates")
         return Settings(source=source, node=node, access=access, tls=tls, storage=storage,
                         database=database, assembly=assembly, eligibility=eligibility,
-                        segmentation=segmentation, prediction=self._prediction(raw),
+                        segmentation=segmentation, prediction=self._prediction(raw), qa=self._qa(raw),
                         logging=logging_, destinations=self._destinations(raw),
                         delivery=self._delivery(raw), worker=self._worker(raw))
 
@@ -275,6 +277,46 @@ class Validator:
             nnunet_folds=tuple(folds),
             device=self._get(t, s, "device", "auto", lambda x: x in ("auto", "cpu", "cuda"),
                              "auto, cpu or cuda"),
+        )
+
+    def _qa(self, raw: Mapping[str, Any]) -> QASettings:
+        t = self._table(raw, "qa", set(QASettings.__dataclass_fields__))
+        s, d = "qa", QASettings()
+        num = lambda k, lo, hi: self._num(t, s, k, getattr(d, k), lo, hi)  # noqa: E731
+        rng = lambda k: self._range(t, s, k, getattr(d, k))  # noqa: E731
+        warn_only = self._strs(t, s, "warn_only", d.warn_only)
+        for name in warn_only:
+            if name not in QA_CHECK_NAMES:
+                self.problems.append(f"[qa] warn_only: unknown check {name!r} "
+                                     f"(known: {', '.join(QA_CHECK_NAMES)})")
+        reader = self._get(t, s, "second_reader", d.second_reader,
+                           lambda x: x in ("none", "blast_ct", "unet", "nnunet", "threshold"),
+                           "none, blast_ct, unet, nnunet or threshold")
+        return QASettings(
+            enabled=self._bool(t, s, "enabled", d.enabled), warn_only=warn_only,
+            air_hu=rng("air_hu"), min_air_fraction=num("min_air_fraction", 0, 1),
+            brain_hu=rng("brain_hu"), csf_hu=rng("csf_hu"),
+            min_skull_fraction=num("min_skull_fraction", 0, 1),
+            min_brain_extent_mm=num("min_brain_extent_mm", 0, 300),
+            max_edge_area_fraction=num("max_edge_area_fraction", 0, 1),
+            max_noise_hu=num("max_noise_hu", 0, 1000), metal_hu=num("metal_hu", 500, 40000),
+            max_metal_ml=num("max_metal_ml", 0, 1000),
+            min_age_y=self._int(t, s, "min_age_y", d.min_age_y, 0, 150),
+            validated_thickness_mm=rng("validated_thickness_mm"),
+            brain_volume_ml=rng("brain_volume_ml"), blood_mean_hu=rng("blood_mean_hu"),
+            blood_hu_range=rng("blood_hu_range"),
+            min_blood_hu_fraction=num("min_blood_hu_fraction", 0, 1),
+            min_blood_ml=num("min_blood_ml", 0, 1000),
+            max_hemorrhage_fraction=num("max_hemorrhage_fraction", 0, 1),
+            max_outside_fraction=num("max_outside_fraction", 0, 1),
+            max_components=self._int(t, s, "max_components", d.max_components, 1, 100000),
+            abc2_ratio=rng("abc2_ratio"), min_abc2_ml=num("min_abc2_ml", 0, 1000),
+            second_reader=reader,
+            second_reader_ensemble_size=self._int(t, s, "second_reader_ensemble_size",
+                                                  d.second_reader_ensemble_size, 1, 12),
+            second_reader_on_cpu=self._bool(t, s, "second_reader_on_cpu", d.second_reader_on_cpu),
+            second_reader_abs_ml=num("second_reader_abs_ml", 0, 10000),
+            second_reader_rel=num("second_reader_rel", 0, 100),
         )
 
     def _networks(self, values: tuple[str, ...]) -> tuple[str, ...]:

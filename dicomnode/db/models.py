@@ -33,6 +33,7 @@ class SeriesState(enum.StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+    NOT_ANALYSED = "not_analysed"  # refused by QA (docs/qa.md): a result of its own, not a fault
 
 
 class JobState(enum.StrEnum):
@@ -40,6 +41,7 @@ class JobState(enum.StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+    NOT_ANALYSED = "not_analysed"  # refused by QA (docs/qa.md): a result of its own, not a fault
 
 
 class Study(Base):

@@ -94,6 +94,11 @@ PSE_RISK = private("PSE_RISK", "Post-stroke epilepsy risk")
 CAVE_SCORE = private("CAVE_SCORE", "CAVE score")
 TRAINING_DATA = private("TRAINING_DATA", "Model training data")
 SYNTHETIC_DATA = private("SYNTHETIC_ONLY", "Fit on synthetic data")
+# Quality checks (docs/qa.md): a warning on a result, and the report of a series not analysed
+QA_WARNING = private("QA_WARNING", "Quality check warning")
+QA_REPORT = private("QA_REPORT", "Haemorrhage analysis not performed")
+NOT_ANALYSED = private("NOT_ANALYSED", "Not analysed")
+QA_CHECK = private("QA_CHECK", "Quality check")
 
 SITES: Mapping[str, Code] = {
     "lobar": SITE_LOBAR,

@@ -81,7 +81,8 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
 def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels: LabelMap,
                    measurements: Measurements, *, version: int, series_number: int = 9903,
                    prediction: Prediction | None = None,
-                   created: dt.datetime | None = None) -> list[Dataset]:
+                   created: dt.datetime | None = None,
+                   warnings: Sequence[str] = ()) -> list[Dataset]:
     """The overlay series: the summary key image, then one image per source slice with blood.
 
     Parameters
@@ -98,6 +99,8 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
         Series Number of the new series.
     prediction : Prediction, optional
         Expansion and epilepsy risk and CAVE, shown on the summary (see ``prediction_lines``).
+    warnings : sequence of str
+        QA warnings (docs/qa.md), burned into every image and written in Image Comments.
     created : datetime, optional
         Content and creation date/time (default: now).
 
@@ -151,11 +154,13 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
     derivation = (f"Brain window W{w:g} L{lvl:g} of the source CT slice with haemorrhage segmentation "
                   f"outlines burned in ({legend}); {_SOFTWARE} {labels.backend} {model}"
                   + (", model fit on synthetic data only" if synthetic else ""))
-    warning = f"{NOT_FOR_DIAGNOSIS}." + (" Model fit on synthetic data only." if synthetic else "")
+    warning = (f"{NOT_FOR_DIAGNOSIS}." + (" Model fit on synthetic data only." if synthetic else "")
+               + "".join(f" {w}." for w in warnings))
     summary_text = "; ".join(t for t, _ in summary_lines(labels, measurements, prediction)[1:] if t)
 
     summary = new("overlay-summary", 0, render_summary(volume, labels, measurements, prediction,
-                                               footer=[f"Result version {version}"]), 1)
+                                               footer=[f"Result version {version}"],
+                                               warnings=warnings), 1)
     summary.DerivationDescription = (f"Summary key image of {_SOFTWARE} haemorrhage analysis: key slice in "
                                      f"brain window W{w:g} L{lvl:g} with outlines ({legend}) and "
                                      f"the measurements as text")[:1024]
@@ -168,7 +173,8 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
     out = [summary]
     for number, i in enumerate(order, start=2):
         s = volume.slices[i]
-        ds = new("overlay", i, render_slice(hu[i], lab[i], synthetic=synthetic), number)
+        ds = new("overlay", i, render_slice(hu[i], lab[i], synthetic=synthetic,
+                                                  warnings=warnings), number)
         if "FrameOfReferenceUID" in first:
             ds.FrameOfReferenceUID = first.FrameOfReferenceUID
         ds.ImagePositionPatient = [_ds_decimal(v) for v in s.position_mm]

@@ -99,11 +99,12 @@ def slice_text_px(columns: int) -> int:
 
 
 def render_slice(hu: np.ndarray, labels2d: np.ndarray, *, annotate: bool = True,
-                 synthetic: bool = False) -> np.ndarray:
+                 synthetic: bool = False, warnings: Sequence[str] = ()) -> np.ndarray:
     """One slice in the brain window with outlines, and (from 192 columns) a corner annotation.
 
     The annotation is "NOT FOR DIAGNOSTIC USE" (and the synthetic-model note) at the top left
-    and a legend of the labels present at the bottom left; nothing else changes.
+    and a legend of the labels present at the bottom left; nothing else changes. ``warnings``
+    (QA warnings, docs/qa.md) follow the annotation, in amber.
     """
     if hu.shape != labels2d.shape or hu.ndim != 2:
         raise ValueError(f"hu {hu.shape} and labels {labels2d.shape} must be the same 2-D shape")
@@ -116,6 +117,8 @@ def render_slice(hu: np.ndarray, labels2d: np.ndarray, *, annotate: bool = True,
     size = slice_text_px(cols)
     margin, step = max(2, size // 4), line_height(size)
     lines = [NOT_FOR_DIAGNOSIS] + ([SYNTHETIC_NOTE] if synthetic else [])
+    width = max(8, int((cols - 2 * margin) // max(1.0, font("bold", size).getlength("M"))))
+    lines += [part for text in warnings for part in textwrap.wrap(text, width)]
     for i, text in enumerate(lines):
         draw_text(draw, (margin, margin + i * step), text, AMBER, face="bold", size_px=size)
     present = [v for v in STYLE if v != OEDEMA and (labels2d == v).any()]
@@ -166,12 +169,14 @@ def prediction_lines(prediction: Prediction | None) -> list[str]:
 
 
 def summary_lines(labels: LabelMap, measurements: Measurements,
-                  prediction: Prediction | None = None) -> list[tuple[str, tuple[int, int, int]]]:
-    """The text of the summary key image, as (line, colour) pairs."""
+                  prediction: Prediction | None = None, *,
+                  warnings: Sequence[str] = ()) -> list[tuple[str, tuple[int, int, int]]]:
+    """The text of the summary key image, as (line, colour) pairs (``warnings``: QA's)."""
     m = measurements
     out: list[tuple[str, tuple[int, int, int]]] = [(NOT_FOR_DIAGNOSIS, AMBER)]
     if labels.synthetic_training:
         out.append((SYNTHETIC_NOTE, AMBER))
+    out += [(text, AMBER) for text in warnings]
     out.append(("", WHITE))
     out += [(f"ICH volume   {m.ich_volume_ml:7.1f} mL", WHITE),
             (f"IVH volume   {m.ivh_volume_ml:7.1f} mL", WHITE),
@@ -224,7 +229,7 @@ def _fit(hu: np.ndarray, lab: np.ndarray, spacing_mm: tuple[float, float], box: 
 
 def render_summary(volume: CTVolume, labels: LabelMap, measurements: Measurements,
                    prediction: Prediction | None = None, *,
-                   footer: Sequence[str] = ()) -> np.ndarray:
+                   footer: Sequence[str] = (), warnings: Sequence[str] = ()) -> np.ndarray:
     """The summary key image (512 x 1024 RGB): key slice with outlines left, numbers right."""
     rows, cols = SUMMARY_SIZE
     rgb = np.zeros((rows, cols, 3), dtype=np.uint8)
@@ -245,7 +250,7 @@ def render_summary(volume: CTVolume, labels: LabelMap, measurements: Measurement
     step = line_height(SUMMARY_TEXT_PX)
     # Monospaced, so that the numbers of summary_lines stay in columns.
     width_chars = int((cols - x0 - 8) // font("mono", SUMMARY_TEXT_PX).getlength("M"))
-    lines = summary_lines(labels, measurements, prediction)
+    lines = summary_lines(labels, measurements, prediction, warnings=warnings)
     lines.append((f"Key slice {z + 1} of {volume.image.GetSize()[2]}", GREY))
     lines += [(text, GREY) for text in footer]
     for text, colour in lines:
@@ -276,7 +281,8 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
 
 
 def write_previews(out_dir: Path, volume: CTVolume, labels: LabelMap, measurements: Measurements, *,
-                   prediction: Prediction | None = None, prefix: str = "overlay") -> list[Path]:
+                   prediction: Prediction | None = None, prefix: str = "overlay",
+                   warnings: Sequence[str] = ()) -> list[Path]:
     """Write ``<prefix>-key-slice.png`` (the key slice with outlines) and ``<prefix>-summary.png``.
 
     Both are on the grid of ``volume.image`` (no source files needed). Returns the paths.
@@ -286,7 +292,7 @@ def write_previews(out_dir: Path, volume: CTVolume, labels: LabelMap, measuremen
     z = key_slice_index(volume, labels, measurements)
     hu = np.asarray(sitk.GetArrayViewFromImage(volume.image)[z])
     lab = np.asarray(sitk.GetArrayViewFromImage(labels.image)[z])
-    key = render_slice(hu, lab, synthetic=labels.synthetic_training)
-    summary = render_summary(volume, labels, measurements, prediction)
+    key = render_slice(hu, lab, synthetic=labels.synthetic_training, warnings=warnings)
+    summary = render_summary(volume, labels, measurements, prediction, warnings=warnings)
     return [write_png(out_dir / f"{prefix}-key-slice.png", key),
             write_png(out_dir / f"{prefix}-summary.png", summary)]

@@ -153,6 +153,7 @@ def build_sr(
     series_number: int = 9902,
     manufacturer: str = "dicomnode",
     software_version: str | None = None,
+    warnings: Sequence[str] = (),
 ) -> Comprehensive3DSR:
     """Encode the measurements (and predictions) of one series as a TID 1500 report.
 
@@ -172,6 +173,8 @@ def build_sr(
         data; probabilities are written in percent.
     software_version : str, optional
         dicomnode's version, written as Software Versions (PS3.3 C.7.5.1).
+    warnings : sequence of str
+        QA warnings (docs/qa.md): one TEXT item each in the report's root container.
 
     Raises
     ------
@@ -254,6 +257,9 @@ def build_sr(
         procedure_reported=codes.CT_OF_HEAD,
         imaging_measurements=groups,
     )
+    for text in warnings:  # QA warnings: one TEXT item each, read first by the radiologist
+        report[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=codes.QA_WARNING, value=text[:1024], relationship_type="CONTAINS"))
     charset = source_datasets[0].get("SpecificCharacterSet")
     equipment = hd.ContributingEquipment(
         manufacturer=manufacturer,

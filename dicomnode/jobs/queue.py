@@ -55,8 +55,11 @@ def claim_next(sessions: SessionFactory, storage_root: Path, worker: str) -> Ser
 
 def finish(sessions: SessionFactory, job_id: int, *, error: str = "",
            timings_s: dict[str, Any] | None = None, outputs: dict[str, Any] | None = None,
-           also: Callable[[Session], object] | None = None) -> None:
+           also: Callable[[Session], object] | None = None, not_analysed: str = "") -> None:
     """Mark a claimed job done (``error`` empty) or failed (``error`` is ``Type: message``).
+
+    ``not_analysed`` (its reason, ``QA: ...``) ends the job and its series in the state
+    ``not_analysed``: the scan arrived and QA refused it (docs/qa.md); not a technical fault.
 
     ``also`` runs in the same transaction (the outbox rows), so a crash cannot leave a job done
     with its results never queued for delivery.
@@ -67,8 +70,9 @@ def finish(sessions: SessionFactory, job_id: int, *, error: str = "",
         job = session.get(Job, job_id)
         if job is None:
             raise KeyError(f"job {job_id} does not exist")
-        job.state = JobState.FAILED if error else JobState.DONE
-        job.error = error
+        job.state = (JobState.FAILED if error else JobState.NOT_ANALYSED if not_analysed
+                     else JobState.DONE)
+        job.error = error or not_analysed
         job.timings_s = dict(timings_s or {})
         if outputs is not None:
             job.outputs = outputs
@@ -76,8 +80,9 @@ def finish(sessions: SessionFactory, job_id: int, *, error: str = "",
         series = session.get(Series, job.series_id)
         # An older version finishing must not overwrite the state of a newer, reopened version.
         if series is not None and series.version == job.version:
-            series.state = SeriesState.FAILED if error else SeriesState.DONE
-            series.reason = error
+            series.state = (SeriesState.FAILED if error else SeriesState.NOT_ANALYSED
+                            if not_analysed else SeriesState.DONE)
+            series.reason = error or not_analysed
             series.updated_at = utcnow()
 
 

@@ -17,7 +17,8 @@ from dicomnode.db.session import SessionFactory
 from dicomnode.storage import series_dir
 
 log = logging.getLogger(__name__)
-_FINISHED = (SeriesState.REJECTED, SeriesState.DONE, SeriesState.FAILED)
+_FINISHED = (SeriesState.REJECTED, SeriesState.DONE, SeriesState.FAILED,
+             SeriesState.NOT_ANALYSED)
 
 
 def completion_sweep(sessions: SessionFactory, settings: Settings) -> int:

@@ -97,7 +97,7 @@ def run_demo(settings: Settings, out: Path, *, matrix: int = 256, timeout_s: flo
             rows = series_status(node.sessions)
             row = rows[0] if rows else {}
             delivery = row.get("delivery") or {}
-            if row.get("state") == "failed" or (row.get("state") == "done" and delivery
+            if row.get("state") in ("failed", "not_analysed") or (row.get("state") == "done" and delivery
                                                  and not delivery.get("pending")):
                 break
             time.sleep(1.0)

@@ -168,7 +168,8 @@ def _multi_frame(ds: Dataset, path: Path, index: int) -> Frame:
     )
 
 
-_AGE = re.compile(r"^\s*(\d{1,3})\s*Y\s*$", re.IGNORECASE)
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)  # AS (PS3.5 6.2)
+_DAYS_PER = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
 
 
 def _find(ds: Dataset, keyword: str) -> Any:
@@ -201,7 +202,9 @@ def header_summary(ds: Dataset) -> dict[str, Any]:
     except (TypeError, ValueError):
         thickness_mm = None
     return {
-        "patient_age_y": int(age.group(1)) if age else None,
+        # whole years; an infant's age in days, weeks or months is 0
+        "patient_age_y": (int(int(age.group(1)) * _DAYS_PER[age.group(2).upper()] // 365.25)
+                          if age else None),
         "patient_sex": str(ds.get("PatientSex", "") or "") or None,
         "accession_number": str(ds.get("AccessionNumber", "") or "") or None,
         "study_date": str(ds.get("StudyDate", "") or "") or None,

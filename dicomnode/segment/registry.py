@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dicomnode.config import SegmentationSettings
+from dataclasses import replace
+
+from dicomnode.config import QASettings, SegmentationSettings
 from dicomnode.errors import ModelError
 from dicomnode.segment.base import SegmentationBackend
 
@@ -29,3 +31,25 @@ def build_backend(cfg: SegmentationSettings) -> SegmentationBackend:
 
         return ThresholdBackend()
     raise ModelError(f"unknown segmentation backend {cfg.backend!r}")
+
+
+def build_second_reader(cfg: SegmentationSettings, qa: QASettings) -> SegmentationBackend | None:
+    """The QA second reader (``[qa] second_reader``), or None when it is off.
+
+    Off when named ``none`` or the same as the primary backend, and on the CPU unless
+    ``second_reader_on_cpu`` (one BLAST-CT model takes minutes there).
+    """
+    if not qa.enabled or qa.second_reader in ("none", cfg.backend):
+        return None
+    if not qa.second_reader_on_cpu and not _cuda(cfg.device):
+        return None
+    return build_backend(replace(cfg, backend=qa.second_reader,
+                                 blast_ct_ensemble_size=qa.second_reader_ensemble_size))
+
+
+def _cuda(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())

@@ -66,3 +66,15 @@ def test_a_dead_workers_jobs_go_back_to_the_queue(tmp_path: Path, ct_template: D
     assert claim_next(store.sessions, store.root, "host:333").job_id == mine.job_id
     with store.sessions() as s:
         assert s.get(Job, other.job_id).state == "processing"  # the live worker keeps its job
+
+
+def test_not_analysed_is_a_state_of_its_own(tmp_path: Path, ct_template: Dataset) -> None:
+    store = _queued(tmp_path, ct_template, 1)
+    ref = claim_next(store.sessions, store.root, "w1")
+    assert ref is not None
+    finish(store.sessions, ref.job_id, not_analysed="QA: skull: 0% bone", outputs={"items": []})
+    with store.sessions() as s:
+        job = s.get(Job, ref.job_id)
+        assert job is not None and (job.state, job.error) == ("not_analysed", "QA: skull: 0% bone")
+        assert list(s.scalars(select(Series.state))) == ["not_analysed"]
+        assert list(s.scalars(select(Series.reason))) == ["QA: skull: 0% bone"]
