@@ -17,9 +17,10 @@ def series_status(sessions: SessionFactory, *, limit: int = 50) -> list[dict[str
             select(Series, Study.study_instance_uid)
             .join(Study, Series.study_id == Study.id)
             .order_by(Series.updated_at.desc(), Series.id.desc()).limit(limit)).all()
-        jobs: dict[tuple[int, int], Job] = {}
+        # Columns, not Job: status reads a database at an older revision too (with a warning).
+        jobs: dict[tuple[int, int], Any] = {}
         if rows:
-            for job in session.scalars(select(Job).where(
+            for job in session.execute(select(Job.id, Job.series_id, Job.version).where(
                     Job.series_id.in_([s.id for s, _ in rows])).order_by(Job.id)):
                 jobs[(job.series_id, job.version)] = job
         from dicomnode.send.outbox import delivery_summary

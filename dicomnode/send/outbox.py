@@ -160,7 +160,10 @@ def delivery_summary(sessions: SessionFactory, job_ids: list[int]) -> dict[int, 
     if not job_ids:
         return out
     with sessions() as session:
-        for item in session.scalars(select(OutboxItem).where(OutboxItem.job_id.in_(job_ids))):
+        # Columns, not OutboxItem: status reads a database at an older revision too.
+        for item in session.execute(select(
+                OutboxItem.job_id, OutboxItem.state, OutboxItem.kind, OutboxItem.destination,
+                OutboxItem.last_error).where(OutboxItem.job_id.in_(job_ids))):
             s = out.setdefault(item.job_id, {"sent": 0, "pending": 0, "failed": 0,
                                              "errors": []})
             s[item.state] += 1
