@@ -152,7 +152,8 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
                          version=ref.version)
         record = run.record
         if run.failed:
-            finish(sessions, ref.job_id, error=record["reason"], timings_s=record["timings_s"])
+            finish(sessions, ref.job_id, error=record["reason"], timings_s=record["timings_s"],
+                   token=ref.lease_token)
             return record
         items = [{"kind": o.kind, "path": o.path.relative_to(root).as_posix(),
                   "sop_class_uid": o.sop_class_uid, "sop_instance_uid": o.sop_instance_uid}
@@ -160,7 +161,8 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
         finish(sessions, ref.job_id, timings_s=record["timings_s"],
                outputs={"dir": out_dir.relative_to(root).as_posix(), "items": items},
                also=lambda session: enqueue_in(session, ref.job_id, items,
-                                               ctx.settings.destinations))
+                                               ctx.settings.destinations),
+               token=ref.lease_token)
         log.info("job done: ICH %.1f mL, IVH %.1f mL (%s)", record["ich_volume_ml"],
                  record["ivh_volume_ml"], record["backend"])
         return record

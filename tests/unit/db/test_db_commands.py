@@ -20,7 +20,6 @@ from dicomnode.runtime.worker import run_worker
 from tests.conftest import EMPTY_CONFIG, make_settings
 from tests.unit.db.revision_rows import BASELINE_ROWS, database_at, read_rows, write_rows
 
-
 HEAD = head_revision()
 #: Rows per table after upgrading BASELINE_ROWS to the head (later revisions add empty tables).
 BASELINE_COUNTS = {"nodes": 0} | {name: len(rows) for name, rows in BASELINE_ROWS.items()}
