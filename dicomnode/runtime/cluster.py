@@ -9,6 +9,7 @@ lists the file systems that pass.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -95,6 +96,7 @@ def probe_folder(folder: Path) -> None:
         raise StorageUnsuitable(f"the shared storage folder {folder} cannot {step}: {exc} "
                                 "(docs/deployment.md, shared storage)") from exc
     finally:
-        tmp.unlink(missing_ok=True)
-        final.unlink(missing_ok=True)
+        for leftover in (tmp, final):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
     log.info("shared storage %s: fsync, atomic rename and locking work", folder)
