@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,nnunet]'
+	$(PIP) -e '.[dev,nnunet,postgres]'
 	touch $(STAMP)
 
 run: $(STAMP)

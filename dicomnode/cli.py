@@ -75,7 +75,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from dicomnode.db.migrate import upgrade_command
-    from dicomnode.db.queries import counters, series_status
+    from dicomnode.db.queries import cluster_nodes, counters, series_status
     from dicomnode.db.session import open_for_reading
 
     settings = _settings(args)
@@ -86,6 +86,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         rows = series_status(sessions, limit=args.limit)
         c = counters(sessions)
+        nodes = cluster_nodes(sessions) if not problem else []
     except SQLAlchemyError as exc:
         if not problem:
             raise
@@ -105,6 +106,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_row("…" + r["series_instance_uid"][-20:], r["description"], str(r["instances"]),
                       r["state"], str(r["job_id"] or ""), tilt, r["reason"])
     console = Console()
+    console.print(f"this node: {settings.node_name}")
+    if nodes:
+        cluster = Table(title="nodes sharing this database")
+        for col in ("name", "role", "host", "pid", "version", "started", "last seen"):
+            cluster.add_column(col)
+        for n in nodes:
+            cluster.add_row(n["name"], n["role"], n["host"], str(n["pid"]), n["version"],
+                            n["started_at"], n["seen_at"])
+        console.print(cluster)
     console.print(table)
     if c["discarded"] or c["refused"]:
         console.print(f"acknowledged but not processed: {sum(c['discarded'].values())} instances "

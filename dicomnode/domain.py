@@ -27,6 +27,8 @@ class SeriesRef:
     study_instance_uid: str
     version: int
     instance_paths: tuple[Path, ...]
+    # The claim's lease token: only its holder may record the result (None: not claimed).
+    lease_token: str | None = None
 
 
 @dataclass(frozen=True)

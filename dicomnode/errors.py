@@ -38,3 +38,7 @@ class ModelError(DicomnodeError):
 
 class DeliveryError(DicomnodeError):
     """A result could not be delivered to a destination."""
+
+
+class LeaseLost(DicomnodeError):
+    """A claim (job or outbox item) expired and was taken over: its result is not recorded."""

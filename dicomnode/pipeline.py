@@ -213,7 +213,8 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
                          version=ref.version)
         record = run.record
         if run.failed:
-            finish(sessions, ref.job_id, error=record["reason"], timings_s=record["timings_s"])
+            finish(sessions, ref.job_id, error=record["reason"], timings_s=record["timings_s"],
+                   token=ref.lease_token)
             return record
         items = [{"kind": o.kind, "path": o.path.relative_to(root).as_posix(),
                   "sop_class_uid": o.sop_class_uid, "sop_instance_uid": o.sop_instance_uid}
@@ -223,7 +224,8 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
                         "qa_status": record["qa"]["status"]},
                not_analysed=record["reason"] if run.not_analysed else "",
                also=lambda session: enqueue_in(session, ref.job_id, items,
-                                               ctx.settings.destinations))
+                                               ctx.settings.destinations),
+               token=ref.lease_token)
         if run.not_analysed:
             log.warning("job not analysed: %s", record["reason"])
             return record

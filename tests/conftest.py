@@ -17,11 +17,15 @@ from pydicom.dataset import Dataset
 
 from dicomnode.config import Settings, load_settings
 from dicomnode.runtime.service import Node
+from tests.pg_server import PgServer, find_bin
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GE_DIR = SHARED / "data" / "ge-head-ct-tilt"
 EMPTY_CONFIG = REPO / "tests" / "data" / "empty.toml"
+#: Every test that takes ``db_url`` or ``empty_db_url`` runs once on each.
+DATABASES = ("sqlite", "postgresql")
+_HEAD_TEMPLATE = "dicomnode_head"
 
 
 def requires(tool: str) -> pytest.MarkDecorator:
@@ -41,6 +45,50 @@ def make_settings(storage: Path, **overrides: object) -> Settings:
                                  "storage.min_free_disk_mb": 0}
     values.update(overrides)
     return load_settings(EMPTY_CONFIG, overrides=values)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server for the whole session (skipped without initdb/pg_ctl)."""
+    bindir = find_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server not installed (initdb, pg_ctl): apt-get install postgresql")
+    server = PgServer(bindir)
+    try:
+        from dicomnode.db import migrate
+        from dicomnode.db.session import make_engine
+
+        engine = make_engine(server.make_template(_HEAD_TEMPLATE))
+        migrate.upgrade(engine)
+        engine.dispose()
+        server.seal(_HEAD_TEMPLATE)
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database at the schema head, on SQLite and on PostgreSQL (one new database per test)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    url = server.create_database(template=_HEAD_TEMPLATE)
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture(params=DATABASES)
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database (no table), on SQLite and on PostgreSQL, for migration tests."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.sqlite'}"
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
 
 
 @pytest.fixture

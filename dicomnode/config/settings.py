@@ -33,6 +33,8 @@ class NodeSettings:
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
     maximum_pdu_bytes: int = 0
+    # This node's name in the cluster; empty: "<hostname>:<port>" (see Settings.node_name).
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class StorageSettings:
     keep_non_ct: bool = False
     retention_days: int = 0
     fsync: bool = True
+    # The folder is shared by several hosts (NFS, CephFS, ...): SQLite is refused.
+    shared: bool = False
 
 
 def redact_url(url: str) -> str:
@@ -214,6 +218,9 @@ class Destination:
 class WorkerSettings:
     enabled: bool = True
     poll_interval_s: float = 1.0
+    # A claimed job's lease; the worker renews it every renew_s while it works.
+    lease_s: float = 60.0
+    renew_s: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -242,6 +249,15 @@ class Settings:
     destinations: tuple[Destination, ...] = ()
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+
+    @property
+    def node_name(self) -> str:
+        """This node's name: ``[node] name``, or ``<hostname>:<DICOM port>``."""
+        if self.node.name:
+            return self.node.name
+        import socket
+
+        return f"{socket.gethostname()}:{self.node.port}"
 
     @property
     def database_url(self) -> str:

@@ -139,7 +139,10 @@ class Validator:
             dimse_timeout_s=self._num(t, "node", "dimse_timeout_s", 60.0, 1, 3600),
             network_timeout_s=self._num(t, "node", "network_timeout_s", 60.0, 1, 3600),
             maximum_pdu_bytes=self._int(t, "node", "maximum_pdu_bytes", 0, 0, 2**31 - 1),
+            name=self._str(t, "node", "name", ""),
         )
+        if len(node.name) > 100:
+            self.problems.append("[node] name: at most 100 characters")
         t = self._table(raw, "access", set(AccessSettings.__dataclass_fields__))
         access = AccessSettings(
             allowed_calling_aets=tuple(self.ae_title(a, "[access] allowed_calling_aets")
@@ -165,6 +168,7 @@ class Validator:
             keep_non_ct=self._bool(t, "storage", "keep_non_ct", False),
             retention_days=self._int(t, "storage", "retention_days", 0, 0, 36500),
             fsync=self._bool(t, "storage", "fsync", True),
+            shared=self._bool(t, "storage", "shared", False),
         )
         t = self._table(raw, "database", set(DatabaseSettings.__dataclass_fields__))
         database = DatabaseSettings(
@@ -387,9 +391,15 @@ class Validator:
 
     def _worker(self, raw: Mapping[str, Any]) -> WorkerSettings:
         t = self._table(raw, "worker", set(WorkerSettings.__dataclass_fields__))
-        return WorkerSettings(enabled=self._bool(t, "worker", "enabled", True),
-                              poll_interval_s=self._num(t, "worker", "poll_interval_s", 1.0,
-                                                        0.05, 60))
+        worker = WorkerSettings(enabled=self._bool(t, "worker", "enabled", True),
+                                poll_interval_s=self._num(t, "worker", "poll_interval_s", 1.0,
+                                                          0.05, 60),
+                                lease_s=self._num(t, "worker", "lease_s", 60.0, 1, 3600),
+                                renew_s=self._num(t, "worker", "renew_s", 20.0, 0.1, 1200))
+        if worker.renew_s * 2 > worker.lease_s:
+            self.problems.append(f"[worker] renew_s ({worker.renew_s:g}) must be at most half of "
+                                 f"lease_s ({worker.lease_s:g}), so one late renewal loses nothing")
+        return worker
 
     def _delivery(self, raw: Mapping[str, Any]) -> DeliverySettings:
         t = self._table(raw, "delivery", set(DeliverySettings.__dataclass_fields__))

@@ -12,7 +12,8 @@ from the first, so a fresh database and an upgraded one come from the same code.
 upgrade is one transaction opened with ``BEGIN IMMEDIATE``: a failed revision leaves the
 database as it was, and two processes starting on an empty database do not both create it.
 Foreign keys are off meanwhile (batch operations copy, drop and rename tables) and checked
-before the commit.
+before the commit. On PostgreSQL the upgrade transaction holds an advisory lock, so nodes
+starting together on one database upgrade it once.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ BASELINE = "0001"
 PRE_MIGRATION_TABLES = frozenset({
     "studies", "series", "instances", "jobs", "discarded_classes", "receive_errors",
     "association_events", "outbox"})
+
+
+#: PostgreSQL advisory lock key held while a database is upgraded (any fixed 64-bit number).
+_UPGRADE_LOCK = 0x64636D6E6F6465  # "dcmnode"
 
 
 class SchemaState(enum.StrEnum):
@@ -165,6 +170,10 @@ def _migration_transaction(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         if conn.dialect.name != "sqlite":
             with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    # Nodes starting together on one database upgrade it one after the other:
+                    # the second finds it at the head. Released when the transaction ends.
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")
                 yield conn
             return
         # pysqlite opens transactions only before INSERT/UPDATE/DELETE, so DDL would commit

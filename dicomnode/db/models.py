@@ -2,8 +2,9 @@
 
 Studies contain series, series contain instances; a job is one processing run of one version of
 a series. Enough state is kept to resume after a crash: instance rows are committed before a
-C-STORE is acknowledged, series states move forward in single transactions, and jobs left in
-``processing`` by a dead worker are re-queued at start-up.
+C-STORE is acknowledged, series states move forward in single transactions, and jobs and outbox
+items are claimed with leases (a token and an expiry, :mod:`dicomnode.jobs.leases`): a lease that
+expires (its holder died) is taken over, and a node that restarts releases its own at once.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The claim: only the holder of this token may renew it or record the result.
+    lease_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class DiscardedClass(Base):
@@ -181,3 +185,22 @@ class OutboxItem(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The sender that claimed it (node name), its token and when the claim lapses.
+    claimed_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class NodeRun(Base):
+    """One node (by name) of the cluster and its current run, for ``status`` and start-up."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # serve, worker
+    run_token: Mapped[str] = mapped_column(String(32))
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,8 +1,10 @@
 """The processing job queue in the database: claim, finish, requeue.
 
-A claim is a conditional UPDATE (``... WHERE state = 'queued'``), so two workers, even on two hosts
-sharing a PostgreSQL database, never run the same job. Jobs left ``processing`` by a worker that
-died are re-queued at start-up (``requeue_stale``).
+A claim takes a lease (:mod:`dicomnode.jobs.leases`): the row is selected ``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL and moved with a conditional UPDATE (the compare-and-set that serialised
+SQLite writers need), so two workers, even on two hosts, never hold the same job. A job whose
+lease expired (its worker died) is taken over by the next claim; :func:`finish` records a result
+only for the holder of the current token.
 """
 
 from __future__ import annotations
@@ -12,33 +14,43 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.dml import affected_rows
 from dicomnode.db.models import Instance, Job, JobState, Series, SeriesState, Study, utcnow
 from dicomnode.db.session import SessionFactory
 from dicomnode.domain import SeriesRef
+from dicomnode.errors import LeaseLost
+from dicomnode.jobs.leases import expiry, job_takeable, new_token, release_own, skip_locked
 
 log = logging.getLogger(__name__)
 
 
-def claim_next(sessions: SessionFactory, storage_root: Path, worker: str) -> SeriesRef | None:
-    """Claim the oldest queued job; returns None when the queue is empty."""
+def claim_next(sessions: SessionFactory, storage_root: Path, worker: str, *,
+               lease_s: float = 60.0) -> SeriesRef | None:
+    """Claim the oldest queued job (or one whose lease expired) for ``lease_s``; None when
+    there is none. The returned reference carries the lease token."""
     while True:
         with sessions.begin() as session:
-            job_id = session.scalar(select(Job.id).where(Job.state == JobState.QUEUED)
-                                    .order_by(Job.id).limit(1))
-            if job_id is None:
-                return None
             now = utcnow()
+            row = session.execute(skip_locked(
+                select(Job.id, Job.state, Job.worker).where(job_takeable(now))
+                .order_by(Job.id).limit(1), sessions)).first()
+            if row is None:
+                return None
+            job_id, state, previous = row
+            token = new_token()
             claimed = affected_rows(session.execute(
-                update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
+                update(Job).where(Job.id == job_id, job_takeable(now))
                 .values(state=JobState.PROCESSING, worker=worker, claimed_at=now,
-                        attempts=Job.attempts + 1)
+                        attempts=Job.attempts + 1, lease_token=token,
+                        lease_expires_at=expiry(lease_s, now))
                 .execution_options(synchronize_session=False)))
             if not claimed:
                 continue  # another worker was faster; try the next one
+            if state == JobState.PROCESSING:
+                log.warning("took over job %d from %s: its lease expired", job_id, previous)
             # Foreign keys guarantee these rows; session.get is typed Optional.
             job = session.get_one(Job, job_id)
             series = session.get_one(Series, job.series_id)
@@ -50,26 +62,33 @@ def claim_next(sessions: SessionFactory, storage_root: Path, worker: str) -> Ser
                 .order_by(Instance.id)))
             return SeriesRef(job_id=job.id, series_instance_uid=series.series_instance_uid,
                              study_instance_uid=study.study_instance_uid, version=job.version,
-                             instance_paths=paths)
+                             instance_paths=paths, lease_token=token)
 
 
 def finish(sessions: SessionFactory, job_id: int, *, error: str = "",
            timings_s: dict[str, Any] | None = None, outputs: dict[str, Any] | None = None,
-           also: Callable[[Session], object] | None = None, not_analysed: str = "") -> None:
+           also: Callable[[Session], object] | None = None, not_analysed: str = "",
+           token: str | None = None) -> None:
     """Mark a claimed job done (``error`` empty) or failed (``error`` is ``Type: message``).
 
     ``not_analysed`` (its reason, ``QA: ...``) ends the job and its series in the state
     ``not_analysed``: the scan arrived and QA refused it (docs/qa.md); not a technical fault.
 
     ``also`` runs in the same transaction (the outbox rows), so a crash cannot leave a job done
-    with its results never queued for delivery.
+    with its results never queued for delivery. With ``token`` (a worker's claim), nothing is
+    recorded and :class:`~dicomnode.errors.LeaseLost` is raised unless the job is still held
+    with that token.
     """
     with sessions.begin() as session:
-        if also is not None:
-            also(session)
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, with_for_update=True)
         if job is None:
             raise KeyError(f"job {job_id} does not exist")
+        if token is not None and (job.lease_token != token or job.state != JobState.PROCESSING):
+            raise LeaseLost(f"job {job_id} is no longer ours (now {job.state}, held by "
+                            f"{job.worker}): its lease expired and it was taken over")
+        if also is not None:
+            also(session)
+        job.lease_expires_at = None
         job.state = (JobState.FAILED if error else JobState.NOT_ANALYSED if not_analysed
                      else JobState.DONE)
         job.error = error or not_analysed
@@ -101,28 +120,25 @@ def requeue(sessions: SessionFactory, job_id: int) -> None:
 
 
 def requeue_worker(sessions: SessionFactory, worker: str) -> int:
-    """Re-queue the jobs a worker that died had claimed (its supervisor knows its name)."""
-    n = _requeue_processing(sessions, Job.worker == worker)
-    if n:
-        log.warning("re-queued %d jobs of stopped worker %s", n, worker)
-    return n
+    """Re-queue the jobs of a worker that died (its supervisor knows its name) at once."""
+    return release_own(sessions, (worker,))[0]
 
 
 def requeue_stale(sessions: SessionFactory) -> int:
-    """Re-queue jobs left ``processing`` by a worker that died; returns how many."""
-    n = _requeue_processing(sessions)
-    if n:
-        log.warning("re-queued %d jobs left processing by a stopped worker", n)
-    return n
+    """Re-queue jobs left ``processing`` under a lease that expired; returns how many.
 
-
-def _requeue_processing(sessions: SessionFactory, *criteria: Any) -> int:
+    Jobs of live workers (on any host) keep their lease. Claims take such jobs over anyway;
+    this makes them visible as queued at once (``status``).
+    """
     with sessions.begin() as session:
-        jobs = list(session.scalars(select(Job).where(Job.state == JobState.PROCESSING,
-                                                      *criteria)))
+        now = utcnow()
+        jobs = list(session.scalars(skip_locked(select(Job).where(
+            Job.state == JobState.PROCESSING,
+            or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)), sessions)))
         for job in jobs:
-            job.state = JobState.QUEUED
-            job.worker = None
+            log.warning("job %d of %s: lease expired, re-queued", job.id, job.worker)
+            job.state, job.worker = JobState.QUEUED, None
+            job.lease_token = job.lease_expires_at = None
             series = session.get(Series, job.series_id)
             if series is not None and series.version == job.version:
                 series.state = SeriesState.QUEUED

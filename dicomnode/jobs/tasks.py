@@ -1,4 +1,9 @@
-"""Scheduled tasks. They take ids and settings, never ORM objects, and open their own sessions."""
+"""Scheduled tasks. They take ids and settings, never ORM objects, and open their own sessions.
+
+Every node of a cluster schedules them; each run takes a once-per-cluster lock
+(:func:`~dicomnode.jobs.leases.cluster_lock`, a PostgreSQL advisory lock) and is skipped when a
+peer holds it, so a series is completed, and old images deleted, by one node at a time.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from dicomnode.config import Settings
 from dicomnode.db.dml import affected_rows
 from dicomnode.db.models import Instance, Series, SeriesState, Study, utcnow
 from dicomnode.db.session import SessionFactory
+from dicomnode.jobs.leases import cluster_lock
 from dicomnode.storage import series_dir
 
 log = logging.getLogger(__name__)
@@ -23,7 +29,10 @@ _FINISHED = (SeriesState.REJECTED, SeriesState.DONE, SeriesState.FAILED,
 
 def completion_sweep(sessions: SessionFactory, settings: Settings) -> int:
     """Complete settled series (assemble stage); returns how many changed state."""
-    return len(sweep(sessions, settings.assembly, settings.eligibility))
+    with cluster_lock(sessions, "completion_sweep") as mine:
+        if not mine:
+            return 0
+        return len(sweep(sessions, settings.assembly, settings.eligibility))
 
 
 def retention(sessions: SessionFactory, storage_root: Path, retention_days: int) -> int:
@@ -33,6 +42,11 @@ def retention(sessions: SessionFactory, storage_root: Path, retention_days: int)
     """
     if retention_days <= 0:
         return 0
+    with cluster_lock(sessions, "retention") as mine:
+        return _retention(sessions, storage_root, retention_days) if mine else 0
+
+
+def _retention(sessions: SessionFactory, storage_root: Path, retention_days: int) -> int:
     cutoff = utcnow() - timedelta(days=retention_days)
     removed = 0
     with sessions() as session:

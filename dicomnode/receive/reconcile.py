@@ -3,12 +3,19 @@
 A crash can leave: temporary files (never acknowledged: removed), a renamed file whose row was not
 committed (never acknowledged, but complete and valid: adopted so nothing is lost), or a row whose
 file is gone (someone deleted it: the row is removed and the loss logged).
+
+Several nodes may share the storage folder (docs/deployment.md). Each node writes its temporary
+files in its own folder (``.tmp/<node name>``, :func:`use_node_tmp`), and reconciliation removes
+only those: a live peer's half-written files are never touched. Adoption is safe beside a live
+peer: a renamed file is complete, and recording it is idempotent (insert-or-ignore by SOP
+Instance UID), so a peer committing the same row at the same moment counts it once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +26,7 @@ from sqlalchemy import select
 from dicomnode.db.models import Instance, Series
 from dicomnode.errors import InstanceRejected
 from dicomnode.receive.instance_store import InstanceStore
-from dicomnode.storage import RESERVED_DIRS
+from dicomnode.storage import RESERVED_DIRS, TMP_DIR
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +39,27 @@ class ReconcileReport:
     unreadable: int = 0
 
 
+def node_tmp_name(node_name: str) -> str:
+    """A folder name for a node's temporary files (its name, made safe for any file system)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", node_name) or "node"
+
+
+def use_node_tmp(store: InstanceStore, node_name: str) -> None:
+    """Write this node's temporary files under ``.tmp/<node name>`` (created here)."""
+    store.tmp = store.root / TMP_DIR / node_tmp_name(node_name)
+    store.tmp.mkdir(parents=True, exist_ok=True)
+
+
 def reconcile(store: InstanceStore) -> ReconcileReport:
-    """Bring files and rows back into agreement; safe to run at every start."""
+    """Bring files and rows back into agreement; safe to run at every start, beside live peers.
+
+    Removes the temporary files in ``store.tmp`` only (this node's, with :func:`use_node_tmp`).
+    """
     temp_removed = 0
     for tmp in store.tmp.glob("*"):
-        tmp.unlink(missing_ok=True)
-        temp_removed += 1
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            temp_removed += 1
     with store.sessions() as session:
         known = {p: i for p, i in session.execute(select(Instance.path, Instance.id))}
     adopted = unreadable = 0

@@ -18,14 +18,16 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory, open_sessions
+from dicomnode.jobs.leases import heartbeat, register_node, release_own
 from dicomnode.jobs.queue import requeue_stale, requeue_worker
 from dicomnode.jobs.scheduler import build_scheduler
 from dicomnode.receive.instance_store import InstanceStore
-from dicomnode.receive.reconcile import reconcile
+from dicomnode.receive.reconcile import reconcile, use_node_tmp
 from dicomnode.receive.scp import start_scp
+from dicomnode.runtime.cluster import check_sharing
 from dicomnode.runtime.procs import spawn_python
 from dicomnode.runtime.procs import stop as stop_process
-from dicomnode.runtime.worker import worker_name
+from dicomnode.runtime.worker import worker_name_of
 from dicomnode.send.outbox import deliver_due
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class Node:
                  start_worker: bool = False) -> None:
         self.settings = settings
         settings.storage.path.mkdir(parents=True, exist_ok=True)
+        check_sharing(settings)  # SQLite on a shared folder is refused
         # Refuses (SchemaError) a database at another schema revision unless auto_upgrade.
         self.sessions = sessions or open_sessions(settings)
         self.store = InstanceStore(settings.storage.path, self.sessions,
@@ -45,14 +48,18 @@ class Node:
                                    keep_non_ct=settings.storage.keep_non_ct,
                                    fsync=settings.storage.fsync)
         self.server: ThreadedAssociationServer | None = None
+        self.name = settings.node_name
         self.scheduler = build_scheduler(self.sessions, settings)
         self.children: list[_Child] = []
         self.start_worker = start_worker
         if settings.destinations:
-            self.scheduler.add_job(deliver_due, "interval", args=[self.sessions, settings],
+            self.scheduler.add_job(self._deliver, "interval",
                                    seconds=settings.delivery.interval_s, id="deliver",
                                    max_instances=1, coalesce=True)
         self._stopped = threading.Event()
+
+    def _deliver(self) -> None:
+        deliver_due(self.sessions, self.settings, sender=self.name)
 
     @property
     def port(self) -> int:
@@ -61,23 +68,33 @@ class Node:
         return int(self.server.server_address[1])
 
     def start(self) -> Node:
-        """Reconcile storage, re-queue stale jobs, then listen and schedule."""
+        """Reconcile storage, release our previous run's claims, then listen and schedule."""
+        if self.settings.node.port == 0 and not self.settings.node.name:
+            # Port 0 resolves only when listening: name the node after the port it gets.
+            self.name = f"{self.settings.node_name}-{id(self):x}"
+        use_node_tmp(self.store, self.name)
         reconcile(self.store)
+        register_node(self.sessions, self.name, "serve")
+        # Our previous run is gone: its claims go back at once (a live peer's are left alone).
+        release_own(self.sessions, (worker_name_of(self.name),), senders=(self.name,))
         requeue_stale(self.sessions)
         extra = self.settings.node.receiver_processes - 1
         self.server = start_scp(self.settings, self.store, self.sessions, reuse_port=extra > 0)
         # Children bind the port we actually got (port 0 resolves here first).
-        child_settings = replace(self.settings, node=replace(self.settings.node, port=self.port))
+        child_settings = replace(self.settings, node=replace(self.settings.node, port=self.port,
+                                                             name=self.name))
         self.children = [_Child("dicomnode.runtime.receiver", child_settings) for _ in range(extra)]
         if self.start_worker:
             # A worker that dies mid-job leaves it claimed: give it back to the queue.
-            self.children.append(_Child("dicomnode.runtime.worker", child_settings, on_exit=lambda pid:
-                                        requeue_worker(self.sessions, worker_name(pid))))
+            self.children.append(_Child("dicomnode.runtime.worker", child_settings, on_exit=lambda _:
+                                        requeue_worker(self.sessions, worker_name_of(self.name))))
         for child in self.children:
             child.start()
         if self.children:
             self.scheduler.add_job(self._supervise, "interval", seconds=1,
                                    id="supervise_children", max_instances=1)
+        self.scheduler.add_job(heartbeat, "interval", args=[self.sessions, self.name], seconds=10,
+                               id="heartbeat", max_instances=1, coalesce=True)
         self.scheduler.start()
         return self
 

@@ -4,6 +4,12 @@ Inputs: a finished job's outputs (already fsynced files under ``storage/_results
 Outputs: one ``outbox`` row per (object, destination). Side effects: C-STORE to destinations;
 rows move to ``sent`` or ``failed`` (permanent), or get a later ``next_attempt_at`` (transient,
 exponential backoff). One bad item or destination never blocks the others.
+
+Several nodes deliver from one outbox: a sender claims a batch of due items with a lease
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL), renews it while it sends, and records outcomes only
+for the items it still holds, so no item is sent by two nodes at once. A sender that died leaves
+its claims to expire (or to be released when it restarts); the items are then sent again with
+the same UIDs, which the PACS stores once.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dicomnode.config import Destination, Settings
 from dicomnode.db.dml import affected_rows
 from dicomnode.db.models import Job, OutboxItem, OutboxState, utcnow
 from dicomnode.db.session import SessionFactory
+from dicomnode.jobs.leases import LeaseKeeper, expiry, new_token, outbox_takeable, skip_locked
 from dicomnode.send.scu import ItemOutcome, store_items
 
 log = logging.getLogger(__name__)
@@ -78,16 +85,43 @@ def _ssl_context(dest: Destination) -> ssl.SSLContext | None:
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
 
 
-def deliver_due(sessions: SessionFactory, settings: Settings, *,
-                now: datetime | None = None) -> dict[str, int]:
-    """Send every due item, one association per destination; returns counts by result."""
+def claim_due(sessions: SessionFactory, sender: str, lease_s: float, *,
+              now: datetime | None = None) -> tuple[str, list[OutboxItem]]:
+    """Claim up to a batch of due items for ``sender``; returns (token, items)."""
     now = now or utcnow()
-    with sessions() as session:
-        due = list(session.scalars(select(OutboxItem).where(
-            OutboxItem.state == OutboxState.PENDING, OutboxItem.next_attempt_at <= now)
+    token = new_token()
+    with sessions.begin() as session:
+        ids = list(session.scalars(skip_locked(
+            select(OutboxItem.id).where(outbox_takeable(now))
             # Fewest attempts first: an object that keeps failing (e.g. makes the peer abort
             # the association) goes to the back and cannot starve the objects behind it.
-            .order_by(OutboxItem.attempts, OutboxItem.id).limit(_BATCH)))
+            .order_by(OutboxItem.attempts, OutboxItem.id).limit(_BATCH), sessions)))
+        if not ids:
+            return token, []
+        session.execute(update(OutboxItem).where(OutboxItem.id.in_(ids), outbox_takeable(now))
+                        .values(claimed_by=sender, lease_token=token,
+                                lease_expires_at=expiry(lease_s, now))
+                        .execution_options(synchronize_session=False))
+        due = list(session.scalars(select(OutboxItem).where(OutboxItem.lease_token == token)
+                                   .order_by(OutboxItem.attempts, OutboxItem.id)))
+    return token, due
+
+
+def deliver_due(sessions: SessionFactory, settings: Settings, *,
+                now: datetime | None = None, sender: str | None = None) -> dict[str, int]:
+    """Claim the due items and send them, one association per destination; returns counts by
+    result."""
+    now = now or utcnow()
+    w = settings.worker
+    token, due = claim_due(sessions, sender or settings.node_name, w.lease_s, now=now)
+    if not due:
+        return {}
+    with LeaseKeeper(sessions, OutboxItem, token, lease_s=w.lease_s, renew_s=w.renew_s):
+        return _deliver(sessions, settings, due, token, now)
+
+
+def _deliver(sessions: SessionFactory, settings: Settings, due: list[OutboxItem], token: str,
+             now: datetime) -> dict[str, int]:
     by_dest: dict[str, list[OutboxItem]] = defaultdict(list)
     for item in due:
         by_dest[item.destination].append(item)
@@ -111,21 +145,28 @@ def deliver_due(sessions: SessionFactory, settings: Settings, *,
                 log.exception("delivery to %s failed unexpectedly", name)
                 outcomes = {i.sop_instance_uid: ItemOutcome("transient", f"{type(exc).__name__}: "
                                                             f"{exc}") for i in items}
-        _record(sessions, settings, items, outcomes, now)
+        _record(sessions, settings, items, outcomes, now, token)
         for o in outcomes.values():
             counts[o.result] += 1
     return dict(counts)
 
 
 def _record(sessions: SessionFactory, settings: Settings, items: list[OutboxItem],
-            outcomes: dict[str, ItemOutcome], now: datetime) -> None:
+            outcomes: dict[str, ItemOutcome], now: datetime, token: str | None = None) -> None:
     d = settings.delivery
     with sessions.begin() as session:
         for item in items:
             outcome = outcomes.get(item.sop_instance_uid,
                                    ItemOutcome("transient", "not attempted"))
-            row = session.get(OutboxItem, item.id)
-            if row is None or outcome.result == "deferred":
+            row = session.get(OutboxItem, item.id, with_for_update=token is not None)
+            if row is None:
+                continue
+            if token is not None and row.lease_token != token:
+                log.warning("%s to %s: claim taken over, outcome not recorded", row.kind,
+                            row.destination)
+                continue
+            row.lease_token = row.lease_expires_at = None
+            if outcome.result == "deferred":
                 continue  # deferred: not tried, so still due, and no attempt is counted
             row.attempts += 1
             row.last_error = "" if outcome.result == "sent" else outcome.detail
@@ -160,7 +201,10 @@ def delivery_summary(sessions: SessionFactory, job_ids: list[int]) -> dict[int, 
     if not job_ids:
         return out
     with sessions() as session:
-        for item in session.scalars(select(OutboxItem).where(OutboxItem.job_id.in_(job_ids))):
+        # Columns, not OutboxItem: status reads a database at an older revision too.
+        for item in session.execute(select(
+                OutboxItem.job_id, OutboxItem.state, OutboxItem.kind, OutboxItem.destination,
+                OutboxItem.last_error).where(OutboxItem.job_id.in_(job_ids))):
             s = out.setdefault(item.job_id, {"sent": 0, "pending": 0, "failed": 0,
                                              "errors": []})
             s[item.state] += 1

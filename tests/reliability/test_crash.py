@@ -183,7 +183,7 @@ def _check_and_record(storage: Path, sessions, sent: list[SeriesFiles], acked: s
     disk = files_on_disk(storage)
     assert acked == every, "a re-sent series was not fully acknowledged"
     assert set(rows) == acked and set(rows.values()) == disk
-    assert not list((storage / ".tmp").iterdir())
+    assert not [p for p in (storage / ".tmp").rglob("*") if p.is_file()]
     js = jobs(sessions)
     versions = Counter((j["series_uid"], j["version"]) for j in js)
     assert max(versions.values()) == 1 and all(j["state"] == "done" for j in js)

@@ -113,8 +113,8 @@ def test_too_few_instances() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> InstanceStore:
-    return InstanceStore(tmp_path / "s", make_sessions(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+def store(tmp_path: Path, db_url: str) -> InstanceStore:
+    return InstanceStore(tmp_path / "s", make_sessions(db_url))
 
 
 def test_completion_waits_for_settle_then_queues_exactly_once(store: InstanceStore,

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Engine, MetaData, select
 
-from dicomnode.db.migrate import SchemaState, schema_status, upgrade
+from dicomnode.db.migrate import BASELINE, SchemaState, schema_status, upgrade
 from dicomnode.db.session import make_engine
 
 PRE_MIGRATION_SQL = Path(__file__).with_name("pre_migration_schema.sql")
@@ -94,11 +94,17 @@ BASELINE_ROWS: Rows = {
 }
 
 
-def database_at(path: Path, revision: str | None, *,
+def database_at(path: Path | str, revision: str | None, *,
                 script_location: Path | None = None) -> Engine:
-    """A new SQLite database at ``path`` at ``revision`` (None: made before migrations)."""
-    engine = make_engine(f"sqlite:///{path}")
-    if revision is None:
+    """A new database at ``revision`` (None: made before migrations): a SQLite file at ``path``,
+    or ``path`` is the URL of an empty database (PostgreSQL)."""
+    engine = make_engine(path if isinstance(path, str) else f"sqlite:///{path}")
+    if revision is None and engine.dialect.name != "sqlite":
+        # The frozen DDL is SQLite's; elsewhere the baseline revision made that same schema.
+        upgrade(engine, BASELINE, script_location=script_location)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE alembic_version")
+    elif revision is None:
         with engine.connect() as conn:
             conn.connection.driver_connection.executescript(PRE_MIGRATION_SQL.read_text())
     else:
@@ -126,7 +132,7 @@ def read_rows(engine: Engine) -> dict[str, list[dict[str, Any]]]:
                 for t in meta.sorted_tables if t.name != "alembic_version"}
 
 
-def assert_upgrade_keeps_rows(path: Path, revision: str | None, rows: Rows, *,
+def assert_upgrade_keeps_rows(path: Path | str, revision: str | None, rows: Rows, *,
                               changed: Mapping[str, set[str]] | None = None,
                               script_location: Path | None = None) -> dict[str, list[dict[str, Any]]]:
     """Write ``rows`` at ``revision``, upgrade to the head, check that nothing was lost.
@@ -162,3 +168,4 @@ def assert_upgrade_keeps_rows(path: Path, revision: str | None, rows: Rows, *,
         return after
     finally:
         engine.dispose()
+

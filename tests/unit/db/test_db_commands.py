@@ -13,12 +13,16 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from dicomnode.config import load_settings
-from dicomnode.db.migrate import BASELINE, SchemaState, schema_status
+from dicomnode.db.migrate import BASELINE, SchemaState, head_revision, schema_status
 from dicomnode.db.session import make_engine
 from dicomnode.runtime.service import Node
 from dicomnode.runtime.worker import run_worker
 from tests.conftest import EMPTY_CONFIG, make_settings
 from tests.unit.db.revision_rows import BASELINE_ROWS, database_at, read_rows, write_rows
+
+HEAD = head_revision()
+#: Rows per table after upgrading BASELINE_ROWS to the head (later revisions add empty tables).
+BASELINE_COUNTS = {"nodes": 0} | {name: len(rows) for name, rows in BASELINE_ROWS.items()}
 
 
 def dicomnode(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -55,18 +59,18 @@ def test_db_current_then_upgrade_then_current(tmp_path: Path) -> None:
     upgraded = dicomnode("db", "upgrade", *options)
     assert upgraded.returncode == 0, upgraded.stderr
     assert (f"which was from before dicomnode used migrations (the schema of revision {BASELINE}), "
-            f"is now at revision {BASELINE} (head)") in upgraded.stdout
+            f"is now at revision {HEAD} (head)") in upgraded.stdout
     after = dicomnode("db", "current", *options)
-    assert after.returncode == 0 and f"revision {BASELINE} (head)" in after.stdout
-    assert counts(storage) == {name: len(rows) for name, rows in BASELINE_ROWS.items()}
+    assert after.returncode == 0 and f"revision {HEAD} (head)" in after.stdout
+    assert counts(storage) == BASELINE_COUNTS
 
 
 def test_db_upgrade_creates_a_new_database_at_head(tmp_path: Path) -> None:
     done = dicomnode("db", "upgrade", "--config", EMPTY_CONFIG, "--storage", tmp_path / "new")
     assert done.returncode == 0, done.stderr
-    assert f"created at revision {BASELINE} (head)" in done.stdout
+    assert f"created at revision {HEAD} (head)" in done.stdout
     again = dicomnode("db", "upgrade", "--config", EMPTY_CONFIG, "--storage", tmp_path / "new")
-    assert f"already at revision {BASELINE} (head)" in again.stdout
+    assert f"already at revision {HEAD} (head)" in again.stdout
 
 
 def test_db_upgrade_refuses_a_database_written_by_a_newer_dicomnode(tmp_path: Path) -> None:
@@ -93,7 +97,7 @@ def test_serve_upgrades_an_old_database_with_auto_upgrade(tmp_path: Path) -> Non
     storage = old_storage(tmp_path)
     node = Node(make_settings(storage, **{"database.auto_upgrade": True}))
     assert schema_status(engine_of(storage)).state is SchemaState.CURRENT
-    assert counts(storage) == {name: len(rows) for name, rows in BASELINE_ROWS.items()}
+    assert counts(storage) == BASELINE_COUNTS
     node.start()  # reconciliation then drops the instance rows: their files are not there
     try:
         assert node.port > 0
@@ -127,3 +131,17 @@ def test_status_reads_an_old_database_with_a_warning(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "cannot read this schema (OperationalError)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_db_upgrade_with_a_postgresql_url_in_the_config(empty_db_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "storage"}"\n'
+                      f'[database]\nurl = "{empty_db_url}"\n')
+    done = dicomnode("db", "upgrade", "--config", config)
+    assert done.returncode == 0, done.stderr
+    assert f"created at revision {HEAD} (head)" in done.stdout
+    current = dicomnode("db", "current", "--config", config)
+    assert current.returncode == 0 and f"revision {HEAD} (head)" in current.stdout
+    engine = make_engine(empty_db_url)
+    assert schema_status(engine).state is SchemaState.CURRENT
+    engine.dispose()

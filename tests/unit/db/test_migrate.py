@@ -55,9 +55,13 @@ def schema_of(engine: Engine) -> dict[str, Any]:
             for t in insp.get_table_names() if t != "alembic_version"}
 
 
-def test_migrations_give_exactly_the_schema_of_the_models(tmp_path: Path) -> None:
-    migrated = database_at(tmp_path / "migrated.sqlite", "head")
-    created = create_engine(f"sqlite:///{tmp_path / 'created.sqlite'}")
+def test_migrations_give_exactly_the_schema_of_the_models(
+        tmp_path: Path, empty_db_url: str, request: pytest.FixtureRequest) -> None:
+    migrated = database_at(empty_db_url, "head")
+    if migrated.dialect.name == "sqlite":
+        created = create_engine(f"sqlite:///{tmp_path / 'created.sqlite'}")
+    else:
+        created = create_engine(request.getfixturevalue("pg_server").create_database())
     Base.metadata.create_all(created)
     with migrated.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
@@ -72,8 +76,8 @@ def test_baseline_is_the_schema_from_before_migrations(tmp_path: Path) -> None:
     assert schema_of(old) == schema_of(database_at(tmp_path / "base.sqlite", BASELINE))
 
 
-def test_an_empty_database_is_created_at_head_and_then_left_alone(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'new' / 'dicomnode.db'}"
+def test_an_empty_database_is_created_at_head_and_then_left_alone(empty_db_url: str) -> None:
+    url = empty_db_url
     engine = make_engine(url)
     assert schema_status(engine).state is SchemaState.EMPTY
     make_sessions(url)
@@ -84,8 +88,8 @@ def test_an_empty_database_is_created_at_head_and_then_left_alone(tmp_path: Path
     assert read_rows(engine)["jobs"][1]["outputs"] == BASELINE_ROWS["jobs"][1]["outputs"]
 
 
-def test_a_writer_refuses_an_older_database_unless_auto_upgrade(tmp_path: Path) -> None:
-    engine = database_at(tmp_path / "old.sqlite", None)
+def test_a_writer_refuses_an_older_database_unless_auto_upgrade(empty_db_url: str) -> None:
+    engine = database_at(empty_db_url, None)
     write_rows(engine, BASELINE_ROWS)
     with pytest.raises(SchemaError) as refused:
         ensure_current(engine, upgrade_command="dicomnode db upgrade --config /etc/x.toml")
@@ -144,12 +148,12 @@ def test_processes_starting_together_on_an_empty_database_create_it_once(tmp_pat
 
 # -- a next revision, written into a copy of the migrations ---------------------------------
 def with_revision(tmp_path: Path, body: str) -> Path:
-    """A copy of the migrations with a revision 0002 whose upgrade() is ``body``."""
+    """A copy of the migrations with a revision 9001 after the head whose upgrade() is ``body``."""
     location = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, location, ignore=shutil.ignore_patterns("__pycache__"))
-    (location / "versions" / "0002_test.py").write_text(
-        "import sqlalchemy as sa\nfrom alembic import op\n\nrevision = '0002'\n"
-        "down_revision = '0001'\nbranch_labels = None\ndepends_on = None\n\n\n"
+    (location / "versions" / "9001_test.py").write_text(
+        "import sqlalchemy as sa\nfrom alembic import op\n\nrevision = '9001'\n"
+        f"down_revision = '{head_revision()}'\nbranch_labels = None\ndepends_on = None\n\n\n"
         "def upgrade():\n" + textwrap.indent(textwrap.dedent(body), "    "))
     return location
 
@@ -214,11 +218,13 @@ def test_new_revision_writes_the_next_numbered_file(tmp_path: Path) -> None:
     location = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, location, ignore=shutil.ignore_patterns("__pycache__"))
     path = new_revision("add nothing", script_location=location)
-    assert path == location / "versions" / "0002_add_nothing.py"
+    following = f"{int(head_revision()) + 1:04d}"
+    assert path == location / "versions" / f"{following}_add_nothing.py"
     text = path.read_text()
-    assert "down_revision = '0001'" in text and "\n    pass\n" in text  # models.py has no change
+    assert f"down_revision = '{head_revision()}'" in text
+    assert "\n    pass\n" in text  # models.py has no change
     engine = database_at(tmp_path / "db.sqlite", "head", script_location=location)
-    assert schema_status(engine, script_location=location).revision == "0002"
+    assert schema_status(engine, script_location=location).revision == following
 
 
 def test_the_migrations_are_packaged() -> None:

@@ -11,7 +11,14 @@ from pathlib import Path
 from tests.unit.db.revision_rows import BASELINE_ROWS, assert_upgrade_keeps_rows
 
 
+def test_0003_adds_empty_leases_and_the_nodes_table(empty_db_url: str) -> None:
+    after = assert_upgrade_keeps_rows(empty_db_url, "0001", BASELINE_ROWS)
+    assert {(j["lease_token"], j["lease_expires_at"]) for j in after["jobs"]} == {(None, None)}
+    assert {(o["claimed_by"], o["lease_token"]) for o in after["outbox"]} == {(None, None)}
+    assert after["nodes"] == []
+
+
 def test_0001_adopts_a_pre_migration_database_with_all_its_rows(tmp_path: Path) -> None:
     after = assert_upgrade_keeps_rows(tmp_path / "db.sqlite", None, BASELINE_ROWS)
-    assert {name: len(rows) for name, rows in after.items()} == {
+    assert {name: len(rows) for name, rows in after.items()} == {"nodes": 0} | {
         name: len(rows) for name, rows in BASELINE_ROWS.items()}

@@ -16,8 +16,9 @@ from tests.ct_series import make_series
 from tests.unit.receive.test_instance_store import put
 
 
-def test_retention_removes_only_old_finished_series(tmp_path: Path, ct_template: Dataset) -> None:
-    store = InstanceStore(tmp_path / "s", make_sessions(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+def test_retention_removes_only_old_finished_series(tmp_path: Path, ct_template: Dataset,
+                                                    db_url: str) -> None:
+    store = InstanceStore(tmp_path / "s", make_sessions(db_url))
     old, recent, busy = (make_series(ct_template, 2) for _ in range(3))
     for ds in old + recent + busy:
         put(store, ds)

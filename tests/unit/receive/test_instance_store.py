@@ -35,8 +35,8 @@ def put(store: InstanceStore, ds: Dataset) -> storage.StoreOutcome:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> InstanceStore:
-    sessions = make_sessions(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def store(tmp_path: Path, db_url: str) -> InstanceStore:
+    sessions = make_sessions(db_url)
     return InstanceStore(tmp_path / "storage", sessions)
 
 
