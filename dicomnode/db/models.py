@@ -179,3 +179,38 @@ class OutboxItem(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditEntry(Base):
+    """Who did what in the web console, and when (never patient identifiers)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    user: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))  # login, login_failed, resend, reprocess, ...
+    target: Mapped[str] = mapped_column(String(128), default="")  # "job 12", "destination pacs"
+    detail: Mapped[str] = mapped_column(Text, default="")
+    peer_address: Mapped[str] = mapped_column(String(64), default="")
+
+
+class DestinationPause(Base):
+    """A destination whose deliveries are paused from the console (no row: delivering)."""
+
+    __tablename__ = "destination_pauses"
+
+    destination: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paused_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Heartbeat(Base):
+    """The last sign of life of a long-running process (the worker), for health checks."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid
+    role: Mapped[str] = mapped_column(String(16))  # worker
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
