@@ -20,6 +20,7 @@ from dicomnode.config.settings import (
     Settings,
     StorageSettings,
     TLSSettings,
+    WebSettings,
     WorkerSettings,
     find_config,
     load_settings,
@@ -31,6 +32,6 @@ __all__ = [
     "ENV_VAR", "LOCAL_CONFIG", "SYSTEM_CONFIG", "AccessSettings", "AssemblySettings",
     "DatabaseSettings", "DeliverySettings", "Destination", "EligibilitySettings",
     "LoggingSettings", "NodeSettings", "PredictionSettings", "SegmentationSettings", "Settings",
-    "StorageSettings", "TLSSettings", "WorkerSettings", "find_config", "load_settings",
+    "StorageSettings", "TLSSettings", "WebSettings", "WorkerSettings", "find_config", "load_settings",
     "parse_peer", "redact_url",
 ]

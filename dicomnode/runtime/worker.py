@@ -11,15 +11,18 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from dicomnode.config import Settings
 from dicomnode.db.session import open_sessions
 from dicomnode.errors import ModelError
+from dicomnode.jobs.heartbeat import beat, gone
 from dicomnode.jobs.queue import claim_next
 from dicomnode.logs import setup_logging
 
 log = logging.getLogger(__name__)
 EXIT_MODEL_ERROR = 3
+HEARTBEAT_S = 5.0
 
 
 def worker_name(pid: int) -> str:
@@ -44,7 +47,11 @@ def run_worker(settings: Settings, stop: threading.Event | None = None, *,
     name = worker_name(os.getpid())
     log.info("worker %s ready (backend %s)", name, settings.segmentation.backend)
     done = 0
+    last_beat = 0.0
     while not stop.is_set():
+        if time.monotonic() - last_beat >= HEARTBEAT_S:
+            beat(sessions, name, "worker")
+            last_beat = time.monotonic()
         ref = claim_next(sessions, settings.storage.path, name)
         if ref is None:
             stop.wait(poll_s)
@@ -53,6 +60,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None, *,
         done += 1
         if max_jobs is not None and done >= max_jobs:
             break
+    gone(sessions, name)
     return 0
 
 

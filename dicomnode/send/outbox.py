@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 
 from dicomnode.config import Destination, Settings
 from dicomnode.db.dml import affected_rows
-from dicomnode.db.models import Job, OutboxItem, OutboxState, utcnow
+from dicomnode.db.models import DestinationPause, Job, OutboxItem, OutboxState, utcnow
 from dicomnode.db.session import SessionFactory
 from dicomnode.send.scu import ItemOutcome, store_items
 
@@ -83,8 +83,11 @@ def deliver_due(sessions: SessionFactory, settings: Settings, *,
     """Send every due item, one association per destination; returns counts by result."""
     now = now or utcnow()
     with sessions() as session:
+        # Destinations paused from the console keep their items pending, untried.
+        paused = select(DestinationPause.destination)
         due = list(session.scalars(select(OutboxItem).where(
-            OutboxItem.state == OutboxState.PENDING, OutboxItem.next_attempt_at <= now)
+            OutboxItem.state == OutboxState.PENDING, OutboxItem.next_attempt_at <= now,
+            OutboxItem.destination.not_in(paused))
             # Fewest attempts first: an object that keeps failing (e.g. makes the peer abort
             # the association) goes to the back and cannot starve the objects behind it.
             .order_by(OutboxItem.attempts, OutboxItem.id).limit(_BATCH)))
