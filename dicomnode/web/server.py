@@ -50,7 +50,10 @@ def serve(settings: Settings) -> int:
     server = uvicorn.Server(config)
     scheme = "https" if tls else "http"
     log.info("console at %s://%s:%d/", scheme, web.bind_address, web.port)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind
+        pass
     if not server.started:
         log.error("console could not listen on %s:%d; reception goes on without it",
                   web.bind_address, web.port)
