@@ -157,3 +157,16 @@ def test_pages_use_read_only_sessions(tmp_path: Path) -> None:
     make_sessions(settings.database_url)
     with pytest.raises(OperationalError, match="readonly"), read_only_sessions(settings).begin() as s:
         s.execute(text("DELETE FROM series"))
+
+
+@requires("promtool")
+def test_the_sample_alert_rules_are_valid() -> None:
+    from tests.conftest import REPO
+
+    rules = REPO / "config" / "prometheus" / "dicomnode-alerts.yml"
+    check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True,
+                           timeout=60)
+    assert check.returncode == 0, (check.stdout + check.stderr).decode()
+    for metric in ("dicomnode_worker_up", "dicomnode_queue_depth", "dicomnode_deliveries_total",
+                   "dicomnode_free_disk_bytes", "dicomnode_jobs_total"):
+        assert metric in rules.read_text()
