@@ -32,7 +32,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {"storage.path": args.storage,
                                     "node.port": getattr(args, "port", None),
                                     "node.ae_title": getattr(args, "ae_title", None),
-                                    "assembly.settle_s": getattr(args, "settle_s", None)}
+                                    "assembly.settle_s": getattr(args, "settle_s", None),
+                                    "web.port": getattr(args, "web_port", None)}
     forwards = []
     for i, peer in enumerate(getattr(args, "forward", None) or []):
         aet, host, port = parse_peer(peer)
@@ -68,6 +69,27 @@ def cmd_resend(args: argparse.Namespace) -> int:
     settings = _settings(args)
     n = resend(open_sessions(settings), args.job)
     print(f"job {args.job}: {n} outputs queued for sending again (same UIDs)")
+    return 0
+
+
+def cmd_web_user(args: argparse.Namespace) -> int:
+    """Add or replace a console user (the password is read from the terminal or stdin)."""
+    import getpass
+
+    from dicomnode.web.auth import add_user
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            print("dicomnode: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("dicomnode: a password needs at least 8 characters", file=sys.stderr)
+        return 1
+    add_user(Path(args.users_file), args.name, password)
+    print(f"user {args.name} written to {args.users_file} (Argon2id hash)")
     return 0
 
 
@@ -267,6 +289,8 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the DICOM node (C-STORE/C-ECHO SCP)")
     _add_config_options(p, node=True)
+    p.add_argument("--web-port", type=int, metavar="N",
+                   help="port of the web console (0: no console)")
     p.add_argument("--forward", action="append", metavar="AET@HOST:PORT",
                    help="also send results to this peer (repeatable)")
     p.set_defaults(func=cmd_serve)
@@ -295,6 +319,11 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
         d = db_sub.add_parser(action, help=text)
         _add_config_options(d, node=False)
         d.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("web-user", help="add or replace a web console user")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--users-file", required=True, metavar="F", help="[web] users_file")
+    p.set_defaults(func=cmd_web_user)
 
     p = sub.add_parser("echo", help="C-ECHO a peer: dicomnode echo AET@HOST:PORT")
     p.add_argument("peer", metavar="AET@HOST:PORT")

@@ -21,6 +21,7 @@ from dicomnode.config.settings import (
     Settings,
     StorageSettings,
     TLSSettings,
+    WebSettings,
     WorkerSettings,
     find_config,
     load_settings,
@@ -31,7 +32,8 @@ from dicomnode.config.settings import (
 __all__ = [
     "ENV_VAR", "LOCAL_CONFIG", "SYSTEM_CONFIG", "AccessSettings", "AssemblySettings",
     "DatabaseSettings", "DeliverySettings", "Destination", "EligibilitySettings",
-    "LoggingSettings", "NodeSettings", "PredictionSettings", "QASettings", "SegmentationSettings", "Settings",
-    "StorageSettings", "TLSSettings", "WorkerSettings", "find_config", "load_settings",
+    "LoggingSettings", "NodeSettings", "PredictionSettings", "QASettings", "SegmentationSettings",
+    "Settings", "StorageSettings", "TLSSettings", "WebSettings", "WorkerSettings", "find_config",
+    "load_settings",
     "parse_peer", "redact_url",
 ]

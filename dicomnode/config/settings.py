@@ -233,6 +233,21 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The operations console (``dicomnode.web``): pages, /metrics, /healthz, /readyz."""
+
+    port: int = 0  # 0: no console
+    bind_address: str = "127.0.0.1"
+    users_file: Path | None = None
+    tls: bool = False  # HTTPS with the node's [tls] certificate and key
+    behind_tls_proxy: bool = False
+    show_patient_identifiers: bool = False
+    worker_stale_s: float = 30.0
+    login_attempts: int = 5
+    login_window_s: float = 300.0
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path | None = None
     node: NodeSettings = field(default_factory=NodeSettings)
@@ -249,6 +264,7 @@ class Settings:
     destinations: tuple[Destination, ...] = ()
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
     @property
     def node_name(self) -> str:
@@ -313,6 +329,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, *,
     settings = v.build(raw, found.resolve() if found else None)
     if overrides:
         settings = v.apply_overrides(settings, overrides)
+    v.check_web(settings)
     v.raise_if_problems()
     return settings
 

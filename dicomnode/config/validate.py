@@ -28,6 +28,7 @@ from dicomnode.config.settings import (
     Settings,
     StorageSettings,
     TLSSettings,
+    WebSettings,
     WorkerSettings,
     redact_url,
 )
@@ -123,7 +124,7 @@ class Validator:
     def build(self, raw: Mapping[str, Any], source: Path | None) -> Settings:
         sections = {"node", "access", "tls", "storage", "database", "assembly", "eligibility",
                     "segmentation", "prediction", "logging", "destinations", "delivery",
-                    "worker", "qa"}
+                    "worker", "qa", "web"}
         for key in sorted(set(raw) - sections):
             self.problems.append(f"unknown section or key {key!r}")
         d = Settings()
@@ -205,7 +206,8 @@ class Validator:
                         database=database, assembly=assembly, eligibility=eligibility,
                         segmentation=segmentation, prediction=self._prediction(raw), qa=self._qa(raw),
                         logging=logging_, destinations=self._destinations(raw),
-                        delivery=self._delivery(raw), worker=self._worker(raw))
+                        delivery=self._delivery(raw), worker=self._worker(raw),
+                        web=self._web(raw))
 
     def _database_url(self, url: str) -> str:
         """Check that the URL parses and its driver is installed; never echo the password."""
@@ -401,6 +403,45 @@ class Validator:
                                  f"lease_s ({worker.lease_s:g}), so one late renewal loses nothing")
         return worker
 
+    def _web(self, raw: Mapping[str, Any]) -> WebSettings:
+        t = self._table(raw, "web", set(WebSettings.__dataclass_fields__))
+        s = "web"
+        return WebSettings(
+            port=self._int(t, s, "port", 0, 0, 65535),
+            bind_address=self._str(t, s, "bind_address", "127.0.0.1"),
+            users_file=self._path(t, s, "users_file", None),
+            tls=self._bool(t, s, "tls", False),
+            behind_tls_proxy=self._bool(t, s, "behind_tls_proxy", False),
+            show_patient_identifiers=self._bool(t, s, "show_patient_identifiers", False),
+            worker_stale_s=self._num(t, s, "worker_stale_s", 30.0, 1, 86400),
+            login_attempts=self._int(t, s, "login_attempts", 5, 1, 1000),
+            login_window_s=self._num(t, s, "login_window_s", 300.0, 1, 86400))
+
+    def check_web(self, settings: Settings) -> None:
+        """Off loopback the console needs users and TLS (its own or a proxy's)."""
+        web = settings.web
+        if web.port == 0:
+            return
+        try:
+            loopback = ipaddress.ip_address(web.bind_address).is_loopback
+        except ValueError:
+            loopback = web.bind_address == "localhost"
+        if web.users_file is not None and not web.users_file.is_file():
+            self.problems.append(f"[web] users_file: file not found ({web.users_file})")
+        if web.tls:
+            for key in ("certificate", "private_key"):
+                p = getattr(settings.tls, key)
+                if p is None or not p.is_file():
+                    self.problems.append(f"[web] tls = true needs the file [tls] {key} ({p})")
+        if not loopback:
+            where = f"[web] bind_address = {web.bind_address!r}"
+            if web.users_file is None:
+                self.problems.append(f"{where} is not loopback: users_file is required "
+                                     "(logins)")
+            if not (web.tls or web.behind_tls_proxy):
+                self.problems.append(f"{where} is not loopback: set tls = true (the node's "
+                                     "certificate) or behind_tls_proxy = true")
+
     def _delivery(self, raw: Mapping[str, Any]) -> DeliverySettings:
         t = self._table(raw, "delivery", set(DeliverySettings.__dataclass_fields__))
         s = "delivery"
@@ -432,6 +473,9 @@ class Validator:
                 value = self.ae_title(value, "--ae-title")
             elif section == "node" and key == "port" and not 0 <= int(value) <= 65535:
                 self.problems.append(f"--port {value}: expected 0 to 65535")
+                continue
+            elif section == "web" and key == "port" and not 0 <= int(value) <= 65535:
+                self.problems.append(f"--web-port {value}: expected 0 to 65535")
                 continue
             elif section == "assembly" and key == "settle_s" and float(value) < 0:
                 self.problems.append(f"--settle-s {value}: expected >= 0")

@@ -204,3 +204,27 @@ class NodeRun(Base):
     version: Mapped[str] = mapped_column(String(32), default="")
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEntry(Base):
+    """Who did what in the web console, and when (never patient identifiers)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    user: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))  # login, login_failed, resend, reprocess, ...
+    target: Mapped[str] = mapped_column(String(128), default="")  # "job 12", "destination pacs"
+    detail: Mapped[str] = mapped_column(Text, default="")
+    peer_address: Mapped[str] = mapped_column(String(64), default="")
+
+
+class DestinationPause(Base):
+    """A destination whose deliveries are paused from the console (no row: delivering)."""
+
+    __tablename__ = "destination_pauses"
+
+    destination: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paused_by: Mapped[str] = mapped_column(String(64), default="")

@@ -175,6 +175,17 @@ def heartbeat(sessions: SessionFactory, name: str) -> None:
         session.execute(update(NodeRun).where(NodeRun.name == name).values(seen_at=utcnow()))
 
 
+def live_nodes(sessions: SessionFactory, role: str, stale_s: float, *,
+               now: datetime | None = None) -> list[NodeRun]:
+    """Nodes of ``role`` seen within ``stale_s``, or holding a live lease (busy with a long job)."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=stale_s)
+    busy = select(Job.worker).where(Job.state == JobState.PROCESSING, Job.lease_expires_at > now)
+    with sessions() as session:
+        return list(session.scalars(select(NodeRun).where(
+            NodeRun.role == role, or_(NodeRun.seen_at >= cutoff, NodeRun.name.in_(busy)))))
+
+
 def _lock_key(name: str) -> int:
     """A stable signed 64-bit key for ``pg_try_advisory_lock`` from a task name."""
     return int.from_bytes(hashlib.sha256(f"dicomnode:{name}".encode()).digest()[:8], "big",

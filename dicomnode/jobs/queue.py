@@ -143,3 +143,26 @@ def requeue_stale(sessions: SessionFactory) -> int:
             if series is not None and series.version == job.version:
                 series.state = SeriesState.QUEUED
     return len(jobs)
+
+
+def reprocess(sessions: SessionFactory, series_id: int) -> int:
+    """Queue a series again as a new version (new job, new result UIDs); returns the job id.
+
+    Refused (``ValueError``) while the series is still receiving, queued or processing.
+    """
+    with sessions.begin() as session:
+        series = session.get(Series, series_id)
+        if series is None:
+            raise KeyError(f"series {series_id} does not exist")
+        if series.state in (SeriesState.RECEIVING, SeriesState.QUEUED, SeriesState.PROCESSING):
+            raise ValueError(f"series {series_id} is {series.state}: nothing to reprocess yet")
+        series.version += 1
+        series.state = SeriesState.QUEUED
+        series.reason = ""
+        series.updated_at = utcnow()
+        job = Job(series_id=series_id, version=series.version)
+        session.add(job)
+        session.flush()
+        log.info("series %d queued again as version %d (job %d)", series_id, series.version,
+                 job.id)
+        return job.id

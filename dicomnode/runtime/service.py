@@ -88,6 +88,10 @@ class Node:
             # A worker that dies mid-job leaves it claimed: give it back to the queue.
             self.children.append(_Child("dicomnode.runtime.worker", child_settings, on_exit=lambda _:
                                         requeue_worker(self.sessions, worker_name_of(self.name))))
+        if self.settings.web.port:
+            # The console in its own process: it can never slow reception, and a port it
+            # cannot bind is logged by it while reception goes on.
+            self.children.append(_Child("dicomnode.runtime.console", child_settings))
         for child in self.children:
             child.start()
         if self.children:
@@ -101,6 +105,11 @@ class Node:
     @property
     def receivers(self) -> list[subprocess.Popen[bytes]]:
         return [c.proc for c in self.children if c.module == "dicomnode.runtime.receiver" and c.proc]
+
+    @property
+    def console(self) -> subprocess.Popen[bytes] | None:
+        return next((c.proc for c in self.children if c.module == "dicomnode.runtime.console"),
+                    None)
 
     @property
     def worker(self) -> subprocess.Popen[bytes] | None:

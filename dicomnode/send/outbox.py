@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 
 from dicomnode.config import Destination, Settings
 from dicomnode.db.dml import affected_rows
-from dicomnode.db.models import Job, OutboxItem, OutboxState, utcnow
+from dicomnode.db.models import DestinationPause, Job, OutboxItem, OutboxState, utcnow
 from dicomnode.db.session import SessionFactory
 from dicomnode.jobs.leases import LeaseKeeper, expiry, new_token, outbox_takeable, skip_locked
 from dicomnode.send.scu import ItemOutcome, store_items
@@ -91,8 +91,11 @@ def claim_due(sessions: SessionFactory, sender: str, lease_s: float, *,
     now = now or utcnow()
     token = new_token()
     with sessions.begin() as session:
+        # Destinations paused from the console keep their items pending, untried.
+        paused = select(DestinationPause.destination)
         ids = list(session.scalars(skip_locked(
-            select(OutboxItem.id).where(outbox_takeable(now))
+            select(OutboxItem.id).where(outbox_takeable(now),
+                                        OutboxItem.destination.not_in(paused))
             # Fewest attempts first: an object that keeps failing (e.g. makes the peer abort
             # the association) goes to the back and cannot starve the objects behind it.
             .order_by(OutboxItem.attempts, OutboxItem.id).limit(_BATCH), sessions)))

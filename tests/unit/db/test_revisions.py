@@ -20,5 +20,11 @@ def test_0003_adds_empty_leases_and_the_nodes_table(empty_db_url: str) -> None:
 
 def test_0001_adopts_a_pre_migration_database_with_all_its_rows(tmp_path: Path) -> None:
     after = assert_upgrade_keeps_rows(tmp_path / "db.sqlite", None, BASELINE_ROWS)
-    assert {name: len(rows) for name, rows in after.items()} == {"nodes": 0} | {
+    assert {name: len(after[name]) for name in BASELINE_ROWS} == {
         name: len(rows) for name, rows in BASELINE_ROWS.items()}
+
+
+def test_0004_console_keeps_rows_and_adds_its_tables(tmp_path: Path) -> None:
+    after = assert_upgrade_keeps_rows(tmp_path / "db.sqlite", "0003", BASELINE_ROWS)
+    for table in ("audit_log", "destination_pauses"):
+        assert after[table] == []
