@@ -6,6 +6,7 @@ A new revision adds one test here with :func:`~tests.unit.db.revision_rows.asser
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from tests.unit.db.revision_rows import BASELINE_ROWS, assert_upgrade_keeps_rows
@@ -25,6 +26,10 @@ def test_0001_adopts_a_pre_migration_database_with_all_its_rows(tmp_path: Path) 
 
 
 def test_0004_console_keeps_rows_and_adds_its_tables(tmp_path: Path) -> None:
-    after = assert_upgrade_keeps_rows(tmp_path / "db.sqlite", "0003", BASELINE_ROWS)
+    node = {"name": "site-a:11112", "role": "serve", "run_token": "a" * 32, "host": "site-a",
+            "pid": 4242, "version": "0.1.0", "started_at": datetime(2025, 3, 14, 9, 0, 0, 1),
+            "seen_at": datetime(2025, 3, 14, 9, 26, 53, 589793)}
+    after = assert_upgrade_keeps_rows(tmp_path / "db.sqlite", "0003",
+                                      {**BASELINE_ROWS, "nodes": [node]})
     for table in ("audit_log", "destination_pauses"):
         assert after[table] == []
