@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,22 @@ from pydicom.errors import InvalidDicomError
 from dicomnode import __version__
 from dicomnode.assemble.selection import evaluate
 from dicomnode.assemble.stack_summary import series_geometry
+from dicomnode.compare import (
+    ExpansionRule,
+    ScanKey,
+    choose_priors,
+    compare_scans,
+    in_order,
+    patient_key,
+    scan_datetime,
+)
 from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory
 from dicomnode.domain import (
+    Comparison,
     CTVolume,
     EncodedObject,
+    FollowupScan,
     LabelMap,
     Measurements,
     Prediction,
@@ -57,7 +69,7 @@ from dicomnode.receive.checks import STORED_CLASSES, check_uid, read_header
 from dicomnode.segment.base import SegmentationBackend
 from dicomnode.segment.registry import build_backend, build_second_reader
 from dicomnode.send.outbox import enqueue_in
-from dicomnode.storage import fsync_dir, results_dir, write_dataset_durably
+from dicomnode.storage import fsync_dir, read_result, results_dir, write_dataset_durably
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +178,19 @@ def analyse(paths: Sequence[Path], ctx: Context) -> Analysis | NotAnalysed:
     return Analysis(volume, labels, measurements, prediction, timer.timings_s, qa)
 
 
+@dataclass(frozen=True)
+class Prior:
+    """An earlier analysed scan of the patient: its stored results and its CT instances."""
+
+    series_instance_uid: str
+    acquired: datetime
+    results: Path  # the folder of its result.json and labels.nii.gz
+    paths: tuple[Path, ...]
+
+
 def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Path, *,
-               version: int = 1) -> SeriesRun:
+               version: int = 1, acquired: datetime | None = None,
+               priors: Sequence[Prior] = ()) -> SeriesRun:
     """Analyse and encode one series into ``out_dir`` (``result.json`` whatever happens).
 
     Never raises for a stage's failure: the record then has status ``failed`` and the reason
@@ -188,6 +211,10 @@ def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Pa
         objects = encode_outputs(analysis, paths, out_dir, version=version)
         record = result_record(series_uid, analysis=analysis)
         record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
+        if priors:
+            compare_start = time.perf_counter()
+            add_comparisons(record, analysis, acquired, priors, ctx.settings)
+            record["timings_s"]["compare"] = round(time.perf_counter() - compare_start, 3)
         record["timings_s"]["total"] = round(time.perf_counter() - start, 3)
         write_outputs(out_dir, record, analysis)
         return SeriesRun(record, tuple(objects))
@@ -234,6 +261,42 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
         return record
 
 
+def add_comparisons(record: dict[str, Any], analysis: Analysis, acquired: datetime | None,
+                    priors: Sequence[Prior], settings: Settings) -> None:
+    """``comparison`` (against the baseline, the earliest prior) and ``comparisons`` (one per
+    prior, most recent last) in ``record``; a prior that cannot be compared is a warning."""
+    f = settings.followup
+    rule = ExpansionRule(abs_ml=f.expansion_abs_ml, rel=f.expansion_rel, new_ivh_ml=f.new_ivh_ml,
+                         min_correlation=f.min_correlation)
+    he = analysis.prediction.expansion if analysis.prediction else None
+    current = FollowupScan(record["series_instance_uid"], acquired, analysis.volume.image,
+                           analysis.labels.image, he.probability if he else None)
+    comparisons: list[Comparison] = []
+    for prior in sorted(priors, key=lambda p: p.acquired):
+        try:
+            comparisons.append(compare_scans(load_prior(prior), current, rule))
+        except (DicomnodeError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            log.warning("follow-up: prior %s not compared: %s", prior.series_instance_uid, exc)
+            record["warnings"].append(f"prior {prior.series_instance_uid} not compared: "
+                                      f"{type(exc).__name__}: {exc}")
+    record["comparisons"] = [c.as_record() for c in comparisons]
+    record["comparison"] = record["comparisons"][0] if comparisons else None
+    for c in comparisons:
+        if not c.registration.trusted:
+            record["warnings"].append(f"follow-up registration to {c.prior_series_instance_uid} "
+                                      f"not trusted: {c.registration.message}")
+
+
+def load_prior(prior: Prior) -> FollowupScan:
+    """The prior's CT (from its instances) and its stored label map and expansion risk."""
+    record, labels = read_result(prior.results)
+    if record.get("status") != "done" or labels is None:
+        raise ValueError(f"its result is {record.get('status')!r}, without a label map")
+    he = record.get("he_probability")
+    return FollowupScan(prior.series_instance_uid, prior.acquired, load_series(prior.paths).image,
+                        labels, float(he) if isinstance(he, int | float) else None)
+
+
 @dataclass
 class FoundSeries:
     """One series found in a folder by ``process_folder``."""
@@ -275,7 +338,11 @@ def process_folder(input_dir: Path, out_dir: Path, settings: Settings,
     log.info("%d series found, %d files skipped (not DICOM or not CT)", len(series), skipped)
     ctx: Context | None = None
     records = []
-    for uid, found in sorted(series.items()):
+    keys = {uid: ScanKey(uid, patient_key(f.attributes), scan_datetime(f.attributes))
+            for uid, f in series.items()}
+    done: list[ScanKey] = []  # analysed scans, the priors of later ones
+    for key in in_order(list(keys.values())):
+        uid, found = key.series_instance_uid, series[key.series_instance_uid]
         reason = evaluate(found.attributes, series_geometry(found.geometries), len(found.paths),
                           settings.eligibility)
         with log_context(series_uid=uid):
@@ -289,11 +356,26 @@ def process_folder(input_dir: Path, out_dir: Path, settings: Settings,
                     record = result_record(uid, status="failed", reason=f"{type(exc).__name__}: {exc}")
                     write_outputs(out_dir / uid, record, None)
                 else:
-                    record = run_series(found.paths, uid, ctx, out_dir / uid).record
+                    priors = [Prior(p.series_instance_uid, p.acquired, out_dir / p.series_instance_uid,
+                                    tuple(series[p.series_instance_uid].paths))
+                              for p in folder_priors(key, done, settings) if p.acquired]
+                    record = run_series(found.paths, uid, ctx, out_dir / uid, acquired=key.acquired,
+                                        priors=priors).record
+                    if record["status"] == "done":
+                        done.append(key)
         records.append(record)
         if report is not None:
             report(record)
     return records
+
+
+def folder_priors(key: ScanKey, done: Sequence[ScanKey], settings: Settings) -> list[ScanKey]:
+    """The analysed scans ``key`` is compared with (none when follow-ups are off)."""
+    f = settings.followup
+    if not f.enabled:
+        return []
+    return choose_priors(key, done, min_interval_h=f.min_interval_h,
+                         max_interval_h=f.max_interval_h)
 
 
 _SOURCE_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
@@ -387,6 +469,7 @@ def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
         "cortical_involvement": False, "site": "none", "largest_area_slice": None,
         "markers": {}, "warnings": [], "timings_s": dict(timings_s or {}),
         **prediction_record(None), "qa": {"status": "not_checked", "checks": []},
+        "comparison": None, "comparisons": [],  # follow-ups only (add_comparisons)
     }
     if analysis is not None:
         m, lab = analysis.measurements, analysis.labels
