@@ -32,22 +32,12 @@ from pydicom.errors import InvalidDicomError
 from dicomnode import __version__
 from dicomnode.assemble.selection import evaluate
 from dicomnode.assemble.stack_summary import series_geometry
-from dicomnode.compare import (
-    ExpansionRule,
-    ScanKey,
-    choose_priors,
-    compare_scans,
-    in_order,
-    patient_key,
-    scan_datetime,
-)
+from dicomnode.compare import ScanKey, in_order, patient_key, scan_datetime
 from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory
 from dicomnode.domain import (
-    Comparison,
     CTVolume,
     EncodedObject,
-    FollowupScan,
     LabelMap,
     Measurements,
     Prediction,
@@ -59,7 +49,8 @@ from dicomnode.encode.overlay import build_overlays, write_previews
 from dicomnode.encode.seg import build_seg
 from dicomnode.encode.sr import build_sr
 from dicomnode.errors import DicomnodeError, InstanceRejected
-from dicomnode.jobs.queue import finish
+from dicomnode.followups import Prior, add_comparisons, folder_priors, serve_priors
+from dicomnode.jobs.queue import defer, finish
 from dicomnode.load.volume import load_series
 from dicomnode.logs import log_context
 from dicomnode.measure import measure
@@ -69,7 +60,7 @@ from dicomnode.receive.checks import STORED_CLASSES, check_uid, read_header
 from dicomnode.segment.base import SegmentationBackend
 from dicomnode.segment.registry import build_backend, build_second_reader
 from dicomnode.send.outbox import enqueue_in
-from dicomnode.storage import fsync_dir, read_result, results_dir, write_dataset_durably
+from dicomnode.storage import fsync_dir, results_dir, write_dataset_durably
 
 log = logging.getLogger(__name__)
 
@@ -178,16 +169,6 @@ def analyse(paths: Sequence[Path], ctx: Context) -> Analysis | NotAnalysed:
     return Analysis(volume, labels, measurements, prediction, timer.timings_s, qa)
 
 
-@dataclass(frozen=True)
-class Prior:
-    """An earlier analysed scan of the patient: its stored results and its CT instances."""
-
-    series_instance_uid: str
-    acquired: datetime
-    results: Path  # the folder of its result.json and labels.nii.gz
-    paths: tuple[Path, ...]
-
-
 def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Path, *,
                version: int = 1, acquired: datetime | None = None,
                priors: Sequence[Prior] = ()) -> SeriesRun:
@@ -213,7 +194,8 @@ def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Pa
         record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
         if priors:
             compare_start = time.perf_counter()
-            add_comparisons(record, analysis, acquired, priors, ctx.settings)
+            add_comparisons(record, analysis.volume, analysis.labels, analysis.prediction, acquired,
+                            priors, ctx.settings)
             record["timings_s"]["compare"] = round(time.perf_counter() - compare_start, 3)
         record["timings_s"]["total"] = round(time.perf_counter() - start, 3)
         write_outputs(out_dir, record, analysis)
@@ -236,8 +218,14 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
     root = ctx.settings.storage.path
     out_dir = results_dir(root, ref.series_instance_uid, ref.version)
     with log_context(series_uid=ref.series_instance_uid, job_id=ref.job_id):
+        acquired, priors, waiting = serve_priors(ref, ctx.settings, sessions)
+        if waiting:  # a follow-up waits for its prior's analysis (claimed again after wait_s)
+            log.info("follow-up deferred: prior %s is still being analysed", waiting[0])
+            defer(sessions, ref.job_id, ref.lease_token, ctx.settings.followup.wait_s)
+            return result_record(ref.series_instance_uid, status="deferred",
+                                 reason=f"waiting for prior {waiting[0]}")
         run = run_series(ref.instance_paths, ref.series_instance_uid, ctx, out_dir,
-                         version=ref.version)
+                         version=ref.version, acquired=acquired, priors=priors)
         record = run.record
         if run.failed:
             finish(sessions, ref.job_id, error=record["reason"], timings_s=record["timings_s"],
@@ -259,42 +247,6 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
         log.info("job done: ICH %.1f mL, IVH %.1f mL (%s)", record["ich_volume_ml"],
                  record["ivh_volume_ml"], record["backend"])
         return record
-
-
-def add_comparisons(record: dict[str, Any], analysis: Analysis, acquired: datetime | None,
-                    priors: Sequence[Prior], settings: Settings) -> None:
-    """``comparison`` (against the baseline, the earliest prior) and ``comparisons`` (one per
-    prior, most recent last) in ``record``; a prior that cannot be compared is a warning."""
-    f = settings.followup
-    rule = ExpansionRule(abs_ml=f.expansion_abs_ml, rel=f.expansion_rel, new_ivh_ml=f.new_ivh_ml,
-                         min_correlation=f.min_correlation)
-    he = analysis.prediction.expansion if analysis.prediction else None
-    current = FollowupScan(record["series_instance_uid"], acquired, analysis.volume.image,
-                           analysis.labels.image, he.probability if he else None)
-    comparisons: list[Comparison] = []
-    for prior in sorted(priors, key=lambda p: p.acquired):
-        try:
-            comparisons.append(compare_scans(load_prior(prior), current, rule))
-        except (DicomnodeError, OSError, ValueError, KeyError, RuntimeError) as exc:
-            log.warning("follow-up: prior %s not compared: %s", prior.series_instance_uid, exc)
-            record["warnings"].append(f"prior {prior.series_instance_uid} not compared: "
-                                      f"{type(exc).__name__}: {exc}")
-    record["comparisons"] = [c.as_record() for c in comparisons]
-    record["comparison"] = record["comparisons"][0] if comparisons else None
-    for c in comparisons:
-        if not c.registration.trusted:
-            record["warnings"].append(f"follow-up registration to {c.prior_series_instance_uid} "
-                                      f"not trusted: {c.registration.message}")
-
-
-def load_prior(prior: Prior) -> FollowupScan:
-    """The prior's CT (from its instances) and its stored label map and expansion risk."""
-    record, labels = read_result(prior.results)
-    if record.get("status") != "done" or labels is None:
-        raise ValueError(f"its result is {record.get('status')!r}, without a label map")
-    he = record.get("he_probability")
-    return FollowupScan(prior.series_instance_uid, prior.acquired, load_series(prior.paths).image,
-                        labels, float(he) if isinstance(he, int | float) else None)
 
 
 @dataclass
@@ -367,15 +319,6 @@ def process_folder(input_dir: Path, out_dir: Path, settings: Settings,
         if report is not None:
             report(record)
     return records
-
-
-def folder_priors(key: ScanKey, done: Sequence[ScanKey], settings: Settings) -> list[ScanKey]:
-    """The analysed scans ``key`` is compared with (none when follow-ups are off)."""
-    f = settings.followup
-    if not f.enabled:
-        return []
-    return choose_priors(key, done, min_interval_h=f.min_interval_h,
-                         max_interval_h=f.max_interval_h)
 
 
 _SOURCE_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",

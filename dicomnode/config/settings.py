@@ -207,6 +207,7 @@ class FollowupSettings:
     expansion_rel: float = 0.33  # ... or > this fraction of the prior's ICH volume
     new_ivh_ml: float = 1.0  # new IVH: above this at follow-up, below it before
     min_correlation: float = 0.85  # registration trusted from this brain HU correlation
+    wait_s: float = 30.0  # serve: a follow-up whose prior is being analysed is retried after
 
 
 @dataclass(frozen=True)

@@ -402,7 +402,8 @@ class Validator:
             expansion_abs_ml=self._num(t, s, "expansion_abs_ml", d.expansion_abs_ml, 0.0, 1000.0),
             expansion_rel=self._num(t, s, "expansion_rel", d.expansion_rel, 0.0, 10.0),
             new_ivh_ml=self._num(t, s, "new_ivh_ml", d.new_ivh_ml, 0.0, 100.0),
-            min_correlation=self._num(t, s, "min_correlation", d.min_correlation, -1.0, 1.0))
+            min_correlation=self._num(t, s, "min_correlation", d.min_correlation, -1.0, 1.0),
+            wait_s=self._num(t, s, "wait_s", d.wait_s, 0.1, 3600.0))
         if f.min_interval_h >= f.max_interval_h:
             self.problems.append(f"[followup] min_interval_h ({f.min_interval_h:g}) must be "
                                  f"below max_interval_h ({f.max_interval_h:g})")
