@@ -85,5 +85,6 @@ def choose_priors(current: ScanKey, earlier: Sequence[ScanKey], *, min_interval_
     lo, hi = timedelta(hours=min_interval_h), timedelta(hours=max_interval_h)
     found = [s for s in earlier if s.acquired is not None and same_patient(s.patient, current.patient)
              and s.series_instance_uid != current.series_instance_uid
+             and s.acquired < current.acquired  # strictly earlier: never each other's prior
              and lo <= current.acquired - s.acquired <= hi]
     return in_order(found)

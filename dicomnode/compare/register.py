@@ -24,8 +24,8 @@ def _mask_image(image: sitk.Image) -> sitk.Image:
 
 
 def _smoothed(image: sitk.Image, sigma_mm: float = 3.0) -> np.ndarray:
-    return np.asarray(sitk.GetArrayViewFromImage(
-        sitk.SmoothingRecursiveGaussian(image, sigma_mm)), np.float64)
+    # A copy: a view would outlive the temporary smoothed image it points into.
+    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, sigma_mm)).astype(np.float64)
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
