@@ -44,31 +44,39 @@ class Prior:
     paths: tuple[Path, ...]
 
 
-def add_comparisons(record: dict[str, Any], volume: CTVolume, labels: LabelMap,
-                    prediction: Prediction | None, acquired: datetime | None,
-                    priors: Sequence[Prior], settings: Settings) -> None:
-    """``comparison`` (against the baseline, the earliest prior) and ``comparisons`` (one per
-    prior, most recent last) in ``record``; a prior that cannot be compared is a warning."""
+def compare_with_priors(series_uid: str, volume: CTVolume, labels: LabelMap,
+                        prediction: Prediction | None, acquired: datetime | None,
+                        priors: Sequence[Prior], settings: Settings
+                        ) -> tuple[list[Comparison], list[str]]:
+    """One comparison per prior, oldest (the baseline) first, and the warnings: a prior that
+    cannot be compared, a registration that is not trusted."""
     f = settings.followup
     rule = ExpansionRule(abs_ml=f.expansion_abs_ml, rel=f.expansion_rel, new_ivh_ml=f.new_ivh_ml,
                          min_correlation=f.min_correlation)
     he = prediction.expansion if prediction else None
-    current = FollowupScan(record["series_instance_uid"], acquired, volume.image, labels.image,
+    current = FollowupScan(series_uid, acquired, volume.image, labels.image,
                            he.probability if he else None)
     comparisons: list[Comparison] = []
+    warnings: list[str] = []
     for prior in sorted(priors, key=lambda p: p.acquired):
         try:
             comparisons.append(compare_scans(load_prior(prior), current, rule))
         except (DicomnodeError, OSError, ValueError, KeyError, RuntimeError) as exc:
             log.warning("follow-up: prior %s not compared: %s", prior.series_instance_uid, exc)
-            record["warnings"].append(f"prior {prior.series_instance_uid} not compared: "
-                                      f"{type(exc).__name__}: {exc}")
+            warnings.append(f"prior {prior.series_instance_uid} not compared: "
+                            f"{type(exc).__name__}: {exc}")
+    warnings += [f"follow-up registration to {c.prior_series_instance_uid} not trusted: "
+                 f"{c.registration.message}" for c in comparisons if not c.registration.trusted]
+    return comparisons, warnings
+
+
+def record_comparisons(record: dict[str, Any], comparisons: Sequence[Comparison],
+                       warnings: Sequence[str]) -> None:
+    """``comparison`` (against the baseline, the earliest prior) and ``comparisons`` (one per
+    prior, most recent last) in ``record``, plus the warnings."""
     record["comparisons"] = [c.as_record() for c in comparisons]
     record["comparison"] = record["comparisons"][0] if comparisons else None
-    for c in comparisons:
-        if not c.registration.trusted:
-            record["warnings"].append(f"follow-up registration to {c.prior_series_instance_uid} "
-                                      f"not trusted: {c.registration.message}")
+    record["warnings"] += list(warnings)
 
 
 def load_prior(prior: Prior) -> FollowupScan:

@@ -36,6 +36,7 @@ from dicomnode.compare import ScanKey, in_order, patient_key, scan_datetime
 from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory
 from dicomnode.domain import (
+    Comparison,
     CTVolume,
     EncodedObject,
     LabelMap,
@@ -48,8 +49,15 @@ from dicomnode.encode.not_analysed import build_not_analysed_image, build_not_an
 from dicomnode.encode.overlay import build_overlays, write_previews
 from dicomnode.encode.seg import build_seg
 from dicomnode.encode.sr import build_sr
+from dicomnode.encode.sr_followup import add_comparison
 from dicomnode.errors import DicomnodeError, InstanceRejected
-from dicomnode.followups import Prior, add_comparisons, folder_priors, serve_priors
+from dicomnode.followups import (
+    Prior,
+    compare_with_priors,
+    folder_priors,
+    record_comparisons,
+    serve_priors,
+)
 from dicomnode.jobs.queue import defer, finish
 from dicomnode.load.volume import load_series
 from dicomnode.logs import log_context
@@ -189,14 +197,22 @@ def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Pa
             log.warning("series not analysed: %s", analysis.reason)
             write_outputs(out_dir, record, None)
             return SeriesRun(record, tuple(objects))
-        objects = encode_outputs(analysis, paths, out_dir, version=version)
-        record = result_record(series_uid, analysis=analysis)
-        record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
+        comparisons: list[Comparison] = []
+        notes: list[str] = []
+        compare_s = 0.0
         if priors:
-            compare_start = time.perf_counter()
-            add_comparisons(record, analysis.volume, analysis.labels, analysis.prediction, acquired,
-                            priors, ctx.settings)
-            record["timings_s"]["compare"] = round(time.perf_counter() - compare_start, 3)
+            comparisons, notes = compare_with_priors(
+                series_uid, analysis.volume, analysis.labels, analysis.prediction, acquired,
+                priors, ctx.settings)
+            compare_s = round(time.perf_counter() - encode_start, 3)
+            encode_start = time.perf_counter()
+        objects = encode_outputs(analysis, paths, out_dir, version=version,
+                                 comparison=comparisons[0] if comparisons else None)
+        record = result_record(series_uid, analysis=analysis)
+        record_comparisons(record, comparisons, notes)
+        if priors:
+            record["timings_s"]["compare"] = compare_s
+        record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
         record["timings_s"]["total"] = round(time.perf_counter() - start, 3)
         write_outputs(out_dir, record, analysis)
         return SeriesRun(record, tuple(objects))
@@ -341,7 +357,7 @@ def source_datasets(paths: Sequence[Path], volume: CTVolume) -> list[Dataset]:
 
 
 def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
-                   version: int) -> list[EncodedObject]:
+                   version: int, comparison: Comparison | None = None) -> list[EncodedObject]:
     """SEG, TID 1500 SR and overlay images (plus PNG previews) written durably to ``out_dir``."""
     sources = source_datasets(paths, analysis.volume)
     volume, labels, m, prediction = (analysis.volume, analysis.labels, analysis.measurements,
@@ -350,6 +366,8 @@ def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
     seg = build_seg(sources, volume, labels, version=version, software_version=__version__)
     sr = build_sr(sources, seg, m, labels, version=version, prediction=prediction,
                   software_version=__version__, warnings=warnings)
+    if comparison is not None:
+        add_comparison(sr, comparison)
     overlays = build_overlays(sources, volume, labels, m, version=version, prediction=prediction,
                               warnings=warnings)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from dicomnode.config import load_settings
 from dicomnode.pipeline import process_folder
@@ -44,6 +45,17 @@ def test_run_compares_followup_with_baseline(tmp_path: Path) -> None:
         assert abs(c["ich_volume_ml"] - stored["ich_volume_ml"]) < 0.5
         assert c["prior_he_probability"] is None and stored["comparisons"] == [c]
         assert "compare" in stored["timings_s"]
+        sr = pydicom.dcmread(out / f.series_instance_uid / "sr.dcm")
+        container = next(i for i in sr.ContentSequence
+                         if i.ConceptNameCodeSequence[0].CodeValue == "FOLLOWUP")
+        found = {i.ConceptNameCodeSequence[0].CodeValue: i for i in container.ContentSequence}
+        assert found["HE_OBSERVED"].ConceptCodeSequence[0].CodeMeaning == (
+            "Yes" if expanded else "No")
+        assert found["PRIOR_SERIES"].UID == b.series_instance_uid
+        assert float(found["ICH_CHANGE"].MeasuredValueSequence[0].NumericValue) == pytest.approx(
+            c["ich_change_ml"], abs=0.01)
+    assert not any(i.ConceptNameCodeSequence[0].CodeValue == "FOLLOWUP" for i in pydicom.dcmread(
+        out / base.series_instance_uid / "sr.dcm").ContentSequence)
     # The threshold backend labels no IVH: new IVH is tested on truth labels (tests/unit/compare).
     assert by_uid[follow.series_instance_uid]["comparison"]["new_ivh"] is False
 
