@@ -96,3 +96,17 @@ def test_matching_keys_order_and_window() -> None:
     near = ScanKey("1.7", p, datetime(2024, 1, 1, 8, 40))
     assert [s.series_instance_uid for s in choose_priors(near, scans, min_interval_h=1.0,
                                                           max_interval_h=336.0)] == []
+
+
+def test_followup_settings_are_validated(tmp_path: Path) -> None:
+    from dicomnode.config import load_settings
+    from dicomnode.errors import ConfigError
+
+    config = tmp_path / "c.toml"
+    config.write_text("[followup]\nexpansion_abs_ml = 12.5\nexpansion_rel = 0.26\n")
+    f = load_settings(config).followup
+    assert (f.expansion_abs_ml, f.expansion_rel, f.max_interval_h) == (12.5, 0.26, 336.0)
+    config.write_text("[followup]\nmin_interval_h = 400\nbogus = 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(config)
+    assert "min_interval_h" in str(err.value) and "bogus" in str(err.value)
