@@ -34,3 +34,20 @@ def followup_pair(out_dir: Path, *, seed: int, baseline_ml: float, growth_ml: fl
                         lesion=grown, scan=1, acquired=case.baseline_time + timedelta(hours=delay_h),
                         compress="none")
     return base, follow
+
+
+def later_scan(out_dir: Path, *, seed: int, baseline_ml: float, growth_ml: float, scan: int,
+               delay_h: float, site: str = "lobar", matrix: int = 128,
+               thickness_mm: float = 5.0) -> StudyTruth:
+    """One more follow-up (``scan`` 2, 3, ...) of the patient of ``followup_pair(seed=...)``,
+    repositioned differently, the clot grown by ``growth_ml`` from the baseline design."""
+    case = build_case(seed, hemorrhage_ml=baseline_ml, site=site)
+    assert case.lesion is not None
+    geom = geometry_for(matrix, thickness_mm, 0.0, None)
+    moved = replace(case, pose=Pose(case.pose.offset_mm + np.asarray((-3.0, 2.0, -1.5)),
+                                    rotation(-2.0, 3.0, -1.0) @ case.pose.rot))
+    grown = case.lesion.scaled_to(baseline_ml + growth_ml)
+    return write_scan(out_dir, moved, render_case(moved, geom, lesion=grown, scan=scan),
+                      lesion=grown, scan=scan, acquired=case.baseline_time + timedelta(hours=delay_h),
+                      compress="none")
+

@@ -13,7 +13,7 @@ import pytest
 
 from dicomnode.config import load_settings
 from dicomnode.pipeline import process_folder
-from tests.followup_cases import followup_pair
+from tests.followup_cases import followup_pair, later_scan
 
 
 def _settings(tmp_path: Path, extra: str = ""):  # type: ignore[no-untyped-def]
@@ -101,3 +101,19 @@ def test_followup_off_and_window(tmp_path: Path) -> None:
     records = process_folder(inputs, tmp_path / "out2",
                              _settings(tmp_path, "[followup]\nenabled = false\nmin_interval_h = 0.1\n"))
     assert all(r["comparison"] is None for r in records)
+
+
+def test_every_prior_is_compared_baseline_first(tmp_path: Path) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    base, first = followup_pair(inputs, seed=31, baseline_ml=25.0, growth_ml=2.0)
+    second = later_scan(inputs / "second", seed=31, baseline_ml=25.0, growth_ml=16.0, scan=2,
+                        delay_h=48.0)
+    records = {r["series_instance_uid"]: r for r in process_folder(inputs, out, _settings(tmp_path))}
+    r = records[second.series_instance_uid]
+    assert [c["prior_series_instance_uid"] for c in r["comparisons"]] == [
+        base.series_instance_uid, first.series_instance_uid]  # most recent last
+    assert r["comparison"] == r["comparisons"][0] and r["comparison"]["interval_h"] == 48.0
+    assert [c["interval_h"] for c in r["comparisons"]] == [48.0, 24.0]
+    assert all(c["registration"]["trusted"] for c in r["comparisons"])
+    truth = second.ich_volume_ml - base.ich_volume_ml
+    assert abs(r["comparison"]["ich_change_ml"] - truth) <= max(1.5, 0.1 * second.ich_volume_ml)
