@@ -7,7 +7,8 @@ values maps them on the way out.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,59 @@ class EncodedObject:
     path: Path
     sop_class_uid: str
     sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A rigid follow-up -> baseline registration: final metric and whether it is trusted."""
+
+    metric_value: float | None  # final Mattes mutual information (lower is better); None: failed
+    correlation: float  # brain HU correlation after registration (what ``trusted`` rests on)
+    trusted: bool
+    iterations: int = 0
+    message: str = ""  # why it is not trusted
+    parameters: tuple[float, ...] = ()  # Euler3D: rotation (rad) x, y, z, translation (mm)
+
+
+@dataclass(frozen=True)
+class FollowupScan:
+    """One analysed scan as ``compare`` needs it (the prior is read back from its results)."""
+
+    series_instance_uid: str
+    acquired: datetime | None
+    image: sitk.Image  # CT in HU
+    labels: sitk.Image  # canonical label values, on the grid of ``image``
+    he_probability: float | None = None  # the expansion risk predicted on this scan
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A follow-up against one earlier scan of the patient (volumes from each scan's labels)."""
+
+    prior_series_instance_uid: str
+    prior_study_datetime: str  # ISO 8601, "" when unknown
+    interval_h: float | None
+    prior_ich_volume_ml: float
+    ich_volume_ml: float
+    ich_change_ml: float
+    ich_change_pct: float | None  # None when the prior had no ICH
+    prior_ivh_volume_ml: float
+    ivh_volume_ml: float
+    ivh_change_ml: float
+    prior_oedema_volume_ml: float
+    oedema_volume_ml: float
+    oedema_change_ml: float
+    new_ivh: bool
+    expansion: bool
+    definition: str
+    registration: Registration
+    prior_he_probability: float | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        """``result.json``'s ``comparison`` (and each of ``comparisons``)."""
+        record = asdict(self)
+        record["registration"] = asdict(self.registration)
+        return record
 
 
 QA_OUTCOMES = ("pass", "warn", "fail")

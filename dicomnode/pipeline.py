@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,11 @@ from pydicom.errors import InvalidDicomError
 from dicomnode import __version__
 from dicomnode.assemble.selection import evaluate
 from dicomnode.assemble.stack_summary import series_geometry
+from dicomnode.compare import ScanKey, in_order, patient_key, scan_datetime
 from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory
 from dicomnode.domain import (
+    Comparison,
     CTVolume,
     EncodedObject,
     LabelMap,
@@ -46,8 +49,16 @@ from dicomnode.encode.not_analysed import build_not_analysed_image, build_not_an
 from dicomnode.encode.overlay import build_overlays, write_previews
 from dicomnode.encode.seg import build_seg
 from dicomnode.encode.sr import build_sr
+from dicomnode.encode.sr_followup import add_comparison
 from dicomnode.errors import DicomnodeError, InstanceRejected
-from dicomnode.jobs.queue import finish
+from dicomnode.followups import (
+    Prior,
+    compare_with_priors,
+    folder_priors,
+    record_comparisons,
+    serve_priors,
+)
+from dicomnode.jobs.queue import defer, finish
 from dicomnode.load.volume import load_series
 from dicomnode.logs import log_context
 from dicomnode.measure import measure
@@ -167,7 +178,8 @@ def analyse(paths: Sequence[Path], ctx: Context) -> Analysis | NotAnalysed:
 
 
 def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Path, *,
-               version: int = 1) -> SeriesRun:
+               version: int = 1, acquired: datetime | None = None,
+               priors: Sequence[Prior] = ()) -> SeriesRun:
     """Analyse and encode one series into ``out_dir`` (``result.json`` whatever happens).
 
     Never raises for a stage's failure: the record then has status ``failed`` and the reason
@@ -185,8 +197,21 @@ def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Pa
             log.warning("series not analysed: %s", analysis.reason)
             write_outputs(out_dir, record, None)
             return SeriesRun(record, tuple(objects))
-        objects = encode_outputs(analysis, paths, out_dir, version=version)
+        comparisons: list[Comparison] = []
+        notes: list[str] = []
+        compare_s = 0.0
+        if priors:
+            comparisons, notes = compare_with_priors(
+                series_uid, analysis.volume, analysis.labels, analysis.prediction, acquired,
+                priors, ctx.settings)
+            compare_s = round(time.perf_counter() - encode_start, 3)
+            encode_start = time.perf_counter()
+        objects = encode_outputs(analysis, paths, out_dir, version=version,
+                                 comparison=comparisons[0] if comparisons else None)
         record = result_record(series_uid, analysis=analysis)
+        record_comparisons(record, comparisons, notes)
+        if priors:
+            record["timings_s"]["compare"] = compare_s
         record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
         record["timings_s"]["total"] = round(time.perf_counter() - start, 3)
         write_outputs(out_dir, record, analysis)
@@ -209,8 +234,14 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
     root = ctx.settings.storage.path
     out_dir = results_dir(root, ref.series_instance_uid, ref.version)
     with log_context(series_uid=ref.series_instance_uid, job_id=ref.job_id):
+        acquired, priors, waiting = serve_priors(ref, ctx.settings, sessions)
+        if waiting:  # a follow-up waits for its prior's analysis (claimed again after wait_s)
+            log.info("follow-up deferred: prior %s is still being analysed", waiting[0])
+            defer(sessions, ref.job_id, ref.lease_token, ctx.settings.followup.wait_s)
+            return result_record(ref.series_instance_uid, status="deferred",
+                                 reason=f"waiting for prior {waiting[0]}")
         run = run_series(ref.instance_paths, ref.series_instance_uid, ctx, out_dir,
-                         version=ref.version)
+                         version=ref.version, acquired=acquired, priors=priors)
         record = run.record
         if run.failed:
             finish(sessions, ref.job_id, error=record["reason"], timings_s=record["timings_s"],
@@ -275,7 +306,11 @@ def process_folder(input_dir: Path, out_dir: Path, settings: Settings,
     log.info("%d series found, %d files skipped (not DICOM or not CT)", len(series), skipped)
     ctx: Context | None = None
     records = []
-    for uid, found in sorted(series.items()):
+    keys = {uid: ScanKey(uid, patient_key(f.attributes), scan_datetime(f.attributes))
+            for uid, f in series.items()}
+    done: list[ScanKey] = []  # analysed scans, the priors of later ones
+    for key in in_order(list(keys.values())):
+        uid, found = key.series_instance_uid, series[key.series_instance_uid]
         reason = evaluate(found.attributes, series_geometry(found.geometries), len(found.paths),
                           settings.eligibility)
         with log_context(series_uid=uid):
@@ -289,7 +324,13 @@ def process_folder(input_dir: Path, out_dir: Path, settings: Settings,
                     record = result_record(uid, status="failed", reason=f"{type(exc).__name__}: {exc}")
                     write_outputs(out_dir / uid, record, None)
                 else:
-                    record = run_series(found.paths, uid, ctx, out_dir / uid).record
+                    priors = [Prior(p.series_instance_uid, p.acquired, out_dir / p.series_instance_uid,
+                                    tuple(series[p.series_instance_uid].paths))
+                              for p in folder_priors(key, done, settings) if p.acquired]
+                    record = run_series(found.paths, uid, ctx, out_dir / uid, acquired=key.acquired,
+                                        priors=priors).record
+                    if record["status"] == "done":
+                        done.append(key)
         records.append(record)
         if report is not None:
             report(record)
@@ -316,7 +357,7 @@ def source_datasets(paths: Sequence[Path], volume: CTVolume) -> list[Dataset]:
 
 
 def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
-                   version: int) -> list[EncodedObject]:
+                   version: int, comparison: Comparison | None = None) -> list[EncodedObject]:
     """SEG, TID 1500 SR and overlay images (plus PNG previews) written durably to ``out_dir``."""
     sources = source_datasets(paths, analysis.volume)
     volume, labels, m, prediction = (analysis.volume, analysis.labels, analysis.measurements,
@@ -325,6 +366,8 @@ def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
     seg = build_seg(sources, volume, labels, version=version, software_version=__version__)
     sr = build_sr(sources, seg, m, labels, version=version, prediction=prediction,
                   software_version=__version__, warnings=warnings)
+    if comparison is not None:
+        add_comparison(sr, comparison)
     overlays = build_overlays(sources, volume, labels, m, version=version, prediction=prediction,
                               warnings=warnings)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -387,6 +430,7 @@ def result_record(series_instance_uid: str, *, analysis: Analysis | None = None,
         "cortical_involvement": False, "site": "none", "largest_area_slice": None,
         "markers": {}, "warnings": [], "timings_s": dict(timings_s or {}),
         **prediction_record(None), "qa": {"status": "not_checked", "checks": []},
+        "comparison": None, "comparisons": [],  # follow-ups only (add_comparisons)
     }
     if analysis is not None:
         m, lab = analysis.measurements, analysis.labels

@@ -60,3 +60,21 @@ def write_dataset_durably(ds: Any, path: Path) -> None:
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+def read_result(out_dir: Path) -> tuple[dict[str, Any], Any]:
+    """A series version's ``result.json`` and its label map (SimpleITK image, None if absent).
+
+    Raises
+    ------
+    OSError, ValueError
+        When ``result.json`` cannot be read or parsed.
+    """
+    import json
+
+    import SimpleITK as sitk
+
+    record = json.loads((Path(out_dir) / "result.json").read_text(encoding="utf-8"))
+    labels_path = Path(out_dir) / "labels.nii.gz"
+    labels = sitk.ReadImage(str(labels_path)) if labels_path.is_file() else None
+    return record, labels

@@ -13,6 +13,7 @@ from dicomnode.config.settings import (
     DeliverySettings,
     Destination,
     EligibilitySettings,
+    FollowupSettings,
     LoggingSettings,
     NodeSettings,
     PredictionSettings,
@@ -31,7 +32,7 @@ from dicomnode.config.settings import (
 
 __all__ = [
     "ENV_VAR", "LOCAL_CONFIG", "SYSTEM_CONFIG", "AccessSettings", "AssemblySettings",
-    "DatabaseSettings", "DeliverySettings", "Destination", "EligibilitySettings",
+    "DatabaseSettings", "DeliverySettings", "Destination", "EligibilitySettings", "FollowupSettings",
     "LoggingSettings", "NodeSettings", "PredictionSettings", "QASettings", "SegmentationSettings",
     "Settings", "StorageSettings", "TLSSettings", "WebSettings", "WorkerSettings", "find_config",
     "load_settings",

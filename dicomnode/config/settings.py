@@ -197,6 +197,20 @@ class PredictionSettings:
 
 
 @dataclass(frozen=True)
+class FollowupSettings:
+    """Follow-up scans: which earlier scans they are compared with and what expansion means."""
+
+    enabled: bool = True
+    min_interval_h: float = 1.0  # earlier scans this much older at least ...
+    max_interval_h: float = 336.0  # ... and at most (14 days) are priors
+    expansion_abs_ml: float = 6.0  # expansion: ICH growth > this (mL) ...
+    expansion_rel: float = 0.33  # ... or > this fraction of the prior's ICH volume
+    new_ivh_ml: float = 1.0  # new IVH: above this at follow-up, below it before
+    min_correlation: float = 0.85  # registration trusted from this brain HU correlation
+    wait_s: float = 30.0  # serve: a follow-up whose prior is being analysed is retried after
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
 
@@ -260,6 +274,7 @@ class Settings:
     segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
     prediction: PredictionSettings = field(default_factory=PredictionSettings)
     qa: QASettings = field(default_factory=QASettings)
+    followup: FollowupSettings = field(default_factory=FollowupSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     destinations: tuple[Destination, ...] = ()
     delivery: DeliverySettings = field(default_factory=DeliverySettings)

@@ -20,6 +20,7 @@ from dicomnode.config.settings import (
     DeliverySettings,
     Destination,
     EligibilitySettings,
+    FollowupSettings,
     LoggingSettings,
     NodeSettings,
     PredictionSettings,
@@ -124,7 +125,7 @@ class Validator:
     def build(self, raw: Mapping[str, Any], source: Path | None) -> Settings:
         sections = {"node", "access", "tls", "storage", "database", "assembly", "eligibility",
                     "segmentation", "prediction", "logging", "destinations", "delivery",
-                    "worker", "qa", "web"}
+                    "worker", "qa", "web", "followup"}
         for key in sorted(set(raw) - sections):
             self.problems.append(f"unknown section or key {key!r}")
         d = Settings()
@@ -205,7 +206,7 @@ class Validator:
         return Settings(source=source, node=node, access=access, tls=tls, storage=storage,
                         database=database, assembly=assembly, eligibility=eligibility,
                         segmentation=segmentation, prediction=self._prediction(raw), qa=self._qa(raw),
-                        logging=logging_, destinations=self._destinations(raw),
+                        followup=self._followup(raw), logging=logging_, destinations=self._destinations(raw),
                         delivery=self._delivery(raw), worker=self._worker(raw),
                         web=self._web(raw))
 
@@ -390,6 +391,23 @@ class Validator:
         return PredictionSettings(enabled=self._bool(t, s, "enabled", True),
                                   he_model=paths["he_model"], pse_model=paths["pse_model"],
                                   clinical_sidecar=sidecar)
+
+    def _followup(self, raw: Mapping[str, Any]) -> FollowupSettings:
+        t = self._table(raw, "followup", set(FollowupSettings.__dataclass_fields__))
+        s, d = "followup", FollowupSettings()
+        f = FollowupSettings(
+            enabled=self._bool(t, s, "enabled", d.enabled),
+            min_interval_h=self._num(t, s, "min_interval_h", d.min_interval_h, 0.0, 24 * 365),
+            max_interval_h=self._num(t, s, "max_interval_h", d.max_interval_h, 0.0, 24 * 365),
+            expansion_abs_ml=self._num(t, s, "expansion_abs_ml", d.expansion_abs_ml, 0.0, 1000.0),
+            expansion_rel=self._num(t, s, "expansion_rel", d.expansion_rel, 0.0, 10.0),
+            new_ivh_ml=self._num(t, s, "new_ivh_ml", d.new_ivh_ml, 0.0, 100.0),
+            min_correlation=self._num(t, s, "min_correlation", d.min_correlation, -1.0, 1.0),
+            wait_s=self._num(t, s, "wait_s", d.wait_s, 0.1, 3600.0))
+        if f.min_interval_h >= f.max_interval_h:
+            self.problems.append(f"[followup] min_interval_h ({f.min_interval_h:g}) must be "
+                                 f"below max_interval_h ({f.max_interval_h:g})")
+        return f
 
     def _worker(self, raw: Mapping[str, Any]) -> WorkerSettings:
         t = self._table(raw, "worker", set(WorkerSettings.__dataclass_fields__))

@@ -166,3 +166,17 @@ def reprocess(sessions: SessionFactory, series_id: int) -> int:
         log.info("series %d queued again as version %d (job %d)", series_id, series.version,
                  job.id)
         return job.id
+
+
+def defer(sessions: SessionFactory, job_id: int, token: str | None, delay_s: float) -> bool:
+    """Give a claimed job back to be claimed again after ``delay_s`` (a follow-up whose prior
+    is still being analysed). The lease gets a fresh token, so the holder's renewals stop
+    touching it; False when it was no longer ours."""
+    with sessions.begin() as session:
+        query = update(Job).where(Job.id == job_id, Job.state == JobState.PROCESSING)
+        if token is not None:
+            query = query.where(Job.lease_token == token)
+        return bool(affected_rows(session.execute(
+            query.values(lease_token=new_token(), lease_expires_at=expiry(delay_s),
+                         worker="deferred", attempts=Job.attempts - 1)
+            .execution_options(synchronize_session=False))))

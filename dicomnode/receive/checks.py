@@ -141,6 +141,16 @@ def read_header(ds: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
         "contrast_volume_ml": _number(ds, "ContrastBolusVolume"),
         "contrast_ingredient": _text(ds, "ContrastBolusIngredient"),
         "contrast_administered": _contrast_administered(ds),
+        # Follow-up matching (dicomnode.compare): who, and when (acquisition, series, study).
+        "patient_id": _text(ds, "PatientID")[:64],
+        "issuer_of_patient_id": _text(ds, "IssuerOfPatientID")[:64],
+        "patient_birth_date": _text(ds, "PatientBirthDate")[:8],
+        "patient_sex": _text(ds, "PatientSex")[:16],
+        **{key: _text(ds, keyword)[:26] for key, keyword in (
+            ("acquisition_datetime", "AcquisitionDateTime"), ("acquisition_date", "AcquisitionDate"),
+            ("acquisition_time", "AcquisitionTime"), ("series_date", "SeriesDate"),
+            ("series_time", "SeriesTime"), ("study_date", "StudyDate"),
+            ("study_time", "StudyTime"))},
     }
     geometry: dict[str, Any] = {
         "ipp": _floats(ds.get("ImagePositionPatient"), 3),

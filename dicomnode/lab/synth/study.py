@@ -229,7 +229,8 @@ def _series_meta(case: Case, geom: ScanGeometry, *, scan: int, acquired: datetim
     return SeriesMeta(
         patient_name=case.patient_name,
         patient_id=case.patient_id,
-        birth_date=(acquired - timedelta(days=int(case.age_y * 365.25 + 100))).strftime("%Y%m%d"),
+        # Fixed per patient: a follow-up carries the birth date of the baseline.
+        birth_date=(case.baseline_time - timedelta(days=int(case.age_y * 365.25 + 100))).strftime("%Y%m%d"),
         sex=case.sex,
         age_y=case.age_y,
         study_uid=study_uid,

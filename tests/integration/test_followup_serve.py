@@ -1,0 +1,62 @@
+"""Follow-ups in ``serve``: the worker compares a follow-up with its prior analysed by the node
+(stored results and the database), and defers one whose prior is still queued."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+from sqlalchemy import update
+
+from dicomnode.assemble.series import sweep
+from dicomnode.config import AssemblySettings, EligibilitySettings, load_settings
+from dicomnode.db.models import Job, utcnow
+from dicomnode.db.session import make_sessions
+from dicomnode.jobs.queue import claim_next
+from dicomnode.pipeline import make_context, process_series
+from dicomnode.receive.instance_store import InstanceStore
+from dicomnode.storage import results_dir
+from tests.followup_cases import followup_pair
+from tests.unit.receive.test_instance_store import put
+
+
+def test_worker_defers_then_compares_followup(tmp_path: Path) -> None:
+    base, follow = followup_pair(tmp_path / "synth", seed=31, baseline_ml=25.0, growth_ml=16.0)
+    root = tmp_path / "storage"
+    store = InstanceStore(root, make_sessions(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    for truth in (follow, base):  # the follow-up arrives first: its job is claimed first
+        for path in sorted(truth.dicom_dir.glob("*.dcm")):
+            put(store, pydicom.dcmread(path))
+    sweep(store.sessions, AssemblySettings(settle_s=0), EligibilitySettings(),
+          now=utcnow() + timedelta(seconds=1))
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storage]\npath = "{root}"\n[segmentation]\nbackend = "threshold"\n'
+                      '[prediction]\nenabled = false\n')
+    settings = load_settings(config)
+    ctx = make_context(settings)
+
+    first = claim_next(store.sessions, root, "w1")
+    assert first is not None and first.series_instance_uid == follow.series_instance_uid
+    record = process_series(first, ctx, store.sessions)
+    assert record["status"] == "deferred" and base.series_instance_uid in record["reason"]
+    prior = claim_next(store.sessions, root, "w1")  # the deferred job is not claimable yet
+    assert prior is not None and prior.series_instance_uid == base.series_instance_uid
+    assert claim_next(store.sessions, root, "w1") is None
+    assert process_series(prior, ctx, store.sessions)["status"] == "done"
+
+    with store.sessions.begin() as s:  # wait_s has passed
+        s.execute(update(Job).where(Job.id == first.job_id)
+                  .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    again = claim_next(store.sessions, root, "w1")
+    assert again is not None and again.job_id == first.job_id
+    record = process_series(again, ctx, store.sessions)
+    assert record["status"] == "done"
+    stored = json.loads((results_dir(root, follow.series_instance_uid, 1) / "result.json")
+                        .read_text())
+    c = stored["comparison"]
+    assert c["prior_series_instance_uid"] == base.series_instance_uid and c["interval_h"] == 24.0
+    truth = follow.ich_volume_ml - base.ich_volume_ml
+    assert abs(c["ich_change_ml"] - truth) <= max(1.5, 0.1 * follow.ich_volume_ml)
+    assert c["expansion"] is True and c["registration"]["trusted"] is True
