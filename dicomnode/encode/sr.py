@@ -252,8 +252,10 @@ def build_sr(
             )
         )
 
-    # Outlines and ABC/2 lines with image coordinates: what viewers draw (sr_planar).
-    groups += planar_groups(seg, grouped, _tracking, seg_algorithm)
+    # Outlines and ABC/2 lines with image coordinates: what viewers draw (sr_planar). First:
+    # OHIF merges groups with one Tracking UID in document order and shows the first five
+    # numbers, so the outline's Area comes before the volume, ABC/2 and the markers.
+    groups = planar_groups(seg, grouped, _tracking, seg_algorithm) + groups
 
     observer = ObserverContext(
         observer_type=pydicom_codes.DCM.Device,

@@ -128,13 +128,27 @@ class Orthanc:
 
     def get(self, path: str) -> Any:
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}")
+        self._authorize(request)
+        with urllib.request.urlopen(request, timeout=10) as rsp:
+            data = rsp.read()
+        return json.loads(data) if data[:1] in (b"{", b"[") else data
+
+    def upload(self, paths: list[Path]) -> int:
+        """Store DICOM files through the REST API (as a modality's copy would arrive)."""
+        for path in paths:
+            request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances",
+                                             data=Path(path).read_bytes(), method="POST",
+                                             headers={"Content-Type": "application/dicom"})
+            self._authorize(request)
+            with urllib.request.urlopen(request, timeout=30) as rsp:
+                rsp.read()
+        return len(paths)
+
+    def _authorize(self, request: urllib.request.Request) -> None:
         if self.users:
             user, password = next(iter(self.users.items()))
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(request, timeout=10) as rsp:
-            data = rsp.read()
-        return json.loads(data) if data[:1] in (b"{", b"[") else data
 
     def instances(self) -> list[dict[str, Any]]:
         """Every stored instance with its main DICOM tags (simplified)."""
