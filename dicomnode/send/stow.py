@@ -132,7 +132,7 @@ def stow_items(items: Sequence[tuple[str, Path, str]], dest: Destination, *,
     except OSError as exc:  # fixing the file fixes the delivery: retry
         detail = f"cannot read secret_file: {type(exc).__name__}"
         return {**out, **{u: ItemOutcome("transient", detail) for u, _ in readable}}
-    client = DICOMwebClient(dest.url, session=session, timeout=timeout_s)
+    client = DICOMwebClient(dest.url.rstrip("/"), session=session, timeout=timeout_s)
     # No retries inside the request: the outbox retries, with backoff, and records each attempt.
     client.set_http_retry_params(retry=True, max_attempts=1, retriable_error_codes=())
     with session:

@@ -44,7 +44,7 @@ class Results:
     source_series_uid: str
     seg_series_uid: str
     sr_series_uid: str
-    overlay_series_uid: str
+    overlay_series_uid: str  # "" when no slice has blood (a normal scan)
     summary_series_uid: str
     delivered_s: float  # from the last instance acknowledged to the last result stored
 
@@ -76,8 +76,9 @@ class ViewerRig:
 
     def _start_node(self) -> None:
         config = self.root / "node.toml"
+        model = ohif.REPO / "models" / "ich-unet-synth"  # the shipped bundle, not next to node.toml
         config.write_text(
-            f'[segmentation]\nbackend = "{self.backend}"\n'
+            f'[segmentation]\nbackend = "{self.backend}"\nunet_model = "{model}"\n'
             "[assembly]\nsweep_interval_s = 0.3\n"
             "[delivery]\ninterval_s = 0.3\nretry_base_s = 0.5\nretry_max_s = 2\n"
             "[storage]\nmin_free_disk_mb = 0\n", encoding="utf-8")
@@ -182,5 +183,5 @@ class ViewerRig:
                 found[key] = info["MainDicomTags"]["SeriesInstanceUID"]
         return Results(study_instance_uid=study_uid, source_series_uid=source_series_uid,
                        seg_series_uid=found["seg"], sr_series_uid=found["sr"],
-                       overlay_series_uid=found["overlay"], summary_series_uid=found["summary"],
+                       overlay_series_uid=found.get("overlay", ""), summary_series_uid=found["summary"],
                        delivered_s=delivered_s)
