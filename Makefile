@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow reliability bench gpu-kit lint migration venv clean
+.PHONY: run test test-slow reliability bench gpu-kit lint migration venv clean ohif viewer \
+	bench-viewer
 
 venv: $(STAMP)
 
@@ -23,8 +24,24 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/dicomnode serve
 
-test: $(STAMP)
+# The viewer tests (marked viewer) need OHIF's prebuilt viewer: fetched once into .ohif/.
+test: $(STAMP) ohif
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# OHIF (npm @ohif/app, pinned in dicomnode/lab/viewer/ohif.py with its integrity hash), fetched
+# with `npm pack` into the git-ignored .ohif/ once; never at run time. Without npm it says so and
+# the viewer tests skip.
+ohif: $(STAMP)
+	@$(BIN)/python -m dicomnode.lab.viewer.ohif || echo "OHIF not fetched: the viewer tests will skip"
+
+# Orthanc (DICOMweb), OHIF and the node on loopback, a synthetic study sent through the node;
+# prints the URL to open. VIEWER_ARGS="--backend threshold" for a quicker run.
+viewer: $(STAMP) ohif
+	$(BIN)/python -m dicomnode.lab.viewer $(VIEWER_ARGS)
+
+# Last instance acknowledged -> SEG drawn in OHIF (headless Chromium), docs/benchmarks.md.
+bench-viewer: $(STAMP) ohif
+	$(BIN)/python bench/viewer.py
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
@@ -57,4 +74,4 @@ lint: $(STAMP)
 	cd bench && $(abspath $(BIN))/mypy --config-file ../pyproject.toml *.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache .ohif

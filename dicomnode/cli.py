@@ -36,6 +36,9 @@ def _settings(args: argparse.Namespace) -> Settings:
                                     "web.port": getattr(args, "web_port", None)}
     forwards = []
     for i, peer in enumerate(getattr(args, "forward", None) or []):
+        if peer.startswith(("http://", "https://")):  # a DICOMweb service: STOW-RS
+            forwards.append(Destination(name=f"forward-{i + 1}", kind="dicomweb", url=peer.rstrip("/")))
+            continue
         aet, host, port = parse_peer(peer)
         forwards.append(Destination(name=f"forward-{i + 1}", ae_title=aet, host=host, port=port))
     if forwards:
@@ -291,8 +294,9 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
     _add_config_options(p, node=True)
     p.add_argument("--web-port", type=int, metavar="N",
                    help="port of the web console (0: no console)")
-    p.add_argument("--forward", action="append", metavar="AET@HOST:PORT",
-                   help="also send results to this peer (repeatable)")
+    p.add_argument("--forward", action="append", metavar="AET@HOST:PORT|URL",
+                   help="also send results to this peer (repeatable): a DICOM peer (C-STORE) or a "
+                        "DICOMweb service root, http(s)://HOST[:PORT]/dicom-web (STOW-RS)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run the processing worker alone")

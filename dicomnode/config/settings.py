@@ -215,17 +215,37 @@ class LoggingSettings:
     level: str = "INFO"
 
 
+DESTINATION_KINDS = ("dimse", "dicomweb")
+
+
 @dataclass(frozen=True)
 class Destination:
-    """A PACS to send results to (used by the send stage)."""
+    """A PACS to send results to (used by the send stage).
+
+    ``kind`` ``"dimse"``: C-STORE to ``ae_title`` at ``host``:``port`` (DICOM TLS with ``tls``).
+    ``kind`` ``"dicomweb"``: STOW-RS to ``url`` (the service root, e.g. ``https://pacs/dicom-web``),
+    optionally with ``auth`` ``"basic"`` (``username`` and the password in ``secret_file``) or
+    ``"bearer"`` (the token in ``secret_file``); the secret is read at each delivery and never
+    kept in the settings. ``tls_ca_certificates`` verifies the peer's certificate for both kinds.
+    """
 
     name: str
-    ae_title: str
-    host: str
-    port: int
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
     outputs: tuple[str, ...] = ("seg", "sr", "overlay")
     tls: bool = False
     tls_ca_certificates: Path | None = None
+    kind: str = "dimse"
+    url: str = ""
+    auth: str = ""
+    username: str = ""
+    secret_file: Path | None = None
+
+    @property
+    def address(self) -> str:
+        """Where it sends, for logs and messages (never a secret)."""
+        return self.url if self.kind == "dicomweb" else f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -347,6 +367,20 @@ def load_settings(path: str | os.PathLike[str] | None = None, *,
     v.check_web(settings)
     v.raise_if_problems()
     return settings
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_peer(text: str) -> tuple[str, str, int]:

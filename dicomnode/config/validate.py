@@ -11,8 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dicomnode.config.settings import (
+    DESTINATION_KINDS,
     QA_CHECK_NAMES,
     AccessSettings,
     AssemblySettings,
@@ -31,10 +33,13 @@ from dicomnode.config.settings import (
     TLSSettings,
     WebSettings,
     WorkerSettings,
+    is_loopback_host,
     redact_url,
 )
 from dicomnode.errors import ConfigError
 
+DIMSE_KEYS = {"ae_title", "host", "port", "tls"}
+DICOMWEB_KEYS = {"url", "auth", "username", "secret_file"}
 #: The checkout (or install prefix) that holds models/ beside the package: defaults point there.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -348,24 +353,63 @@ class Validator:
                 continue
             for key in sorted(set(t) - set(Destination.__dataclass_fields__)):
                 self.problems.append(f"[{s}] unknown key {key!r}")
-            for key in ("ae_title", "host", "port"):
+            kind = self._str(t, s, "kind", "dimse")
+            own = DIMSE_KEYS if kind == "dicomweb" else DICOMWEB_KEYS
+            for key in sorted(own & set(t)):
+                self.problems.append(f"[{s}] {key} does not apply to kind = {kind!r}")
+            for key in ("ae_title", "host", "port") if kind == "dimse" else ("url",):
                 if key not in t:
                     self.problems.append(f"[{s}] {key} is required")
             outputs = self._strs(t, s, "outputs", ("seg", "sr", "overlay"))
             for o in outputs:
                 if o not in ("seg", "sr", "overlay"):
                     self.problems.append(f"[{s}] outputs: unknown output {o!r}")
-            out.append(Destination(
-                name=self._str(t, s, "name", f"destination-{i + 1}"),
-                ae_title=self.ae_title(self._str(t, s, "ae_title", "ANY-SCP"), f"[{s}] ae_title"),
-                host=self._str(t, s, "host", "127.0.0.1"),
-                port=self._int(t, s, "port", 104, 1, 65535),
+            dest = Destination(
+                name=self._str(t, s, "name", f"destination-{i + 1}"), kind=kind,
+                ae_title=self._str(t, s, "ae_title", "ANY-SCP" if kind == "dimse" else ""),
+                host=self._str(t, s, "host", "127.0.0.1" if kind == "dimse" else ""),
+                port=self._int(t, s, "port", 104 if kind == "dimse" else 0, 1, 65535),
                 outputs=outputs, tls=self._bool(t, s, "tls", False),
-                tls_ca_certificates=self._path(t, s, "tls_ca_certificates", None)))
+                tls_ca_certificates=self._path(t, s, "tls_ca_certificates", None),
+                url=self._str(t, s, "url", ""), auth=self._str(t, s, "auth", ""),
+                username=self._str(t, s, "username", ""),
+                secret_file=self._path(t, s, "secret_file", None))
+            out.append(self.check_destination(dest, f"[{s}]"))
         names = [d.name for d in out]
         for name in sorted({n for n in names if names.count(n) > 1}):
             self.problems.append(f"[[destinations]] name {name!r} is used twice")
         return tuple(out)
+
+    def check_destination(self, d: Destination, where: str) -> Destination:
+        """Problems of one destination (kind, AE title, DICOMweb URL and authentication)."""
+        if d.kind not in DESTINATION_KINDS:
+            self.problems.append(f"{where} kind = {d.kind!r}: expected one of {', '.join(DESTINATION_KINDS)}")
+            return d
+        if d.tls_ca_certificates is not None and not d.tls_ca_certificates.is_file():
+            self.problems.append(f"{where} tls_ca_certificates: {d.tls_ca_certificates} is not a file")
+        if d.kind == "dimse":
+            self.ae_title(d.ae_title, f"{where} ae_title")
+            return d
+        url = urlsplit(d.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            self.problems.append(f"{where} url = {d.url!r}: expected http(s)://host[:port]/path")
+            return d
+        if url.username or url.password or url.query or url.fragment:
+            self.problems.append(f"{where} url: no credentials, query or fragment in the URL "
+                                 "(put a secret in secret_file)")
+        if d.auth not in ("", "basic", "bearer"):
+            self.problems.append(f"{where} auth = {d.auth!r}: expected \"basic\", \"bearer\" or none")
+        if d.auth == "basic" and not d.username:
+            self.problems.append(f"{where} auth = \"basic\" needs a username")
+        if d.auth and (d.secret_file is None or not d.secret_file.is_file()):
+            self.problems.append(f"{where} auth = {d.auth!r} needs secret_file, a readable file "
+                                 f"(got {d.secret_file})")
+        if not d.auth and (d.secret_file or d.username):
+            self.problems.append(f"{where} username and secret_file need auth = \"basic\" or \"bearer\"")
+        if d.auth and url.scheme == "http" and not is_loopback_host(url.hostname):
+            self.problems.append(f"{where} url: a secret is never sent over plain http except to "
+                                 "loopback; use https")
+        return d
 
     def _prediction(self, raw: Mapping[str, Any]) -> PredictionSettings:
         t = self._table(raw, "prediction", set(PredictionSettings.__dataclass_fields__))
@@ -483,6 +527,8 @@ class Validator:
                 self.problems.append(f"override {dotted}: unknown key")
                 continue
             if section == "destinations":
+                for d in value:
+                    self.check_destination(d, f"--forward {d.address}")
                 settings = replace(settings, destinations=settings.destinations + tuple(value))
                 continue
             if section == "storage" and key == "path":

@@ -70,6 +70,7 @@ ATTENUATION_COEFFICIENT = codes.DCM.AttenuationCoefficient  # 112031, measured i
 MEAN = codes.SCT.Mean  # 373098007, CID 7464 derivation
 STANDARD_DEVIATION = codes.SCT.StandardDeviation  # 386136009
 MEDIAN = codes.SCT.Median  # 373099004
+AREA = codes.SCT.Area  # 42798000, of a planar region (TID 1410)
 YES = codes.SCT.Yes  # 373066001
 NO = codes.SCT.No  # 373067005
 
@@ -99,6 +100,8 @@ QA_WARNING = private("QA_WARNING", "Quality check warning")
 QA_REPORT = private("QA_REPORT", "Haemorrhage analysis not performed")
 NOT_ANALYSED = private("NOT_ANALYSED", "Not analysed")
 QA_CHECK = private("QA_CHECK", "Quality check")
+ABC2_A = private("ABC2_A", "ABC/2 largest diameter A")
+ABC2_B = private("ABC2_B", "ABC/2 perpendicular diameter B")
 
 SITES: Mapping[str, Code] = {
     "lobar": SITE_LOBAR,
@@ -153,8 +156,8 @@ MARKERS: Mapping[str, MarkerConcept] = {
     "convex_hull_volume_ml": _m("HULL_VOLUME", "Convex hull volume", UNIT_ML),
     "n_components": _m("N_COMPONENTS", "Number of connected components"),
     "n_satellites": _m("N_SATELLITES", "Number of satellite components"),
-    "abc2_a_mm": _m("ABC2_A", "ABC/2 largest diameter A", UNIT_MM),
-    "abc2_b_mm": _m("ABC2_B", "ABC/2 perpendicular diameter B", UNIT_MM),
+    "abc2_a_mm": MarkerConcept(ABC2_A, "numeric", UNIT_MM),
+    "abc2_b_mm": MarkerConcept(ABC2_B, "numeric", UNIT_MM),
     "abc2_c_mm": _m("ABC2_C", "ABC/2 craniocaudal extent C", UNIT_MM),
     "largest_area_mm2": _m("LARGEST_AREA", "Largest axial area", UNIT_MM2),
     "centroid_depth_mm": _m("CENTROID_DEPTH", "Centroid depth below brain surface", UNIT_MM),

@@ -3,9 +3,10 @@
 Inputs: the source CT instances (headers; pixel data only when the volume was resampled), the
 :class:`~dicomnode.domain.CTVolume`, its :class:`~dicomnode.domain.LabelMap`, the
 :class:`~dicomnode.domain.Measurements` and optional predictions. Outputs: pydicom datasets of
-one new series in the source study: the summary key image (Instance Number 1) and one image per
-source slice that contains blood (ICH, IVH or extra-axial), in the source's slice order.
-Side effects: none.
+two new series in the source study: one image per source slice that contains blood (ICH, IVH or
+extra-axial), in the source's slice order, on that slice's plane geometry (Series Number
+``series_number``), and the summary key image in a series of its own (``series_number + 1``,
+Modality OT: it has no plane geometry). Side effects: none.
 
 Colour needs the Secondary Capture Image IOD (PS3.3 A.8.1): the CT Image IOD is monochrome.
 That IOD has no Frame of Reference or Image Plane module, so Frame of Reference UID, Image
@@ -83,7 +84,7 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
                    prediction: Prediction | None = None,
                    created: dt.datetime | None = None,
                    warnings: Sequence[str] = ()) -> list[Dataset]:
-    """The overlay series: the summary key image, then one image per source slice with blood.
+    """The summary key image (its own series), then one image per source slice with blood.
 
     Parameters
     ----------
@@ -96,7 +97,7 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
     version : int
         Result version; with the source series UID it determines every UID.
     series_number : int
-        Series Number of the new series.
+        Series Number of the slices' series; the summary's is the next one.
     prediction : Prediction, optional
         Expansion and epilepsy risk and CAVE, shown on the summary (see ``prediction_lines``).
     warnings : sequence of str
@@ -107,8 +108,8 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
     Returns
     -------
     list of pydicom.Dataset
-        Secondary Capture Image Storage, Explicit VR Little Endian; Instance Number 1 is the
-        summary, the slices follow in the source's instance order.
+        Secondary Capture Image Storage, Explicit VR Little Endian: the summary first, then the
+        slices (Instance Numbers from 1) in the source's instance order.
 
     Raises
     ------
@@ -130,14 +131,25 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
     model = f"{labels.model} {labels.model_version}".strip()
     synthetic = labels.synthetic_training
     description = f"ICH overlay v{version}{' synthetic model' if synthetic else ''} - {NOT_FOR_DIAGNOSIS}"
+    summary_description = (f"ICH summary v{version}{' synthetic model' if synthetic else ''} - "
+                           f"{NOT_FOR_DIAGNOSIS}")
 
     def new(kind: str, index: int, rgb: np.ndarray, number: int) -> Dataset:
         ds = _base(first, rgb, now)
         ds.SOPInstanceUID = instance_uid(src_series, version, kind, index)
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SeriesInstanceUID = new_series_uid
-        ds.SeriesNumber = series_number
-        ds.SeriesDescription = description[:64]
+        if kind == "overlay-summary":
+            # A series of its own: a page without plane geometry, in a series of images with it,
+            # made OHIF drop the whole series (its sort by position threw), and it is not a CT
+            # image but a rendered report, so Modality OT.
+            ds.SeriesInstanceUID = series_uid(src_series, version, kind)
+            ds.SeriesNumber = series_number + 1
+            ds.SeriesDescription = summary_description[:64]
+            ds.Modality = "OT"
+        else:
+            ds.SeriesInstanceUID = new_series_uid
+            ds.SeriesNumber = series_number
+            ds.SeriesDescription = description[:64]
         ds.InstanceNumber = number
         ds.SecondaryCaptureDeviceSoftwareVersions = [str(dicomnode.__version__), model or "unknown"]
         return ds
@@ -171,7 +183,7 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
         _reference(summary, volume, [key])
 
     out = [summary]
-    for number, i in enumerate(order, start=2):
+    for number, i in enumerate(order, start=1):
         s = volume.slices[i]
         ds = new("overlay", i, render_slice(hu[i], lab[i], synthetic=synthetic,
                                                   warnings=warnings), number)

@@ -8,9 +8,12 @@ version, training data) and, optionally, predictions. Outputs: a
 One Volumetric ROI Measurements group (TID 1411) per finding, each referencing its SEG segment
 (and the source images it was derived from) and carrying the segment's Tracking UID: ICH always
 (when the SEG has an ICH segment); IVH, perihaematomal oedema and extra-axial haemorrhage when
-their volume is above zero. The ICH group holds ABC/2, site, cortical involvement, the density and
-shape markers (mapping in :data:`dicomnode.encode.codes.MARKERS`) and the predictions. The observer
-is a device (dicomnode, with the model name and version); the procedure reported is CT of head.
+their volume is above zero. Then, for viewers that draw only measurements with image coordinates,
+each finding's outline on its key slice (TID 1410, the same Tracking UID) and ICH's ABC/2 A and B
+lines (:mod:`dicomnode.encode.sr_planar`). The ICH group holds ABC/2, site, cortical involvement,
+the density and shape markers (mapping in :data:`dicomnode.encode.codes.MARKERS`) and the
+predictions. The observer is a device (dicomnode, with the model name and version); the procedure
+reported is CT of head.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, LABELS, OEDEMA, LabelMap, Me
 
 from . import codes, uids
 from .seg import SYNTHETIC_STATEMENT, segment_numbers_by_label, series_description
+from .sr_planar import planar_groups
 
 __all__ = ["build_sr"]
 
@@ -195,12 +199,25 @@ def build_sr(
                OEDEMA: measurements.oedema_volume_ml, EXTRA_AXIAL: measurements.extra_axial_volume_ml}
     seg_algorithm = _algorithm(labels.model, labels.model_version, synthetic=labels.synthetic_training,
                                extra=[f"backend={labels.backend}"])
-    groups = []
+
+    def _tracking(value: int, part: str) -> TrackingIdentifier:
+        label = codes.segment_concept(value).label
+        if part:
+            letter = part.rsplit("-", 1)[-1].upper()
+            return TrackingIdentifier(uid=uids.tracking_uid(source_series, version, value, part),
+                                      identifier=f"{label} {letter} v{version}"[:64])
+        number = numbers[LABELS[value]]
+        uid = tracking.get(number) or uids.tracking_uid(source_series, version, value)
+        return TrackingIdentifier(uid=uid, identifier=f"{label} v{version}"[:64])
+
+    groups: list[Any] = []
+    grouped: dict[int, int] = {}  # label value -> segment number, for the planar groups
     for value, volume_ml in volumes.items():
         name = LABELS[value]
         if name not in numbers or (value != ICH and not volume_ml > 0.0):
             continue
         number = numbers[name]
+        grouped[value] = number
         concept = codes.segment_concept(value)
         refs = sources.get(number, [])
         referenced = ReferencedSegment(
@@ -229,10 +246,7 @@ def build_sr(
             evaluations.append(QualitativeEvaluation(codes.TRAINING_DATA, codes.SYNTHETIC_DATA))
         groups.append(
             VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=TrackingIdentifier(
-                    uid=tracking.get(number) or uids.tracking_uid(source_series, version, value),
-                    identifier=f"{concept.label} v{version}"[:64],
-                ),
+                tracking_identifier=_tracking(value, ""),
                 referenced_segment=referenced,
                 finding_type=concept.property_type,
                 finding_category=concept.category,
@@ -242,6 +256,11 @@ def build_sr(
                 qualitative_evaluations=evaluations or None,
             )
         )
+
+    # Outlines and ABC/2 lines with image coordinates: what viewers draw (sr_planar). First:
+    # OHIF merges groups with one Tracking UID in document order and shows the first five
+    # numbers, so the outline's Area comes before the volume, ABC/2 and the markers.
+    groups = planar_groups(seg, grouped, _tracking, seg_algorithm) + groups
 
     observer = ObserverContext(
         observer_type=pydicom_codes.DCM.Device,

@@ -46,10 +46,12 @@ def instance_uid(source_series_uid: str, version: int, kind: str, index: int = 0
     )
 
 
-def tracking_uid(source_series_uid: str, version: int, label_value: int) -> UID:
-    """Tracking UID of one finding (label value): the same in the SEG segment and the SR group."""
+def tracking_uid(source_series_uid: str, version: int, label_value: int, part: str = "") -> UID:
+    """Tracking UID of one finding (label value): the same in the SEG segment and the SR groups.
+
+    ``part`` names a measurement of the finding tracked on its own (``"abc2-a"``, the ABC/2 A
+    line); left empty it is the finding itself.
+    """
     _check(source_series_uid, version, "seg")
-    return generate_uid(
-        prefix=UID_PREFIX,
-        entropy_srcs=[NAMESPACE, "tracking", source_series_uid, str(version), str(int(label_value))],
-    )
+    sources = [NAMESPACE, "tracking", source_series_uid, str(version), str(int(label_value))]
+    return generate_uid(prefix=UID_PREFIX, entropy_srcs=sources + ([part] if part else []))

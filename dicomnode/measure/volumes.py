@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import ConvexHull, QhullError
+
+from dicomnode.geometry.planar import feret
 
 MM3_PER_ML = 1000.0
 
@@ -41,36 +42,14 @@ class ABC2:
 NO_ABC2 = ABC2(0.0, 0.0, 0.0, 0.0, None, 0.0, 0)
 
 
-def _row_extreme_corners(sl: np.ndarray, sy: float, sx: float) -> np.ndarray:
-    """Corner points (mm) of the first and last pixel of every row: they hold the hull vertices."""
-    rows = np.flatnonzero(sl.any(axis=1))
-    first = sl[rows].argmax(axis=1)
-    last = sl.shape[1] - 1 - sl[rows, ::-1].argmax(axis=1)
-    j = np.concatenate([rows, rows]).astype(float)
-    i = np.concatenate([first, last]).astype(float)
-    pts = [np.stack([(j + dj) * sy, (i + di) * sx], axis=1) for dj in (-0.5, 0.5) for di in (-0.5, 0.5)]
-    return np.unique(np.concatenate(pts), axis=0)
-
-
 def feret_a_b(sl: np.ndarray, sy: float, sx: float) -> tuple[float, float]:
     """(A, B) in mm of one 2-D mask, taking each pixel as a filled square.
 
     A is the maximum Feret (caliper) diameter; B is the caliper width of the mask measured
-    perpendicular to A.
+    perpendicular to A (:func:`dicomnode.geometry.planar.feret`, which also gives the lines).
     """
-    pts = _row_extreme_corners(sl, sy, sx)
-    try:
-        hull = pts[ConvexHull(pts).vertices]
-    except (QhullError, ValueError):
-        hull = pts
-    d = hull[:, None, :] - hull[None, :, :]
-    d2 = (d**2).sum(axis=2)
-    p, q = np.unravel_index(int(np.argmax(d2)), d2.shape)
-    a = float(np.sqrt(d2[p, q]))
-    u = (hull[q] - hull[p]) / a
-    v = np.array([-u[1], u[0]])
-    proj = hull @ v
-    return a, float(proj.max() - proj.min())
+    f = feret(sl, sy, sx)
+    return f.a_mm, f.b_mm
 
 
 def abc2(mask: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> ABC2:

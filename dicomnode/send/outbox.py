@@ -1,7 +1,8 @@
 """Durable outbox: every output is a file and a row before anything is sent.
 
 Inputs: a finished job's outputs (already fsynced files under ``storage/_results``).
-Outputs: one ``outbox`` row per (object, destination). Side effects: C-STORE to destinations;
+Outputs: one ``outbox`` row per (object, destination). Side effects: C-STORE or STOW-RS
+(``kind = "dicomweb"``, :mod:`dicomnode.send.stow`) to destinations;
 rows move to ``sent`` or ``failed`` (permanent), or get a later ``next_attempt_at`` (transient,
 exponential backoff). One bad item or destination never blocks the others.
 
@@ -28,6 +29,7 @@ from dicomnode.db.models import DestinationPause, Job, OutboxItem, OutboxState, 
 from dicomnode.db.session import SessionFactory
 from dicomnode.jobs.leases import LeaseKeeper, expiry, new_token, outbox_takeable, skip_locked
 from dicomnode.send.scu import ItemOutcome, store_items
+from dicomnode.send.stow import stow_items
 
 log = logging.getLogger(__name__)
 _BATCH = 200
@@ -138,12 +140,15 @@ def _deliver(sessions: SessionFactory, settings: Settings, due: list[OutboxItem]
                                                         f"destination {name!r} not configured")
                         for i in items}
         else:
+            batch = [(i.sop_instance_uid, root / i.path, i.sop_class_uid) for i in items]
             try:
-                outcomes = store_items([(i.sop_instance_uid, root / i.path, i.sop_class_uid)
-                                        for i in items], dest.ae_title, dest.host, dest.port,
-                                       calling_aet=settings.delivery.calling_ae_title,
-                                       timeout_s=settings.delivery.timeout_s,
-                                       ssl_context=_ssl_context(dest))
+                if dest.kind == "dicomweb":
+                    outcomes = stow_items(batch, dest, timeout_s=settings.delivery.timeout_s)
+                else:
+                    outcomes = store_items(batch, dest.ae_title, dest.host, dest.port,
+                                           calling_aet=settings.delivery.calling_ae_title,
+                                           timeout_s=settings.delivery.timeout_s,
+                                           ssl_context=_ssl_context(dest))
             except Exception as exc:  # noqa: BLE001 - one destination must not stop the others
                 log.exception("delivery to %s failed unexpectedly", name)
                 outcomes = {i.sop_instance_uid: ItemOutcome("transient", f"{type(exc).__name__}: "

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from dicomnode.domain import ICH, IVH, OEDEMA, CaveScore, LabelMap, Measurements, Prediction, Risk
+from dicomnode.encode import uids
 from dicomnode.encode.overlay import build_overlays
 from dicomnode.encode.preview import (
     AMBER,
@@ -99,11 +100,17 @@ def test_series_structure(plain_case: Case, overlays: list[Dataset]) -> None:
     assert len(blood) >= 3
     assert len(overlays) == len(blood) + 1
     summary, slices = overlays[0], overlays[1:]
-    assert [ds.InstanceNumber for ds in overlays] == list(range(1, len(overlays) + 1))
+    assert summary.InstanceNumber == 1
+    assert [ds.InstanceNumber for ds in slices] == list(range(1, len(slices) + 1))
     assert "ImagePositionPatient" not in summary and summary.Columns > summary.Rows
     src0 = case.datasets[0]
-    series_uids = {ds.SeriesInstanceUID for ds in overlays}
-    assert len(series_uids) == 1 and src0.SeriesInstanceUID not in series_uids
+    # Regression (OHIF 3.13 dropped the series): the summary, without plane geometry, is in a
+    # series of its own, Modality OT; the slices' series holds only images with plane geometry.
+    assert {ds.SeriesInstanceUID for ds in slices} == {uids.series_uid(src0.SeriesInstanceUID, 1, "overlay")}
+    assert summary.SeriesInstanceUID == uids.series_uid(src0.SeriesInstanceUID, 1, "overlay-summary")
+    assert (summary.SeriesNumber, summary.Modality) == (9904, "OT")
+    assert "summary" in summary.SeriesDescription and "NOT FOR DIAGNOSTIC USE" in summary.SeriesDescription
+    assert all("ImagePositionPatient" in ds and ds.Modality == src0.Modality for ds in slices)
     assert len({ds.SOPInstanceUID for ds in overlays}) == len(overlays)
     for ds in overlays:
         assert ds.SOPClassUID == SecondaryCaptureImageStorage
@@ -115,12 +122,13 @@ def test_series_structure(plain_case: Case, overlays: list[Dataset]) -> None:
             src0.PatientID, src0.PatientName, src0.AccessionNumber)
         assert ds.SpecificCharacterSet == src0.SpecificCharacterSet
         assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
-        assert (ds.BurnedInAnnotation, ds.ConversionType, ds.SeriesNumber) == ("YES", "WSD", 9903)
+        assert (ds.BurnedInAnnotation, ds.ConversionType) == ("YES", "WSD")
         assert "NOT FOR DIAGNOSTIC USE" in ds.SeriesDescription and len(ds.SeriesDescription) <= 64
         assert "NOT FOR DIAGNOSTIC USE" in ds.ImageComments and "synthetic" in ds.ImageComments
         assert ds.DerivationDescription
         assert len(ds.SourceImageSequence) == 1
     # one overlay per slice with blood, in slice order, on that slice's geometry
+    assert {ds.SeriesNumber for ds in slices} == {9903}
     assert [ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in slices] == blood
     by_uid = {str(d.SOPInstanceUID): d for d in case.datasets}
     numbers = [int(by_uid[u].InstanceNumber) for u in blood]

@@ -61,6 +61,11 @@ def _code_value(group: Dataset, code) -> list[tuple[str, str]]:
             if i.ValueType == "CODE" and _name(i) == codes.as_tuple(code)]
 
 
+def _volumetric(sr: Dataset) -> list[Dataset]:
+    """The TID 1411 groups (those referencing a SEG segment)."""
+    return [g for g in _groups(sr) if _segment_refs(g)]
+
+
 def _segment_refs(group: Dataset) -> list[tuple[str, int]]:
     return [(str(r.ReferencedSOPInstanceUID), int(r.ReferencedSegmentNumber))
             for i in _items(group) if i.ValueType == "IMAGE"
@@ -91,7 +96,7 @@ def test_sr_is_valid_and_references_the_seg(plain_case: Case, save) -> None:
     models = [i.TextValue for i in _items(ds) if i.ValueType == "TEXT" and _name(i) == ("121015", "DCM")]
     assert models == ["ich-unet-test 0.3.1"]
     # one group per finding: ICH, IVH, oedema (all with volume > 0), each referencing its segment
-    groups = _groups(ds)
+    groups = _volumetric(ds)
     numbers = {s.SegmentLabel: int(s.SegmentNumber) for s in seg.SegmentSequence}
     tracking = {int(s.SegmentNumber): s.TrackingUID for s in seg.SegmentSequence}
     assert [_segment_refs(g) for g in groups] == [
@@ -108,7 +113,7 @@ def test_sr_is_valid_and_references_the_seg(plain_case: Case, save) -> None:
 
 def test_volumes_and_ich_details(plain_case: Case) -> None:
     ds = _sr(plain_case)
-    ich, ivh, oedema = _groups(ds)
+    ich, ivh, oedema = _volumetric(ds)
     m = plain_case.measurements
     assert _num(ich, codes.VOLUME) == [(pytest.approx(m.ich_volume_ml), ("ml", "UCUM"))]
     assert _num(ivh, codes.VOLUME) == [(pytest.approx(m.ivh_volume_ml), ("ml", "UCUM"))]
@@ -144,8 +149,9 @@ def test_groups_follow_the_findings(plain_case: Case) -> None:
     m = dataclasses.replace(plain_case.measurements, ivh_volume_ml=0.0, oedema_volume_ml=0.0)
     seg = _seg(plain_case)
     ds = build_sr(plain_case.datasets, seg, m, plain_case.labels, version=1)
-    groups = _groups(ds)
+    groups = _volumetric(ds)
     assert len(groups) == 1 and _segment_refs(groups[0]) == [(seg.SOPInstanceUID, 1)]
+    assert len(_groups(ds)) == 4  # + the ICH outline and the A and B lines
     assert _num(groups[0], codes.HE_RISK) == []  # no predictions given
 
 

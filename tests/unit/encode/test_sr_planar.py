@@ -1,0 +1,159 @@
+"""SR planar groups: outlines and ABC/2 lines with image coordinates, the part a viewer draws.
+
+Regression for the SR that OHIF 3.13 could not open: every measurement group must be drawable,
+i.e. its Tracking UID must belong to a group with image coordinates (SCOORD), since OHIF merges
+groups by Tracking UID and reads ``coords[0]`` of each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from conftest import Case, dciodvfy
+from pydicom.dataset import Dataset
+
+from dicomnode.domain import ICH, IVH, OEDEMA
+from dicomnode.encode import build_seg, build_sr, codes
+from dicomnode.encode.sr_planar import key_frames
+from dicomnode.geometry.source_grid import to_source_grid
+from dicomnode.measure.volumes import abc2
+
+GROUP = ("125007", "DCM")
+TRACKING_UID = ("112040", "DCM")
+IMAGE_REGION = ("111030", "DCM")
+
+
+def _items(ds: Dataset) -> Iterator[Dataset]:
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _items(item)
+
+
+def _name(item: Dataset) -> tuple[str, str]:
+    return codes.as_tuple(item.ConceptNameCodeSequence[0])
+
+
+def _groups(sr: Dataset) -> list[Dataset]:
+    return [i for i in _items(sr) if i.ValueType == "CONTAINER" and _name(i) == GROUP]
+
+
+def _uid(group: Dataset) -> str:
+    return next(str(i.UID) for i in group.ContentSequence if _name(i) == TRACKING_UID)
+
+
+def _identifier(group: Dataset) -> str:
+    return next(str(i.TextValue) for i in group.ContentSequence if _name(i) == ("112039", "DCM"))
+
+
+def _regions(group: Dataset) -> list[Dataset]:
+    """SCOORD items directly in the group (TID 1410 Image Region)."""
+    return [i for i in group.ContentSequence if i.ValueType == "SCOORD"]
+
+
+def _inferred(group: Dataset) -> list[tuple[Dataset, Dataset]]:
+    """(NUM, SCOORD) pairs where the NUM is INFERRED FROM image coordinates (TID 300/320)."""
+    return [(n, c) for n in group.ContentSequence if n.ValueType == "NUM"
+            for c in n.get("ContentSequence", []) if c.ValueType == "SCOORD"]
+
+
+def _value(num: Dataset) -> float:
+    return float(num.MeasuredValueSequence[0].NumericValue)
+
+
+@pytest.fixture(scope="module")
+def built(plain_case: Case) -> tuple[Dataset, Dataset]:
+    seg = build_seg(plain_case.datasets, plain_case.volume, plain_case.labels, version=1,
+                    software_version="0.1.0")
+    sr = build_sr(plain_case.datasets, seg, plain_case.measurements, plain_case.labels, version=1,
+                    software_version="0.1.0")
+    return seg, sr
+
+
+def test_every_group_is_drawable(built: tuple[Dataset, Dataset]) -> None:
+    _, sr = built
+    groups = _groups(sr)
+    drawable = {_uid(g) for g in groups if _regions(g) or _inferred(g)}
+    assert {_uid(g) for g in groups} == drawable
+    for g in groups:
+        for scoord in [*_regions(g), *(c for _, c in _inferred(g))]:
+            # exactly one SELECTED FROM image, so a viewer finds the image the points lie on
+            (image,) = scoord.ContentSequence
+            assert image.RelationshipType == "SELECTED FROM" and image.ValueType == "IMAGE"
+            assert len(image.ReferencedSOPSequence) == 1
+
+
+def test_outlines_match_the_seg_key_frames(built: tuple[Dataset, Dataset], plain_case: Case) -> None:
+    seg, sr = built
+    frames = key_frames(seg)
+    numbers = {codes.segment_concept(v).label: n for v, n in
+               ((v, int(s.SegmentNumber)) for s in seg.SegmentSequence
+                for v in (ICH, IVH, OEDEMA) if s.SegmentLabel == codes.segment_concept(v).label)}
+    tracking = {int(s.SegmentNumber): str(s.TrackingUID) for s in seg.SegmentSequence}
+    planar = [g for g in _groups(sr) if _regions(g)]
+    assert [_identifier(g) for g in planar] == ["ICH v1", "IVH v1", "Perihaematomal oedema v1"]
+    for g in planar:
+        label = _identifier(g).rsplit(" v", 1)[0]
+        number = numbers[label]
+        assert _uid(g) == tracking[number]  # the same finding as its volumetric group
+        (region,) = _regions(g)
+        assert _name(region) == IMAGE_REGION and region.GraphicType == "POLYLINE"
+        pts = np.asarray(region.GraphicData, dtype=float).reshape(-1, 2)  # (column, row)
+        assert (pts[0] == pts[-1]).all()
+        key = frames[number]
+        ref = region.ContentSequence[0].ReferencedSOPSequence[0]
+        assert ref.ReferencedSOPInstanceUID == key.sop_instance_uid
+        # the polygon runs along the edges of the key frame's mask: its bounding box is the mask's
+        rows, cols = np.nonzero(key.mask)
+        assert pts[:, 0].min() >= cols.min() and pts[:, 0].max() <= cols.max() + 1
+        assert pts[:, 1].min() >= rows.min() and pts[:, 1].max() <= rows.max() + 1
+        areas = [_value(n) for n in g.ContentSequence if n.ValueType == "NUM"
+                 and _name(n) == codes.as_tuple(codes.AREA)]
+        if label == "Perihaematomal oedema":
+            assert areas == []  # a ring: its outline encloses the haematoma
+        else:
+            x, y = pts[:, 0], pts[:, 1]
+            polygon_px = abs(0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1])))
+            row_mm, col_mm = key.pixel_spacing_mm
+            assert areas == [pytest.approx(polygon_px * row_mm * col_mm, abs=0.01)]
+            assert polygon_px <= key.mask.sum() + 1e-6
+
+
+def test_abc2_lines_are_the_abc2_a_and_b(built: tuple[Dataset, Dataset], plain_case: Case) -> None:
+    seg, sr = built
+    lines = {_identifier(g): _inferred(g) for g in _groups(sr) if _inferred(g)}
+    assert sorted(lines) == ["ICH A v1", "ICH B v1"]
+    spacing = tuple(float(s) for s in plain_case.volume.image.GetSpacing()[::-1])
+    lab = to_source_grid(plain_case.labels.image, plain_case.volume)
+    expected = abc2(lab == ICH, spacing)  # type: ignore[arg-type]
+    key = key_frames(seg)[1]
+    ends = {}
+    for name, want, code in (("ICH A v1", expected.a_mm, codes.ABC2_A),
+                             ("ICH B v1", expected.b_mm, codes.ABC2_B)):
+        ((num, scoord),) = lines[name]
+        assert _name(num) == codes.as_tuple(code)
+        assert _value(num) == pytest.approx(want, abs=0.01)
+        assert scoord.RelationshipType == "INFERRED FROM" and scoord.GraphicType == "POLYLINE"
+        pts = np.asarray(scoord.GraphicData, dtype=float).reshape(2, 2)
+        row_mm, col_mm = key.pixel_spacing_mm
+        d = (pts[1] - pts[0]) * [col_mm, row_mm]
+        assert float(np.hypot(*d)) == pytest.approx(want, abs=0.01)  # the line drawn is the number
+        assert scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
+            key.sop_instance_uid
+        ends[name] = d
+    assert abs(float(ends["ICH A v1"] @ ends["ICH B v1"])) < 1e-3 * expected.a_mm * expected.b_mm
+
+
+def test_tilted_series_planar_groups_reference_source_images(tilted_case: Case, save) -> None:
+    seg = build_seg(tilted_case.datasets, tilted_case.volume, tilted_case.labels, version=1,
+                    software_version="0.1.0")
+    sr = build_sr(tilted_case.datasets, seg, tilted_case.measurements, tilted_case.labels, version=1,
+                    software_version="0.1.0")
+    errors, _ = dciodvfy(save(sr, "sr.dcm"))
+    assert errors == [], "\n".join(errors)
+    sources = {str(ds.SOPInstanceUID) for ds in tilted_case.headers}
+    scoords = [c for g in _groups(sr) for c in [*_regions(g), *(c for _, c in _inferred(g))]]
+    assert len(scoords) == 5  # ICH, IVH, oedema outlines; A and B
+    assert {str(c.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            for c in scoords} <= sources
