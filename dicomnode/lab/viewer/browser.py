@@ -10,6 +10,7 @@ WebGL runs on the CPU through SwiftShader.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import itertools
 import json
@@ -67,6 +68,7 @@ class Browser:
         self.proc = subprocess.Popen(
             [exe, *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}",
              "about:blank"], stdout=self.log, stderr=subprocess.STDOUT)
+        atexit.register(self.close)  # an exception or sys.exit in the caller leaves no browser
         self.console: list[ConsoleEntry] = []
         self.requests: list[str] = []
         self.failed: list[str] = []  # HTTP errors and failed loads
@@ -189,6 +191,7 @@ class Browser:
         return data
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         self._closed = True
         try:
             self.ws.close()

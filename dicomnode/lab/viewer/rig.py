@@ -14,6 +14,7 @@ configured with no peer, so it contacts nothing. The proxy and the node listen o
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -65,6 +66,7 @@ class ViewerRig:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> ViewerRig:
+        atexit.register(self.stop)  # an exception or sys.exit in the caller leaves nothing running
         try:
             self.orthanc.start()
             self.proxy = ViewerProxy(ohif.dist_dir(), ohif.app_config(), self.orthanc.http_port).start()
@@ -100,6 +102,7 @@ class ViewerRig:
         raise RuntimeError("dicomnode serve did not start listening")
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         if self.node is not None and self.node.poll() is None:
             self.node.terminate()
             try:
