@@ -205,6 +205,29 @@ class Comparison:
         return record
 
 
+@dataclass(frozen=True)
+class PacsOperation:
+    """One query or retrieval the node made to a PACS for a follow-up's prior (``query``).
+
+    ``operation``: ``find_studies``, ``find_series`` or ``move``. ``outcome``: ``found`` or
+    ``none`` (a C-FIND), ``retrieved``, ``partial`` or ``cancelled`` (a C-MOVE), ``failed`` (no
+    association or a failure status; ``detail`` says why).
+    """
+
+    operation: str
+    peer: str  # AET@HOST:PORT
+    outcome: str
+    started_at: datetime  # naive UTC, like the database's times
+    finished_at: datetime
+    matches: int = 0  # C-FIND: matches read; C-MOVE: instances announced by the PACS
+    study_instance_uid: str = ""  # the study chosen (or searched, for find_series and move)
+    series_instance_uid: str = ""  # the series chosen and moved
+    completed: int = 0  # C-MOVE sub-operations (PS3.4 C.4.2.1.4)
+    failed: int = 0
+    warning: int = 0
+    detail: str = ""  # why nothing was chosen, or the error
+
+
 QA_OUTCOMES = ("pass", "warn", "fail")
 
 

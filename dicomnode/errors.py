@@ -42,3 +42,7 @@ class DeliveryError(DicomnodeError):
 
 class LeaseLost(DicomnodeError):
     """A claim (job or outbox item) expired and was taken over: its result is not recorded."""
+
+
+class RetrievalError(DicomnodeError):
+    """A PACS query or retrieval (C-FIND, C-MOVE) failed: no association, or a failure status."""

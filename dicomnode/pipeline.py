@@ -62,6 +62,7 @@ from dicomnode.jobs.queue import defer, finish
 from dicomnode.load.volume import load_series
 from dicomnode.logs import log_context
 from dicomnode.measure import measure
+from dicomnode.pacs_priors import pacs_prior_wait
 from dicomnode.predict.serving import Predictors, prediction_record
 from dicomnode.qa import compare_readers, input_checks, output_checks
 from dicomnode.receive.checks import STORED_CLASSES, check_uid, read_header
@@ -235,6 +236,8 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
     out_dir = results_dir(root, ref.series_instance_uid, ref.version)
     with log_context(series_uid=ref.series_instance_uid, job_id=ref.job_id):
         acquired, priors, waiting = serve_priors(ref, ctx.settings, sessions)
+        if not priors and not waiting:  # none in the node: the PACS's ([followup] query_pacs)
+            waiting = pacs_prior_wait(ref, ctx.settings, sessions)
         if waiting:  # a follow-up waits for its prior's analysis (claimed again after wait_s)
             log.info("follow-up deferred: prior %s is still being analysed", waiting[0])
             defer(sessions, ref.job_id, ref.lease_token, ctx.settings.followup.wait_s)

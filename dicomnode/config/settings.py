@@ -208,6 +208,11 @@ class FollowupSettings:
     new_ivh_ml: float = 1.0  # new IVH: above this at follow-up, below it before
     min_correlation: float = 0.85  # registration trusted from this brain HU correlation
     wait_s: float = 30.0  # serve: a follow-up whose prior is being analysed is retried after
+    # Priors from PACS (serve): "" off; a [[destinations]] name (kind "dimse") or AET@HOST:PORT.
+    query_pacs: str = ""
+    query_max_studies: int = 20  # C-FIND study matches read at most
+    query_max_instances: int = 600  # a larger series is not retrieved
+    query_wait_max_s: float = 900.0  # the follow-up waits this long at most for a fetched prior
 
 
 @dataclass(frozen=True)
@@ -310,6 +315,20 @@ class Settings:
 
         return f"{socket.gethostname()}:{self.node.port}"
 
+    def query_peer(self) -> Destination | None:
+        """The PACS ``[followup] query_pacs`` names (None when off, or when it names nothing)."""
+        name = self.followup.query_pacs
+        if not name:
+            return None
+        for d in self.destinations:
+            if d.name == name and d.kind == "dimse":
+                return d
+        try:
+            aet, host, port = parse_peer(name)
+        except ValueError:
+            return None
+        return Destination(name=name, ae_title=aet, host=host, port=port)
+
     @property
     def database_url(self) -> str:
         """The configured URL, or SQLite under the storage folder."""
@@ -365,6 +384,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, *,
     if overrides:
         settings = v.apply_overrides(settings, overrides)
     v.check_web(settings)
+    v.check_followup(settings)
     v.raise_if_problems()
     return settings
 

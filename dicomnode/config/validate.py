@@ -447,7 +447,12 @@ class Validator:
             expansion_rel=self._num(t, s, "expansion_rel", d.expansion_rel, 0.0, 10.0),
             new_ivh_ml=self._num(t, s, "new_ivh_ml", d.new_ivh_ml, 0.0, 100.0),
             min_correlation=self._num(t, s, "min_correlation", d.min_correlation, -1.0, 1.0),
-            wait_s=self._num(t, s, "wait_s", d.wait_s, 0.1, 3600.0))
+            wait_s=self._num(t, s, "wait_s", d.wait_s, 0.1, 3600.0),
+            query_pacs=self._str(t, s, "query_pacs", d.query_pacs),
+            query_max_studies=self._int(t, s, "query_max_studies", d.query_max_studies, 1, 1000),
+            query_max_instances=self._int(t, s, "query_max_instances", d.query_max_instances,
+                                          1, 100_000),
+            query_wait_max_s=self._num(t, s, "query_wait_max_s", d.query_wait_max_s, 1.0, 86400))
         if f.min_interval_h >= f.max_interval_h:
             self.problems.append(f"[followup] min_interval_h ({f.min_interval_h:g}) must be "
                                  f"below max_interval_h ({f.max_interval_h:g})")
@@ -503,6 +508,13 @@ class Validator:
             if not (web.tls or web.behind_tls_proxy):
                 self.problems.append(f"{where} is not loopback: set tls = true (the node's "
                                      "certificate) or behind_tls_proxy = true")
+
+    def check_followup(self, settings: Settings) -> None:
+        """``[followup] query_pacs`` names a DIMSE destination or is AET@HOST:PORT."""
+        name = settings.followup.query_pacs
+        if name and settings.query_peer() is None:
+            self.problems.append(f"[followup] query_pacs = {name!r}: expected the name of a "
+                                 "[[destinations]] entry of kind \"dimse\" or AET@HOST:PORT")
 
     def _delivery(self, raw: Mapping[str, Any]) -> DeliverySettings:
         t = self._table(raw, "delivery", set(DeliverySettings.__dataclass_fields__))

@@ -228,3 +228,27 @@ class DestinationPause(Base):
     destination: Mapped[str] = mapped_column(String(64), primary_key=True)
     paused_at: Mapped[datetime] = mapped_column(default=utcnow)
     paused_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class PriorRetrieval(Base):
+    """One query or retrieval made to a PACS for a follow-up's prior (docs/followup.md):
+    C-FIND of studies, C-FIND of series, C-MOVE, with its outcome and counts."""
+
+    __tablename__ = "prior_retrievals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)  # the follow-up's
+    operation: Mapped[str] = mapped_column(String(16))  # find_studies, find_series, move
+    peer: Mapped[str] = mapped_column(String(128))  # AET@HOST:PORT
+    outcome: Mapped[str] = mapped_column(String(16))  # found, none, retrieved, partial, ...
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+    matches: Mapped[int] = mapped_column(Integer, default=0)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    # The series chosen (find_series) and moved (move): a series fetched as a prior is looked
+    # up by it, and never looks for a prior of its own.
+    series_instance_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    warning: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str] = mapped_column(Text, default="")

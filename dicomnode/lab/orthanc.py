@@ -45,10 +45,13 @@ class Orthanc:
 
     def __init__(self, root: Path | None = None, *, dicom_port: int | None = None,
                  http_port: int | None = None, dicomweb: bool = False, dicom: bool = True,
-                 users: dict[str, str] | None = None) -> None:
+                 users: dict[str, str] | None = None,
+                 modalities: dict[str, tuple[str, str, int]] | None = None) -> None:
         """``dicomweb``: load the DICOMweb plugin (Debian ``orthanc-dicomweb``), served at
         ``/dicom-web`` and WADO-URI at ``/wado``. ``dicom=False``: no DICOM server at all (the
         viewer rig, which receives over DICOMweb). ``users``: HTTP basic authentication.
+        ``modalities``: the DICOM peers it knows, ``{name: (AE title, host, port)}`` (a C-MOVE
+        destination must be one).
         """
         self.binary = shutil.which("Orthanc")
         if self.binary is None:
@@ -63,6 +66,7 @@ class Orthanc:
         self.dicom_port = dicom_port or free_port()
         self.http_port = http_port or free_port()
         self.users = dict(users or {})
+        self.modalities = dict(modalities or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,7 +92,8 @@ class Orthanc:
             "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowEcho": True, "HttpServerEnabled": True,
             "Plugins": [str(self.plugin)] if self.plugin else [],
-            "DicomModalities": {}, "OrthancPeers": {}, "HttpProxy": "",
+            "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
+            "OrthancPeers": {}, "HttpProxy": "",
             "StableAge": 1, "LogExportedResources": False, "SaveJobs": False,
             "UnknownSopClassAccepted": True,
         }
