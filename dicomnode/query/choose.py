@@ -2,8 +2,8 @@
 
 The study: dated ``min_interval_h``..``max_interval_h`` before the follow-up, the latest first.
 The series: eligible by the node's rules (a callable the pipeline passes: the ``assemble``
-rules), at most ``max_instances``, the slice thickness nearest the follow-up's, then the fewest
-instances (the cheapest to fetch and analyse).
+rules), at most ``max_instances``, the slice thickness nearest the follow-up's, then a known
+thickness, then the fewest instances (the cheapest to fetch and analyse).
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ def choose_series(series: Sequence[SeriesMatch], reason: Callable[[SeriesMatch],
         else:
             notes.append(f"{s.series_instance_uid}: {why}")
 
-    def rank(s: SeriesMatch) -> tuple[float, int, str]:
+    def rank(s: SeriesMatch) -> tuple[float, bool, int, str]:
         thickness = s.attributes.get("slice_thickness_mm")
         gap = abs(thickness - thickness_mm) if thickness is not None and thickness_mm else 1e9
-        return gap, s.n_instances if s.n_instances is not None else 10**9, s.series_instance_uid
+        count = s.n_instances if s.n_instances is not None else 10**9
+        return gap, thickness is None, count, s.series_instance_uid
 
     return (min(eligible, key=rank) if eligible else None), notes

@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy import MetaData, create_engine, insert, select
+
 from tests.unit.db.revision_rows import BASELINE_ROWS, assert_upgrade_keeps_rows
 
 
@@ -33,3 +35,31 @@ def test_0004_console_keeps_rows_and_adds_its_tables(tmp_path: Path) -> None:
                                       {**BASELINE_ROWS, "nodes": [node]})
     for table in ("audit_log", "destination_pauses"):
         assert after[table] == []
+
+
+def test_0006_prior_retrievals_keeps_rows_and_records_a_retrieval(empty_db_url: str) -> None:
+    at = datetime(2025, 3, 14, 9, 30, 0, 250000)
+    rows = {**BASELINE_ROWS,
+            "nodes": [{"name": "site-a:11112", "role": "serve", "run_token": "b" * 32,
+                       "host": "site-a", "pid": 7, "version": "0.1.0", "started_at": at,
+                       "seen_at": at}],
+            "audit_log": [{"id": 1, "at": at, "user": "it", "action": "pause",
+                           "target": "destination pacs", "detail": "", "peer_address": "::1"}],
+            "destination_pauses": [{"destination": "pacs", "paused_at": at, "paused_by": "it"}]}
+    after = assert_upgrade_keeps_rows(empty_db_url, "0004", rows)
+    assert after["prior_retrievals"] == []
+    engine = create_engine(empty_db_url)
+    try:
+        table = MetaData()
+        table.reflect(engine, only=["prior_retrievals"])
+        retrievals = table.tables["prior_retrievals"]
+        row = {"job_id": 2, "operation": "move", "peer": "PACS@10.0.0.9:104",
+               "outcome": "retrieved", "started_at": at, "finished_at": at, "matches": 32,
+               "study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.4", "completed": 32,
+               "failed": 0, "warning": 0, "detail": "status 0x0000"}
+        with engine.begin() as conn:
+            conn.execute(insert(retrievals).values(**row))
+            stored = conn.execute(select(retrievals)).mappings().one()
+        assert {k: stored[k] for k in row} == row
+    finally:
+        engine.dispose()
