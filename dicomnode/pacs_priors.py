@@ -22,6 +22,7 @@ from dicomnode.db.retrievals import (
     MOVED,
     RetrievalState,
     followup_facts,
+    holds_series,
     record_operations,
     retrieval_state,
 )
@@ -63,6 +64,8 @@ def pacs_prior_wait(ref: SeriesRef, settings: Settings, sessions: SessionFactory
         return same_patient(patient_key(study.attributes), key)
 
     def eligible(series: SeriesMatch, study: Sequence[SeriesMatch]) -> str | None:
+        if holds_series(sessions, series.series_instance_uid):  # not analysed here: not again
+            return "the node holds it already"
         return series_reason(series, study, settings.eligibility)
 
     operations = retrieve_prior(_peer(pacs, settings), request, same_patient=patient,

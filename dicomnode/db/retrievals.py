@@ -54,6 +54,13 @@ def followup_facts(sessions: SessionFactory, series_uid: str) -> FollowupFacts:
     return FollowupFacts(attrs, row[1], fetched)
 
 
+def holds_series(sessions: SessionFactory, series_uid: str) -> bool:
+    """Whether the node has received (any of) the series, whatever became of it."""
+    with sessions() as session:
+        return session.scalars(select(Series.id).where(
+            Series.series_instance_uid == series_uid)).first() is not None
+
+
 def retrieval_state(sessions: SessionFactory, job_id: int) -> RetrievalState:
     """What the job's earlier queries found (``attempted`` False: it has not asked yet)."""
     with sessions() as session:

@@ -28,6 +28,8 @@ from dicomnode.query.scu import (
 
 log = logging.getLogger(__name__)
 MAX_SERIES = 500  # series per study read from a C-FIND (a study holds tens)
+# What a PACS that is down, refuses or answers malformed data makes pynetdicom and us raise.
+_FAILURES = (RetrievalError, ValueError, RuntimeError, OSError)
 _MOVE_DESTINATION_UNKNOWN = 0xA801
 
 
@@ -64,9 +66,9 @@ def retrieve_prior(peer: Peer, request: PriorRequest, *,
     try:
         studies, more = find_studies(peer, request.patient_id, request.issuer_of_patient_id,
                                      first, last, max_matches=request.max_studies)
-    except RetrievalError as exc:
+    except _FAILURES as exc:
         return [PacsOperation("find_studies", peer.address, "failed", start, _now(),
-                              detail=str(exc))]
+                              detail=_error(exc))]
     candidates = candidate_studies([s for s in studies if same_patient(s)],
                                    before=request.before, min_interval_h=request.min_interval_h,
                                    max_interval_h=request.max_interval_h,
@@ -81,10 +83,10 @@ def retrieve_prior(peer: Peer, request: PriorRequest, *,
         start = _now()
         try:
             found = find_series(peer, study.study_instance_uid, max_matches=MAX_SERIES)
-        except RetrievalError as exc:
+        except _FAILURES as exc:
             return ops + [PacsOperation("find_series", peer.address, "failed", start, _now(),
                                         study_instance_uid=study.study_instance_uid,
-                                        detail=str(exc))]
+                                        detail=_error(exc))]
         text = {k: v for k, v in study.attributes.items() if k == "study_description"}
         series = [replace(s, attributes={**text, **s.attributes}) for s in found]
         chosen, notes = choose_series(series, lambda s: reason(s, series),  # noqa: B023
@@ -109,14 +111,18 @@ def _move(peer: Peer, request: PriorRequest, study_uid: str,
     try:
         result = move_series(peer, study_uid, series.series_instance_uid, request.destination_ae,
                              max_instances=request.max_instances)
-    except RetrievalError as exc:
-        return replace(base, finished_at=_now(), detail=str(exc))
+    except _FAILURES as exc:
+        return replace(base, finished_at=_now(), detail=_error(exc))
     outcome, detail = _move_outcome(result, request)
     log.info("prior from PACS: C-MOVE of %s: %s, %d instances", series.series_instance_uid,
              outcome, result.completed)
     return replace(base, outcome=outcome, finished_at=_now(), matches=result.announced,
                    completed=result.completed, failed=result.failed, warning=result.warning,
                    detail=detail)
+
+
+def _error(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, RetrievalError) else f"{type(exc).__name__}: {exc}"
 
 
 def _move_outcome(result: MoveResult, request: PriorRequest) -> tuple[str, str]:

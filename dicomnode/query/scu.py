@@ -120,7 +120,9 @@ def _association(peer: Peer, model: str) -> Iterator[Association]:
 
 def _status(status: Dataset | None, what: str) -> int:
     if status is None or "Status" not in status:
-        raise RetrievalError(f"{what}: no response (timeout or abort)")
+        # Orthanc, for one, aborts a query from an AE title it does not know.
+        raise RetrievalError(f"{what}: no response (timeout, or the PACS aborted: does it know "
+                             "our calling AE title?)")
     return int(status.Status)
 
 
@@ -194,12 +196,22 @@ def find_series(peer: Peer, study_uid: str, *, max_matches: int) -> list[SeriesM
             values = ds.ImageType
             attrs["image_type"] = [str(v).upper() for v in
                                    ([values] if isinstance(values, str) else values)]
-        if ds.get("SliceThickness") not in (None, ""):
-            attrs["slice_thickness_mm"] = float(ds.SliceThickness)
-        count = ds.get("NumberOfSeriesRelatedInstances")
+        thickness = _number(ds, "SliceThickness")
+        if thickness is not None:
+            attrs["slice_thickness_mm"] = thickness
+        count = _number(ds, "NumberOfSeriesRelatedInstances")
         out.append(SeriesMatch(str(ds.SeriesInstanceUID),
-                               int(count) if count not in (None, "") else None, attrs))
+                               int(count) if count is not None else None, attrs))
     return out
+
+
+def _number(ds: Dataset, keyword: str) -> float | None:
+    """A DS or IS value; None when absent, empty or not a number (then it is not known)."""
+    try:
+        value = ds.get(keyword)
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def move_series(peer: Peer, study_uid: str, series_uid: str, destination_ae: str, *,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from dicomnode.assemble.series import sweep
 from dicomnode.config import AssemblySettings, EligibilitySettings, load_settings
-from dicomnode.db.models import PriorRetrieval, utcnow
+from dicomnode.db.models import Job, PriorRetrieval, Series, utcnow
 from dicomnode.db.retrievals import job_retrievals, record_operations
 from dicomnode.db.session import make_sessions
 from dicomnode.domain import PacsOperation, SeriesRef
@@ -144,3 +144,29 @@ def test_a_retrieved_prior_is_waited_for_until_analysed_or_too_late(tmp_path: Pa
         assert pacs_prior_wait(ref, ctx.settings, store.sessions) == []
     finally:
         store.sessions.kw["bind"].dispose()
+
+
+@needs_orthanc
+def test_a_prior_the_node_holds_but_could_not_analyse_is_not_fetched_again(tmp_path: Path) -> None:
+    base, follow = followup_pair(tmp_path / "a", seed=56, baseline_ml=12.0, growth_ml=4.0,
+                                 matrix=64)
+    node = {"dicomnode": ("DICOMNODE", "127.0.0.1", free_port())}  # Orthanc answers known AEs
+    with Orthanc(tmp_path / "orthanc", modalities=node) as orthanc:
+        orthanc.upload(sorted(base.dicom_dir.glob("*.dcm")))
+        store, ctx = _node(tmp_path, orthanc.peer)
+        try:
+            _receive(store, base, follow)
+            with store.sessions.begin() as s:  # the node's own analysis of the baseline failed
+                s.execute(update(Job).where(Job.series_id == select(Series.id).where(
+                    Series.series_instance_uid == base.series_instance_uid).scalar_subquery())
+                    .values(state="failed", error="VolumeError: test"))
+            ref = _claim(store)
+            assert ref.series_instance_uid == follow.series_instance_uid
+            record = process_series(ref, ctx, store.sessions)
+            assert record["status"] == "done" and record["comparison"] is None
+            rows = job_retrievals(store.sessions, ref.job_id)
+            assert [(r["operation"], r["outcome"]) for r in rows] == [
+                ("find_studies", "found"), ("find_series", "none")]
+            assert rows[1]["detail"] == f"{base.series_instance_uid}: the node holds it already"
+        finally:
+            store.sessions.kw["bind"].dispose()
