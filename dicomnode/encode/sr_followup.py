@@ -21,6 +21,8 @@ dataset given.
 
 from __future__ import annotations
 
+from typing import Any
+
 import highdicom as hd
 from highdicom.sr import (
     AlgorithmIdentification,
@@ -80,37 +82,48 @@ def _time_point(c: Comparison, *, baseline: bool) -> TimePointContext:
     return TimePointContext("follow-up", time_point_order=2)
 
 
-def _finding(value: int) -> dict[str, object]:
+def _group(value: int, tracking: TrackingIdentifier, time_point: TimePointContext,
+           measurements: list[Measurement], evaluations: list[QualitativeEvaluation],
+           segment: ReferencedSegment | None) -> Any:
+    """A TID 1411 group on ``segment``, or a TID 1501 group without one, for finding ``value``."""
     concept = codes.segment_concept(value)
-    return {"finding_type": concept.property_type, "finding_category": concept.category,
-            "finding_sites": [FindingSite(concept.anatomic_region)]}
+    sites = [FindingSite(concept.anatomic_region)]
+    if segment is None:
+        return MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, time_point_context=time_point,
+            finding_type=concept.property_type, finding_category=concept.category,
+            finding_sites=sites, measurements=measurements,
+            qualitative_evaluations=evaluations or None)
+    return VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, referenced_segment=segment, time_point_context=time_point,
+        finding_type=concept.property_type, finding_category=concept.category,
+        finding_sites=sites, measurements=measurements,
+        qualitative_evaluations=evaluations or None)
 
 
-def _baseline_groups(compared: ComparedPrior, follow_series: str, version: int) -> list[object]:
+def _baseline_groups(compared: ComparedPrior, follow_series: str, version: int) -> list[Any]:
     """TID 1411 groups on the prior's SEG segments; one TID 1501 group without its SEG."""
     c, ref = compared.comparison, compared.segmentation
     volumes = {ICH: c.prior_ich_volume_ml, IVH: c.prior_ivh_volume_ml}
     risk = _risk(compared.he_risk, c.prior_he_probability)
+    time_point = _time_point(c, baseline=True)
     if ref is None or ICH not in ref.segments:
         tracking = TrackingIdentifier(
             uid=uids.tracking_uid(follow_series, version, ICH, "baseline"),
             identifier=f"ICH baseline v{version}")
-        return [MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking, time_point_context=_time_point(c, baseline=True),
-            measurements=[_volume(volumes[ICH]), _volume(volumes[IVH]), *risk], **_finding(ICH))]
-    groups: list[object] = []
+        return [_group(ICH, tracking, time_point,
+                       [_volume(volumes[ICH]), _volume(volumes[IVH]), *risk], [], None)]
+    groups: list[Any] = []
     for value, volume_ml in volumes.items():
         if value not in ref.segments or (value != ICH and not volume_ml > 0):
             continue
         number, tracking_uid = ref.segments[value]
-        label = codes.segment_concept(value).label
-        groups.append(VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(
-                uid=tracking_uid or uids.tracking_uid(follow_series, version, value, "baseline"),
-                identifier=f"{label} baseline"),
-            referenced_segment=_segment(ref, number),
-            time_point_context=_time_point(c, baseline=True),
-            measurements=[_volume(volume_ml), *(risk if value == ICH else [])], **_finding(value)))
+        tracking = TrackingIdentifier(
+            uid=tracking_uid or uids.tracking_uid(follow_series, version, value, "baseline"),
+            identifier=f"{codes.segment_concept(value).label} baseline")
+        groups.append(_group(value, tracking, time_point,
+                             [_volume(volume_ml), *(risk if value == ICH else [])], [],
+                             _segment(ref, number)))
     return groups
 
 
@@ -120,7 +133,7 @@ def _segment(ref: SegmentationRef, number: int) -> ReferencedSegment:
                              source_series=SourceSeriesForSegmentation(ref.source_series_instance_uid))
 
 
-def _followup_group(c: Comparison, seg: Dataset, version: int) -> object:
+def _followup_group(c: Comparison, seg: Dataset, version: int) -> Any:
     """The change, on this scan's ICH segment (TID 1411), else as a TID 1501 group."""
     follow_series = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
     items = [_volume(c.ich_volume_ml),
@@ -134,22 +147,15 @@ def _followup_group(c: Comparison, seg: Dataset, version: int) -> object:
     evaluations = [QualitativeEvaluation(codes.HE_OBSERVED, _yes_no(c.expansion)),
                    QualitativeEvaluation(codes.NEW_IVH, _yes_no(c.new_ivh)),
                    QualitativeEvaluation(codes.REGISTRATION_TRUSTED, _yes_no(c.registration.trusted))]
-    common = {"time_point_context": _time_point(c, baseline=False), "measurements": items,
-              "qualitative_evaluations": evaluations, **_finding(ICH)}
     number = segment_numbers_by_label(seg).get("ICH")
-    if number is None:
-        return MeasurementsAndQualitativeEvaluations(tracking_identifier=TrackingIdentifier(
-            uid=uids.tracking_uid(follow_series, version, ICH, "follow-up"),
-            identifier=f"ICH follow-up v{version}"), **common)
     tracking = {int(s.SegmentNumber): str(s.get("TrackingUID", "")) for s in seg.SegmentSequence}
-    ref = ReferencedSegment(sop_class_uid=str(seg.SOPClassUID),
-                            sop_instance_uid=str(seg.SOPInstanceUID), segment_number=number,
-                            source_series=SourceSeriesForSegmentation(follow_series))
-    return VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(
-            uid=tracking.get(number) or uids.tracking_uid(follow_series, version, ICH),
-            identifier=f"ICH follow-up v{version}"),
-        referenced_segment=ref, **common)
+    uid = (tracking.get(number) if number is not None else None) or uids.tracking_uid(
+        follow_series, version, ICH, "follow-up")
+    segment = None if number is None else ReferencedSegment(
+        sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
+        segment_number=number, source_series=SourceSeriesForSegmentation(follow_series))
+    return _group(ICH, TrackingIdentifier(uid=uid, identifier=f"ICH follow-up v{version}"),
+                  _time_point(c, baseline=False), items, evaluations, segment)
 
 
 def _qualitative_evaluations(c: Comparison) -> ContainerContentItem:
@@ -210,7 +216,7 @@ def add_comparison(sr: Dataset, compared: ComparedPrior, seg: Dataset, *, versio
         container.ContentSequence = DicomSequence()
     for group in [*_baseline_groups(compared, follow_series, version),
                   _followup_group(c, seg, version)]:
-        container.ContentSequence.extend(group)  # type: ignore[call-overload]
+        container.ContentSequence.extend(group)
     sr.ContentSequence.append(_qualitative_evaluations(c))
     if compared.segmentation is not None:
         _add_evidence(sr, compared.segmentation)
