@@ -160,23 +160,35 @@ def render_comparison(volume: CTVolume, labels: LabelMap, compared: ComparedPrio
 
     img = Image.fromarray(rgb)
     draw = ImageDraw.Draw(img)
+    _captions(draw, c, plane.registered, f"slice {z + 1} of {volume.image.GetSize()[2]}")
+    left, right = comparison_lines(compared, labels, warnings=warnings)
+    _columns(draw, (left, right + [(text, GREY) for text in footer]))
+    _legends(draw)
+    return np.array(img)
+
+
+def _captions(draw: ImageDraw.ImageDraw, c: Comparison, registered: bool, where: str) -> None:
+    """Each panel's title (scan and time) and subtitle (registration, slice)."""
     follow_time = ""
     if c.prior_study_datetime and c.interval_h is not None:
         follow_time = (dt.datetime.fromisoformat(c.prior_study_datetime)
                        + dt.timedelta(hours=c.interval_h)).isoformat()
     captions = ((f"Baseline {_when(c.prior_study_datetime)}",
-                 "registered to the follow-up" if plane.registered else "NOT REGISTERED: own key slice"),
-                (f"Follow-up {_when(follow_time)}", f"slice {z + 1} of {volume.image.GetSize()[2]}"))
+                 "registered to the follow-up" if registered else "NOT REGISTERED: own key slice"),
+                (f"Follow-up {_when(follow_time)}", where))
     for x, (title, sub) in zip(COLUMN_X, captions, strict=True):
         draw_text(draw, (x - 4, 6), title, WHITE, face="bold", size_px=CAPTION_PX)
         colour = AMBER if sub.startswith("NOT") else GREY
         draw_text(draw, (x - 4, 6 + line_height(CAPTION_PX)), sub, colour, size_px=CAPTION_PX - 4)
-    left, right = comparison_lines(compared, labels, warnings=warnings)
-    right += [(text, GREY) for text in footer]
+
+
+def _columns(draw: ImageDraw.ImageDraw,
+             columns: Sequence[Sequence[tuple[str, tuple[int, int, int]]]]) -> None:
+    """The text lines below the panels, monospaced, wrapped within each column."""
     step = line_height(TEXT_PX)
     bottom = COMPARISON_SIZE[0] - step - 10  # the legend's line stays free
     chars = int((PANEL_PX - 24) // font("mono", TEXT_PX).getlength("M"))
-    for x, lines in zip(COLUMN_X, (left, right), strict=True):
+    for x, lines in zip(COLUMN_X, columns, strict=True):
         y = TEXT_TOP
         for text, colour in lines:
             for part in textwrap.wrap(text, chars, drop_whitespace=False) or [""]:
@@ -185,7 +197,11 @@ def render_comparison(volume: CTVolume, labels: LabelMap, compared: ComparedPrio
                 face = "mono-bold" if colour == AMBER else "mono"
                 draw_text(draw, (x, y), part, colour, face=face, size_px=TEXT_PX)
                 y += step
-    y = COMPARISON_SIZE[0] - step - 6
+
+
+def _legends(draw: ImageDraw.ImageDraw) -> None:
+    """ICH, IVH and the baseline's ICH ring, on the bottom line."""
+    y = COMPARISON_SIZE[0] - line_height(TEXT_PX) - 6
     _legend(draw, [ICH, IVH], (COLUMN_X[0], y), TEXT_PX)
     _, top, _, bottom = (int(v) for v in font("sans", TEXT_PX).getbbox("H"))
     x = COLUMN_X[0] + 190  # after the ICH and IVH entries
@@ -193,7 +209,6 @@ def render_comparison(volume: CTVolume, labels: LabelMap, compared: ComparedPrio
                    outline=(0, 0, 0))
     draw_text(draw, (x + bottom - top + TEXT_PX // 3, y), "baseline ICH on follow-up", WHITE,
               size_px=TEXT_PX)
-    return np.array(img)
 
 
 def build_comparison_image(source_datasets: Sequence[Dataset], volume: CTVolume, labels: LabelMap,
