@@ -265,3 +265,23 @@ def test_sr_without_the_baseline_seg(plain_case: Case, save) -> None:  # type: i
     assert found["HE_OBSERVED"].ConceptCodeSequence[0].CodeMeaning == "No"
     assert found["REG_NOTE"].TextValue == "registration failed: x"
     assert "PertinentOtherEvidenceSequence" not in sr
+
+
+def test_comparison_image_of_a_resampled_series(tilted_case: Case, save) -> None:  # type: ignore[no-untyped-def]
+    """A tilted follow-up (resampled volume): the nearest source plane is referenced."""
+    compared = _compared(tilted_case)
+    ds = build_comparison_image(tilted_case.datasets, tilted_case.volume, tilted_case.labels,
+                                compared, version=1)
+    errors, _ = dciodvfy(save(ds, "comparison.dcm"))
+    assert errors == [], "\n".join(errors)
+    assert tilted_case.volume.resampled
+    image = tilted_case.volume.image
+    z = compared.plane.z  # type: ignore[union-attr]
+    centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint(
+        (image.GetSize()[0] / 2, image.GetSize()[1] / 2, float(z))))
+    normal = np.cross(*np.reshape(tilted_case.volume.orientation, (2, 3)))
+    offsets = {s.sop_instance_uid: abs(float(np.dot(np.asarray(s.position_mm) - centre, normal)))
+               for s in tilted_case.volume.slices}
+    chosen = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+    assert offsets[chosen] == min(offsets.values())
+    assert offsets[chosen] <= max(tilted_case.volume.spacing_mm)
