@@ -3,7 +3,8 @@ comparison in its ``result.json`` (``dicomnode run`` and ``serve`` alike).
 
 ``compare`` gets the prior's stored results from here (its ``result.json`` and
 ``labels.nii.gz`` in the storage folder, its CT from its instances), never by calling an earlier
-stage. Only :mod:`dicomnode.pipeline` calls this module.
+stage; encode gets the baseline as a ``ComparedPrior`` (with the prior's ``seg.dcm`` header as a
+``SegmentationRef``, for the SR's reference). Only :mod:`dicomnode.pipeline` calls this module.
 """
 
 from __future__ import annotations
