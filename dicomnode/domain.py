@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk
 
 # Canonical label values of every label map dicomnode produces.
@@ -226,6 +227,52 @@ class PacsOperation:
     failed: int = 0
     warning: int = 0
     detail: str = ""  # why nothing was chosen, or the error
+
+@dataclass(frozen=True)
+class PriorPlane:
+    """The prior's CT and labels on one plane of the follow-up's grid, for the comparison image.
+
+    ``z`` is the follow-up's slice (index into its image) the prior was resampled onto with the
+    inverse of the registration. When the registration failed (``registered`` False) the planes
+    are the prior's own key slice, not aligned with the follow-up's.
+    """
+
+    z: int
+    hu: np.ndarray  # (rows, columns) float32 HU
+    labels: np.ndarray  # (rows, columns) uint8, canonical values
+    spacing_mm: tuple[float, float]  # (row, column) spacing of ``hu``
+    registered: bool
+
+    def __post_init__(self) -> None:
+        if self.hu.ndim != 2 or self.hu.shape != self.labels.shape:
+            raise ValueError(f"prior plane: hu {self.hu.shape} and labels {self.labels.shape} "
+                             "must be the same 2-D shape")
+
+
+@dataclass(frozen=True)
+class SegmentationRef:
+    """A stored SEG (the prior's), as the follow-up's SR references it.
+
+    ``segments`` maps a canonical label value to (Segment Number, Tracking UID or "").
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    source_series_instance_uid: str  # the CT series it segments
+    segments: Mapping[int, tuple[int, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ComparedPrior:
+    """A comparison with what encode needs to show it: the prior on the follow-up's key plane,
+    the risk predicted on the prior and the prior's SEG (each None when unavailable)."""
+
+    comparison: Comparison
+    plane: PriorPlane | None = None
+    he_risk: Risk | None = None
+    segmentation: SegmentationRef | None = None
 
 
 QA_OUTCOMES = ("pass", "warn", "fail")

@@ -36,7 +36,7 @@ from dicomnode.compare import ScanKey, in_order, patient_key, scan_datetime
 from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory
 from dicomnode.domain import (
-    Comparison,
+    ComparedPrior,
     CTVolume,
     EncodedObject,
     LabelMap,
@@ -45,13 +45,16 @@ from dicomnode.domain import (
     QAReport,
     SeriesRef,
 )
+from dicomnode.encode.comparison_image import build_comparison_image
 from dicomnode.encode.not_analysed import build_not_analysed_image, build_not_analysed_sr
 from dicomnode.encode.overlay import build_overlays, write_previews
+from dicomnode.encode.preview import write_png
 from dicomnode.encode.seg import build_seg
 from dicomnode.encode.sr import build_sr
 from dicomnode.encode.sr_followup import add_comparison
 from dicomnode.errors import DicomnodeError, InstanceRejected
 from dicomnode.followups import (
+    Followup,
     Prior,
     compare_with_priors,
     folder_priors,
@@ -198,19 +201,18 @@ def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Pa
             log.warning("series not analysed: %s", analysis.reason)
             write_outputs(out_dir, record, None)
             return SeriesRun(record, tuple(objects))
-        comparisons: list[Comparison] = []
-        notes: list[str] = []
+        followup: Followup | None = None
         compare_s = 0.0
         if priors:
-            comparisons, notes = compare_with_priors(
+            followup = compare_with_priors(
                 series_uid, analysis.volume, analysis.labels, analysis.prediction, acquired,
-                priors, ctx.settings)
+                priors, ctx.settings, key_slice=analysis.measurements.largest_area_slice)
             compare_s = round(time.perf_counter() - encode_start, 3)
             encode_start = time.perf_counter()
         objects = encode_outputs(analysis, paths, out_dir, version=version,
-                                 comparison=comparisons[0] if comparisons else None)
+                                 compared=followup.baseline if followup else None)
         record = result_record(series_uid, analysis=analysis)
-        record_comparisons(record, comparisons, notes)
+        record_comparisons(record, followup)
         if priors:
             record["timings_s"]["compare"] = compare_s
         record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
@@ -360,8 +362,10 @@ def source_datasets(paths: Sequence[Path], volume: CTVolume) -> list[Dataset]:
 
 
 def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
-                   version: int, comparison: Comparison | None = None) -> list[EncodedObject]:
-    """SEG, TID 1500 SR and overlay images (plus PNG previews) written durably to ``out_dir``."""
+                   version: int, compared: ComparedPrior | None = None) -> list[EncodedObject]:
+    """SEG, TID 1500 SR and overlay images (plus PNG previews) written durably to ``out_dir``;
+    for a follow-up (``compared``: its baseline) the comparison in the SR and its key image
+    (kind ``overlay``, ``comparison.dcm``)."""
     sources = source_datasets(paths, analysis.volume)
     volume, labels, m, prediction = (analysis.volume, analysis.labels, analysis.measurements,
                                      analysis.prediction)
@@ -369,14 +373,19 @@ def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
     seg = build_seg(sources, volume, labels, version=version, software_version=__version__)
     sr = build_sr(sources, seg, m, labels, version=version, prediction=prediction,
                   software_version=__version__, warnings=warnings)
-    if comparison is not None:
-        add_comparison(sr, comparison)
+    if compared is not None:
+        add_comparison(sr, compared, seg, version=version)
     overlays = build_overlays(sources, volume, labels, m, version=version, prediction=prediction,
                               warnings=warnings)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "overlay").mkdir(exist_ok=True)
     planned = [("seg", seg, out_dir / "seg.dcm"), ("sr", sr, out_dir / "sr.dcm")] + [
         ("overlay", ds, out_dir / "overlay" / f"{i:04d}.dcm") for i, ds in enumerate(overlays)]
+    key_image = None
+    if compared is not None and compared.plane is not None:
+        key_image = build_comparison_image(sources, volume, labels, compared, version=version,
+                                           warnings=warnings)
+        planned.append(("overlay", key_image, out_dir / "comparison.dcm"))
     objects = []
     for kind, ds, path in planned:
         write_dataset_durably(ds, path)
@@ -386,6 +395,8 @@ def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
         fsync_dir(folder)
     write_previews(out_dir / "previews", volume, labels, m, prediction=prediction,
                    warnings=warnings)
+    if key_image is not None:
+        write_png(out_dir / "previews" / "comparison.png", key_image.pixel_array)
     return objects
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from dicomnode.lab.synth.lattice import rotation
 from dicomnode.lab.synth.render import Pose
@@ -51,3 +53,30 @@ def later_scan(out_dir: Path, *, seed: int, baseline_ml: float, growth_ml: float
                       lesion=grown, scan=scan, acquired=case.baseline_time + timedelta(hours=delay_h),
                       compress="none")
 
+
+
+def followup_findings(sr: Dataset) -> dict[str, Any]:
+    """What a follow-up's SR says of the comparison (encode/sr_followup.py): the root
+    Qualitative Evaluations (code meanings, text), the follow-up group's numbers and the
+    baseline group's referenced SEG instance (``baseline_seg``)."""
+    out: dict[str, Any] = {}
+    for item in sr.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "C0034375":
+            for sub in item.ContentSequence:
+                name = sub.ConceptNameCodeSequence[0].CodeValue
+                out[name] = (sub.ConceptCodeSequence[0].CodeMeaning if sub.ValueType == "CODE"
+                             else sub.TextValue)
+        if item.ConceptNameCodeSequence[0].CodeValue != "126010":
+            continue
+        for group in item.ContentSequence:
+            points = [i.TextValue for i in group.ContentSequence
+                      if i.ConceptNameCodeSequence[0].CodeValue == "C2348792"]
+            if not points:
+                continue
+            for sub in group.ContentSequence:
+                if points[0].startswith("baseline") and sub.ValueType == "IMAGE":
+                    out["baseline_seg"] = sub.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                if points[0] == "follow-up" and sub.ValueType == "NUM":
+                    out[sub.ConceptNameCodeSequence[0].CodeValue] = float(
+                        sub.MeasuredValueSequence[0].NumericValue)
+    return out

@@ -4,7 +4,12 @@
 stage (docs/architecture.md).
 """
 
-from dicomnode.compare.change import ExpansionRule, compare_scans, compartment_volumes_ml
+from dicomnode.compare.change import (
+    ExpansionRule,
+    compare_scans,
+    compare_with_plane,
+    compartment_volumes_ml,
+)
 from dicomnode.compare.matching import (
     ScanKey,
     choose_priors,
@@ -15,6 +20,6 @@ from dicomnode.compare.matching import (
 )
 from dicomnode.compare.register import register_rigid
 
-__all__ = ["ExpansionRule", "ScanKey", "choose_priors", "compare_scans", "compartment_volumes_ml",
-           "in_order", "same_patient",
-           "patient_key", "register_rigid", "scan_datetime"]
+__all__ = ["ExpansionRule", "ScanKey", "choose_priors", "compare_scans", "compare_with_plane",
+           "compartment_volumes_ml", "in_order", "same_patient", "patient_key", "register_rigid",
+           "scan_datetime"]

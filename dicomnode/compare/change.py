@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from dicomnode.compare.plane import prior_plane
 from dicomnode.compare.register import register_rigid
-from dicomnode.domain import ICH, IVH, OEDEMA, Comparison, FollowupScan
+from dicomnode.domain import ICH, IVH, OEDEMA, Comparison, FollowupScan, PriorPlane
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,21 @@ def compare_scans(prior: FollowupScan, current: FollowupScan, rule: ExpansionRul
     A registration that fails or is not trusted is reported in ``registration``; the volumes
     do not depend on it (each scan is measured on its own label map).
     """
-    _, registration = register_rigid(prior.image, current.image,
-                                     min_correlation=rule.min_correlation)
+    return _compare(prior, current, rule)[0]
+
+
+def compare_with_plane(prior: FollowupScan, current: FollowupScan, rule: ExpansionRule, *,
+                       key_slice: int | None) -> tuple[Comparison, PriorPlane]:
+    """``compare_scans`` plus the prior on the follow-up's ``key_slice`` (see ``prior_plane``),
+    for the comparison key image."""
+    comparison, transform = _compare(prior, current, rule)
+    return comparison, prior_plane(prior.image, prior.labels, current.image, transform, key_slice)
+
+
+def _compare(prior: FollowupScan, current: FollowupScan, rule: ExpansionRule
+             ) -> tuple[Comparison, sitk.Transform | None]:
+    transform, registration = register_rigid(prior.image, current.image,
+                                             min_correlation=rule.min_correlation)
     before, after = compartment_volumes_ml(prior.labels), compartment_volumes_ml(current.labels)
     ich0, ich1 = before[ICH], after[ICH]
     interval_h = None
@@ -65,4 +79,4 @@ def compare_scans(prior: FollowupScan, current: FollowupScan, rule: ExpansionRul
         definition=rule.definition,
         registration=registration,
         prior_he_probability=prior.he_probability,
-    )
+    ), transform

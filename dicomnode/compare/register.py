@@ -17,14 +17,17 @@ from dicomnode.brain import image_brain_mask
 from dicomnode.domain import Registration
 
 
-def _prepared(image: sitk.Image, factor: int) -> tuple[sitk.Image, sitk.Image]:
-    """The HU image windowed to -100..200 and its brain mask, both shrunk in-plane by ``factor``."""
+def _prepared(image: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
+    """The HU image windowed to -100..200 and its brain mask, both block-averaged to voxels of
+    about 2 mm along each axis (thin slices too: a 1 mm series registers 2x faster, 5 mm ones
+    are not shrunk across slices)."""
+    factors = [max(1, int(round(2.0 / s))) for s in image.GetSpacing()]
     mask = sitk.GetImageFromArray(np.asarray(image_brain_mask(image), np.float32))
     mask.CopyInformation(image)
     windowed = sitk.Clamp(sitk.Cast(image, sitk.sitkFloat32), sitk.sitkFloat32, -100.0, 200.0)
-    if factor > 1:
-        windowed = sitk.BinShrink(windowed, [factor, factor, 1])
-        mask = sitk.BinShrink(mask, [factor, factor, 1])
+    if max(factors) > 1:
+        windowed = sitk.BinShrink(windowed, factors)
+        mask = sitk.BinShrink(mask, factors)
     return windowed, sitk.Cast(mask >= 0.5, sitk.sitkUInt8)
 
 
@@ -49,10 +52,9 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, min_correlation: fl
         The transform maps fixed (baseline) points to moving (follow-up) points; None and an
         untrusted ``Registration`` with the reason when SimpleITK fails.
     """
-    # Worked on pixels of about 2 mm (block averages): the metric, the moments and the check.
-    f = max(1, int(round(2.0 / min(fixed.GetSpacing()[:2]))))
-    fixed_w, fixed_mask = _prepared(fixed, f)
-    moving_w, moving_mask = _prepared(moving, f)
+    # Worked on voxels of about 2 mm (block averages): the metric, the moments and the check.
+    fixed_w, fixed_mask = _prepared(fixed)
+    moving_w, moving_mask = _prepared(moving)
     if not np.any(sitk.GetArrayViewFromImage(fixed_mask)):
         return None, Registration(metric_value=None, correlation=0.0, trusted=False,
                                   message="no brain found in the baseline")

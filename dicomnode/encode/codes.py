@@ -209,3 +209,20 @@ def as_tuple(code: Any) -> tuple[str, str]:
         return (str(code.value), str(code.scheme_designator))
     value = code.get("CodeValue") or code.get("LongCodeValue") or code.get("URNCodeValue")
     return (str(value), str(code.CodingSchemeDesignator))
+
+
+# ---------------------------------------------------------------- follow-up comparison
+# TID 1500 row 12: the report's Qualitative Evaluations container; TID 1502 time points.
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+TIME_POINT_BASELINE = codes.cid6146.Baseline  # C1442488 UMLS, CID 6146
+UNIT_HOUR = Code("h", "UCUM", "hour")
+PRIOR_SERIES = private("PRIOR_SERIES", "Prior series compared with")
+INTERVAL = private("INTERVAL", "Interval since prior scan")
+ICH_CHANGE = private("ICH_CHANGE", "ICH volume change")
+ICH_CHANGE_PCT = private("ICH_CHANGE_PCT", "ICH volume relative change")
+IVH_CHANGE = private("IVH_CHANGE", "IVH volume change")
+NEW_IVH = private("NEW_IVH", "New intraventricular haemorrhage")
+HE_OBSERVED = private("HE_OBSERVED", "Haematoma expansion")
+HE_DEFINITION = private("HE_DEFINITION", "Haematoma expansion definition")
+REGISTRATION_TRUSTED = private("REG_TRUSTED", "Registration trusted")
+REGISTRATION_NOTE = private("REG_NOTE", "Registration note")

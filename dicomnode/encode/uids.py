@@ -14,7 +14,7 @@ from pydicom.uid import PYDICOM_ROOT_UID, UID, generate_uid
 # pydicom's root (1.2.826.0.1.3680043.8.498.); a site with its own registered root sets it here.
 UID_PREFIX = PYDICOM_ROOT_UID
 NAMESPACE = "dicomnode.encode"  # keeps these apart from the UIDs of dicomnode.lab.synth
-KINDS = ("seg", "sr", "overlay", "overlay-summary", "not-analysed")
+KINDS = ("seg", "sr", "overlay", "overlay-summary", "not-analysed", "comparison")
 
 
 def _check(source_series_uid: str, version: int, kind: str) -> None:

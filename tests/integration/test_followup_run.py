@@ -1,10 +1,11 @@
 """Follow-ups through ``dicomnode run``: one patient's studies in acquisition order, each later
-one compared with the baseline (threshold backend, 128 matrix, 5 mm)."""
+one compared with the baseline (threshold backend, 128 matrix, 5 mm; one case at 1 mm)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from dicomnode.config import load_settings
 from dicomnode.pipeline import process_folder
-from tests.followup_cases import followup_pair, later_scan
+from tests.followup_cases import followup_findings, followup_pair, later_scan
 
 
 def _settings(tmp_path: Path, extra: str = ""):  # type: ignore[no-untyped-def]
@@ -46,18 +47,53 @@ def test_run_compares_followup_with_baseline(tmp_path: Path) -> None:
         assert c["prior_he_probability"] is None and stored["comparisons"] == [c]
         assert "compare" in stored["timings_s"]
         sr = pydicom.dcmread(out / f.series_instance_uid / "sr.dcm")
-        container = next(i for i in sr.ContentSequence
-                         if i.ConceptNameCodeSequence[0].CodeValue == "FOLLOWUP")
-        found = {i.ConceptNameCodeSequence[0].CodeValue: i for i in container.ContentSequence}
-        assert found["HE_OBSERVED"].ConceptCodeSequence[0].CodeMeaning == (
-            "Yes" if expanded else "No")
-        assert found["PRIOR_SERIES"].UID == b.series_instance_uid
-        assert float(found["ICH_CHANGE"].MeasuredValueSequence[0].NumericValue) == pytest.approx(
-            c["ich_change_ml"], abs=0.01)
-    assert not any(i.ConceptNameCodeSequence[0].CodeValue == "FOLLOWUP" for i in pydicom.dcmread(
-        out / base.series_instance_uid / "sr.dcm").ContentSequence)
+        findings = followup_findings(sr)
+        assert findings["HE_OBSERVED"] == ("Yes" if expanded else "No")
+        assert findings["PRIOR_SERIES"] == b.series_instance_uid
+        assert findings["ICH_CHANGE"] == pytest.approx(c["ich_change_ml"], abs=0.01)
+        assert findings["baseline_seg"] == pydicom.dcmread(
+            out / b.series_instance_uid / "seg.dcm").SOPInstanceUID
+        key = pydicom.dcmread(out / f.series_instance_uid / "comparison.dcm")
+        assert key.Modality == "OT" and key.SeriesInstanceUID != sr.SeriesInstanceUID
+        assert (out / f.series_instance_uid / "previews" / "comparison.png").is_file()
+    assert "C0034375" not in {i.ConceptNameCodeSequence[0].CodeValue for i in pydicom.dcmread(
+        out / base.series_instance_uid / "sr.dcm").ContentSequence}
+    assert not (out / base.series_instance_uid / "comparison.dcm").exists()
     # The threshold backend labels no IVH: new IVH is tested on truth labels (tests/unit/compare).
     assert by_uid[follow.series_instance_uid]["comparison"]["new_ivh"] is False
+
+
+@pytest.mark.parametrize(("growth_ml", "expanded"), [
+    (16.0, True), pytest.param(2.0, False, marks=pytest.mark.slow)])
+def test_run_1mm_followup(tmp_path: Path, growth_ml: float, expanded: bool) -> None:
+    """1 mm slices (128 matrix, 160 slices): growth either side of 6 mL, the SR and the key
+    image valid (dciodvfy)."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    base, follow = followup_pair(inputs, seed=31, baseline_ml=25.0, growth_ml=growth_ml,
+                                 thickness_mm=1.0)
+    records = {r["series_instance_uid"]: r for r in process_folder(inputs, out, _settings(tmp_path))}
+    c = records[follow.series_instance_uid]["comparison"]
+    truth = follow.ich_volume_ml - base.ich_volume_ml
+    assert (truth > 6.0) is expanded and abs(truth - 6.0) > 1.5  # clearly on one side
+    assert abs(c["ich_change_ml"] - truth) <= max(1.5, 0.1 * follow.ich_volume_ml), (c, truth)
+    assert c["expansion"] is expanded and c["registration"]["trusted"] is True
+    assert c["interval_h"] == 24.0
+    for name in ("sr.dcm", "comparison.dcm"):
+        errors, warnings = _dciodvfy(out / follow.series_instance_uid / name)
+        assert errors == [], "\n".join(errors)
+        assert all("99DCMNODE" in w for w in warnings), "\n".join(warnings)
+    assert followup_findings(pydicom.dcmread(out / follow.series_instance_uid / "sr.dcm"))[
+        "HE_OBSERVED"] == ("Yes" if expanded else "No")
+
+
+def _dciodvfy(path: Path) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of dciodvfy for ``path``; skips without dciodvfy."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy not installed")
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [ln for ln in lines if "Error" in ln], [ln for ln in lines if "Warning" in ln]
 
 
 def _same_identity(src: Path, dst: Path, hours_later: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -13,11 +14,13 @@ from dicomnode.compare import (
     ScanKey,
     choose_priors,
     compare_scans,
+    compare_with_plane,
     patient_key,
     same_patient,
     scan_datetime,
 )
-from dicomnode.domain import FollowupScan
+from dicomnode.compare.plane import prior_plane
+from dicomnode.domain import ICH, FollowupScan
 from dicomnode.lab.synth.study import StudyTruth
 from dicomnode.load.volume import load_series
 from tests.followup_cases import followup_pair
@@ -50,6 +53,36 @@ def test_growth_either_side_of_6_ml(tmp_path: Path, growth_ml: float, expanded: 
     assert c.definition == "ICH growth > 6 mL or > 33 %" and not c.new_ivh
     record = c.as_record()
     assert record["registration"]["trusted"] is True and record["ich_change_pct"] is not None
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+def test_prior_on_the_followup_key_slice(tmp_path: Path) -> None:
+    base, follow = followup_pair(tmp_path, seed=31, baseline_ml=25.0, growth_ml=0.0,
+                                 shift_mm=(8.0, -6.0, 5.0))
+    prior, current = _scan(base), _scan(follow)
+    lab = sitk.GetArrayViewFromImage(current.labels)
+    z = int(np.argmax((lab == ICH).sum(axis=(1, 2))))
+    c, plane = compare_with_plane(prior, current, ExpansionRule(), key_slice=z)
+    assert c == compare_scans(prior, current, ExpansionRule())  # the same comparison
+    assert plane.registered and plane.z == z and plane.hu.shape == lab[z].shape
+    assert plane.spacing_mm == (current.image.GetSpacing()[1], current.image.GetSpacing()[0])
+    # No growth: once registered, the baseline's ICH lies on the follow-up's (the raw slice
+    # of the moved head does not).
+    registered = _dice(plane.labels == ICH, lab[z] == ICH)
+    raw = _dice(sitk.GetArrayViewFromImage(prior.labels)[z] == ICH, lab[z] == ICH)
+    assert registered > 0.8 and registered > raw + 0.1, (registered, raw)
+    assert 40 < float(np.median(plane.hu[plane.labels == ICH])) < 100  # blood, not air or bone
+    # Without a key slice: the follow-up slice holding the baseline's ICH centroid.
+    _, found = compare_with_plane(prior, current, ExpansionRule(), key_slice=None)
+    assert abs(found.z - z) <= 1 and (found.labels == ICH).any()
+    # A failed registration: the baseline's own largest-ICH slice, marked not registered.
+    own = prior_plane(prior.image, prior.labels, current.image, None, z)
+    prior_lab = sitk.GetArrayViewFromImage(prior.labels)
+    assert not own.registered and own.z == z
+    assert (own.labels == ICH).sum() == (prior_lab == ICH).sum(axis=(1, 2)).max()
 
 
 def test_new_ivh_and_alternative_definition(tmp_path: Path) -> None:
