@@ -228,6 +228,7 @@ class PacsOperation:
     warning: int = 0
     detail: str = ""  # why nothing was chosen, or the error
 
+
 @dataclass(frozen=True)
 class PriorPlane:
     """The prior's CT and labels on one plane of the follow-up's grid, for the comparison image.
