@@ -140,6 +140,9 @@ class Prediction:
     expansion: Risk | None = None  # haematoma expansion (HE)
     epilepsy: Risk | None = None  # post-stroke epilepsy (PSE)
     warnings: tuple[str, ...] = ()
+    # The feature dict the models scored (names as in docs/prediction.md "Features"; NaN where
+    # unknown): recorded with the series for the learning loop (docs/followup.md).
+    features: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

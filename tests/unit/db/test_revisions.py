@@ -33,3 +33,17 @@ def test_0004_console_keeps_rows_and_adds_its_tables(tmp_path: Path) -> None:
                                       {**BASELINE_ROWS, "nodes": [node]})
     for table in ("audit_log", "destination_pauses"):
         assert after[table] == []
+
+
+def test_0007_outcomes_keeps_rows_and_adds_its_tables(empty_db_url: str) -> None:
+    t = datetime(2025, 3, 14, 9, 26, 53, 589793)
+    rows = {**BASELINE_ROWS,
+            "nodes": [{"name": "site-a:11112", "role": "serve", "run_token": "a" * 32,
+                       "host": "site-a", "pid": 4242, "version": "0.1.0", "started_at": t,
+                       "seen_at": t}],
+            "audit_log": [{"id": 1, "at": t, "user": "rad-Ø", "action": "resend",
+                           "target": "job 2", "detail": "3 outputs", "peer_address": "::1"}],
+            "destination_pauses": [{"destination": "pacs", "paused_at": t, "paused_by": "it"}]}
+    after = assert_upgrade_keeps_rows(empty_db_url, "0004", rows)
+    for table in ("series_predictions", "expansion_outcomes", "clinical_outcomes"):
+        assert after[table] == []
