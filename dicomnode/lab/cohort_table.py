@@ -2,8 +2,9 @@
 
 Inputs: a synthetic cohort folder written by ``dicomnode synth cohort`` (``manifest.csv``,
 label maps = exact truth), a feature cohort written by ``dicomnode cohort export``
-(:mod:`dicomnode.lab.feature_cohort`: features only, read as they are), or a table of outcomes and clinical data (CSV) whose ``study_dir``
-column points at each study (a DICOM folder, a folder with ``dicom/``, or a NIfTI image), with
+(:mod:`dicomnode.lab.feature_cohort`: features only, read as they are), or a table of outcomes
+and clinical data (CSV) whose ``study_dir`` column points at each study (a DICOM folder, a folder
+with ``dicom/``, or a NIfTI image), with
 ``labels.nii.gz`` beside it when masks exist. Without masks the configured segmentation
 backend draws them. Outputs: :class:`CohortTable`. Side effects: one ``.npz`` per case in the
 cache folder (default ``<cohort>/.features``), so a second run only reads.

@@ -10,6 +10,11 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dicomnode.config import Settings
+    from dicomnode.db.session import SessionFactory
 
 __all__ = ["register", "run_export", "run_validate"]
 
@@ -62,13 +67,13 @@ def register(subparsers) -> None:
         t.set_defaults(func=run_validate)
 
 
-def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _settings(args: argparse.Namespace) -> Settings:
     from dicomnode.config import load_settings
 
     return load_settings(args.config)
 
 
-def _sessions(settings):  # type: ignore[no-untyped-def]
+def _sessions(settings: Settings) -> SessionFactory:
     """Read-only sessions on the node's database, which must be at this dicomnode's schema."""
     from dicomnode.db.migrate import upgrade_command
     from dicomnode.db.session import open_for_reading

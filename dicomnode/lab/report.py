@@ -178,6 +178,7 @@ def render_report(result: Mapping[str, Any]) -> str:
         f"Threshold {result['threshold']:g}.")
     repeats = main.get("repeat_auc", [])
     per_repeat = f"Per-repeat AUC: {', '.join(_fmt(a) for a in repeats)}." if repeats else ""
+    confusion_note = result.get("confusion_note", "out-of-fold, all repeats pooled")
     published = result.get("published") or {}
     pub = ", ".join(f"{k} {v}" for k, v in published.items())
     return f"""<!DOCTYPE html>
@@ -202,7 +203,7 @@ td {{ text-align: right; }} small {{ color: #666; }} .plots svg {{ margin: 6px; 
 slope {_fmt(cal.get('slope', float('nan')))}
 (ideal 0 and 1), expected calibration error {_fmt(cal.get('ece', float('nan')))}.
 {per_repeat}</p>
-{_confusion(main['confusion'], result['threshold'], result.get('confusion_note', 'out-of-fold, all repeats pooled'))}
+{_confusion(main['confusion'], result['threshold'], confusion_note)}
 <h2>Plots</h2>
 <div class="plots">{_roc(models)}{_pr(models)}{_calibration(models)}{_dca(models)}</div>
 <h2>Published figures of the method</h2><p>{e(pub) or 'none'}</p>
