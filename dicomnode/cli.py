@@ -357,7 +357,7 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
                          "from a CSV keyed by accession_number or study_instance_uid",
                          description="Every row is checked first; nothing is recorded unless "
                          "all are valid. Importing the same file again changes nothing "
-                         "(docs/followup.md).")
+                         "(docs/prediction.md, learning loop).")
     _add_config_options(o, node=False)
     o.add_argument("file", metavar="FILE.csv")
     o.set_defaults(func=cmd_outcomes_import)

@@ -141,7 +141,7 @@ class Prediction:
     epilepsy: Risk | None = None  # post-stroke epilepsy (PSE)
     warnings: tuple[str, ...] = ()
     # The feature dict the models scored (names as in docs/prediction.md "Features"; NaN where
-    # unknown): recorded with the series for the learning loop (docs/followup.md).
+    # unknown): recorded with the series (docs/prediction.md, learning loop).
     features: Mapping[str, float] = field(default_factory=dict)
 
 

@@ -23,7 +23,7 @@ TMP_DIR = ".tmp"
 OTHER_DIR = "_other"  # kept non-CT instances (keep_non_ct = true), still under storage root
 RESULTS_DIR = "_results"  # what the node produces: never inside a received study's folder
 RESERVED_DIRS = frozenset({TMP_DIR, OTHER_DIR, RESULTS_DIR})
-PSEUDONYM_KEY = ".pseudonym-key"  # `dicomnode cohort export` (docs/followup.md)
+PSEUDONYM_KEY = ".pseudonym-key"  # `dicomnode cohort export` (docs/prediction.md)
 
 
 def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str, *,

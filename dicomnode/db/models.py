@@ -242,7 +242,7 @@ class DestinationPause(Base):
 
 class SeriesPrediction(Base):
     """The features an analysed series was scored on and each model's risk (one row per series;
-    a later version replaces it). The learning loop's inputs (docs/followup.md)."""
+    a later version replaces it): the learning loop's inputs (docs/prediction.md)."""
 
     __tablename__ = "series_predictions"
 

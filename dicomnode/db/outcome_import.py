@@ -1,5 +1,6 @@
 """`dicomnode outcomes import FILE.csv`: clinical outcomes keyed by accession number or Study
-Instance UID, checked row by row and recorded all or nothing (docs/followup.md).
+Instance UID, checked row by row and recorded all or nothing (docs/prediction.md, learning
+loop).
 
 Inputs: a CSV file with a header. Key columns: ``accession_number`` and/or
 ``study_instance_uid`` (when a row has both, the Study Instance UID is its key). Outcome

@@ -1,6 +1,7 @@
-"""The learning loop's records (docs/followup.md): what each analysed series was scored on, the
-expansion each follow-up measured on its baseline, and the clinical outcomes the department
-imports; read back joined, one case per baseline study, for the lab (cohort export, validation).
+"""The learning loop's records (docs/prediction.md, learning loop): what each analysed series
+was scored on, the expansion each follow-up measured on its baseline, and the clinical outcomes
+the department imports; read back joined, one case per baseline study, for the lab (cohort
+export, validation).
 
 Inputs: a finished job's prediction and comparisons (written by the pipeline in the job's own
 transaction). Outputs: rows of ``series_predictions`` and ``expansion_outcomes``;

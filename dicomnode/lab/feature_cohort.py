@@ -1,4 +1,5 @@
-"""A feature cohort: a cohort stored as its feature table, without images (docs/followup.md).
+"""A feature cohort: a cohort stored as its feature table, without images (docs/prediction.md,
+learning loop).
 
 ``dicomnode cohort export`` writes one from the node's database; ``dicomnode train he|pse`` and
 ``dicomnode validate he|pse --cohort`` read it (:func:`dicomnode.lab.cohort_table.load_cohort`

@@ -33,8 +33,9 @@ def register(subparsers) -> None:
         "`dicomnode train he|pse` (pseudonymised)",
         description="Write the analysed baselines with an outcome (expansion measured on "
         "follow-ups, imported clinical outcomes) and the features they were scored on: "
-        "cohort.json, cases.csv, features.csv (docs/followup.md). No patient names; patient "
-        "and study identifiers are keyed hashes unless --keep-identifiers.")
+        "cohort.json, cases.csv, features.csv (docs/prediction.md, learning loop). No "
+        "patient names; patient and study identifiers are keyed hashes unless "
+        "--keep-identifiers.")
     _config_option(e)
     e.add_argument("--out", required=True, type=Path, metavar="DIR")
     e.add_argument("--keep-identifiers", action="store_true",
@@ -51,7 +52,7 @@ def register(subparsers) -> None:
             description=f"Score the {what} model (the served one unless --model) on the "
             "department's recorded outcomes without refitting: AUC with bootstrap CI, "
             "calibration plot and slope, Brier score, numbers of patients and events; "
-            "report.html in the training report's format (docs/followup.md).")
+            "report.html in the training report's format (docs/prediction.md, learning loop).")
         _config_option(t)
         t.add_argument("--model", type=Path, metavar="DIR",
                        help="model folder (default: [prediction] the served model)")
