@@ -17,6 +17,7 @@ for a validation study.
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from dicomnode.lab.train_predictor import evaluate, library_versions
 from dicomnode.predict.bundle import Predictor
 from dicomnode.predict.bundle_checks import jsonable
 
-__all__ = ["MIN_EVENTS", "score", "validate_model", "write_validation"]
+__all__ = ["MIN_EVENTS", "recorded_agreement", "score", "validate_model", "write_validation"]
 
 MIN_EVENTS = 100  # of each class (Collins et al. 2016)
 TARGETS = {"he": "haematoma expansion", "pse": "post-stroke epilepsy"}
@@ -50,6 +51,25 @@ def score(predictor: Predictor, table: CohortTable, target: str
             "another image model) was served")
     rows_features = [dict(zip(table.names, X[i].tolist(), strict=True)) for i in range(len(y))]
     return y, predictor.predict_proba_many(rows_features), rows, missing
+
+
+def recorded_agreement(predictor: Predictor, table: CohortTable, target: str, p: np.ndarray,
+                       rows: np.ndarray) -> dict[str, Any]:
+    """How far ``p`` is from the risks the node recorded for the cases it scored with this
+    very model (name and version; ``cases.csv`` of a feature cohort): ``{"n", "max_abs_diff"}``.
+    The recorded risks are rounded to 4 decimals."""
+    cases = Path(table.source) / "cases.csv"
+    if not cases.is_file():
+        return {"n": 0, "max_abs_diff": None}
+    with cases.open(newline="", encoding="utf-8") as f:
+        recorded = {r["case_id"]: r for r in csv.DictReader(f)}
+    diffs = []
+    for value, i in zip(p.tolist(), rows.tolist(), strict=True):
+        r = recorded.get(table.ids[i], {})
+        if (r.get(f"{target}_model"), r.get(f"{target}_model_version")) == (
+                predictor.name, predictor.version) and r.get(f"{target}_probability"):
+            diffs.append(abs(value - float(r[f"{target}_probability"])))
+    return {"n": len(diffs), "max_abs_diff": max(diffs) if diffs else None}
 
 
 def validate_model(predictor: Predictor, table: CohortTable, target: str, *,
@@ -79,6 +99,11 @@ def validate_model(predictor: Predictor, table: CohortTable, target: str, *,
         notes.append(f"{len(missing)} of the model's {len(predictor.feature_names)} features were "
                      f"not recorded and were imputed by the model: {', '.join(missing[:8])}"
                      + (" ..." if len(missing) > 8 else ""))
+    agreement = recorded_agreement(predictor, table, target, p, rows)
+    if agreement["n"]:
+        notes.append(f"The node served this model to {agreement['n']} of these cases: its "
+                     f"recorded risks and the ones scored here differ by at most "
+                     f"{agreement['max_abs_diff']:.2g}.")
     main = evaluate(y, p, threshold=threshold, n_boot=n_boot, seed=seed)
     main["repeat_auc"] = []
     return {
@@ -89,7 +114,7 @@ def validate_model(predictor: Predictor, table: CohortTable, target: str, *,
         "summary": f"model {predictor.name} version {predictor.version} ({predictor.folder}), "
                    "scored as served, without refitting",
         "n_cases": len(y), "n_patients": patients, "n_positive": events,
-        "threshold": threshold, "n_boot": n_boot, "seed": seed, "folds": 0, "repeats": 0,
+        "recorded_agreement": agreement, "threshold": threshold, "n_boot": n_boot, "seed": seed, "folds": 0, "repeats": 0,
         "data_description": table.description, "synthetic": predictor.synthetic_training,
         "source": table.source, "cv": main, "comparators": {}, "published": {},
         "versions": library_versions(), "notes": notes, "warnings": warnings,

@@ -152,9 +152,13 @@ def test_export_train_validate_round_trip(department: Department, tmp_path: Path
         assert "validation" in page and "cross-validated" not in page
     printed = capsys.readouterr()
     assert "he-multitask-he" in printed.out and "pse-psenet" in printed.out
-    # The served model scored from the recorded features gives the risks it gave at the time.
-    served = json.loads((tmp_path / "validation-1-he" / "validation.json").read_text())
-    assert served["model"] == "he-multitask-he"
+    # The served models scored on the recorded features give the risks they gave at the time.
+    for name, model in (("he", "he-multitask-he"), ("pse", "pse-psenet")):
+        served = json.loads((tmp_path / f"validation-1-{name}" / "validation.json").read_text())
+        assert served["model"] == model and served["recorded_agreement"]["n"] == len(PATIENTS)
+        assert served["recorded_agreement"]["max_abs_diff"] < 1e-3
+    trained = json.loads((tmp_path / "validation-3-he" / "validation.json").read_text())
+    assert trained["recorded_agreement"]["n"] == 0  # never served
 
 
 def test_export_holds_no_names_or_identifiers(department: Department, tmp_path: Path) -> None:
