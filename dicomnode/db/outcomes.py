@@ -114,8 +114,9 @@ class DepartmentCases:
 
 
 def department_cases(sessions: SessionFactory) -> DepartmentCases:
-    """Every analysed baseline (a scored series that is nobody's follow-up; the first scored
-    series of its study) with its measured expansion and imported outcomes.
+    """Every analysed baseline (a scored series that is nobody's follow-up; per study, the one
+    a follow-up was compared with, else the first scored) with its measured expansion and
+    imported outcomes.
 
     Expansion is yes when any trusted follow-up measured it, no when every trusted one did not;
     follow-ups whose registration was not trusted are left out. A case without any outcome is
@@ -129,9 +130,11 @@ def department_cases(sessions: SessionFactory) -> DepartmentCases:
         clinical: dict[tuple[str, str], dict[str, bool]] = defaultdict(dict)
         for o in session.scalars(select(ClinicalOutcome)):
             clinical[(o.key_kind, o.key)][o.outcome] = bool(o.value)
-        rows = session.execute(
+        # Per study, a series some follow-up was compared with comes first, then the oldest.
+        rows = sorted(session.execute(
             select(SeriesPrediction, Series, Study).join(Series, Series.id == SeriesPrediction.series_id)
-            .join(Study, Study.id == Series.study_id).order_by(Series.id)).all()
+            .join(Study, Study.id == Series.study_id)).all(),
+            key=lambda r: (r[2].id, r[1].id not in measured, r[1].id))
         out = DepartmentCases([], {"follow-up scans": 0, "no outcome": 0,
                                    "another series of the same study": 0})
         seen_studies: set[int] = set()

@@ -27,7 +27,8 @@ import numpy as np
 
 from dicomnode.lab.cohort_table import CohortTable, name_order
 
-__all__ = ["FORMAT", "is_feature_cohort", "read_feature_cohort", "write_feature_cohort"]
+__all__ = ["FORMAT", "column_order", "is_feature_cohort", "read_feature_cohort",
+           "write_feature_cohort"]
 
 FORMAT = "dicomnode-feature-cohort"
 FORMAT_VERSION = 1
@@ -45,6 +46,16 @@ def is_feature_cohort(source: Path) -> bool:
         return False
 
 
+def column_order(name: str) -> tuple[int, str, int]:
+    """Sort key of feature columns: ``m_``, ``hdr_``, ``clin_``, ``rad_`` by name, then the
+    ``img_*`` pixels by their index (the image presets reshape them in that order)."""
+    group, text = name_order(name)
+    head, _, index = name.rpartition("_")
+    if name.startswith("img_") and index.isdigit():
+        return group, head, int(index)
+    return group, text, -1
+
+
 def _cell(v: Any) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return ""
@@ -59,7 +70,7 @@ def write_feature_cohort(out: Path, cases: Sequence[Mapping[str, Any]],
     ``features``, in the same order; ``meta`` goes into ``cohort.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = sorted({n for f in features for n in f}, key=name_order)
+    names = sorted({n for f in features for n in f}, key=column_order)
     columns = list(dict.fromkeys(k for c in cases for k in c))
     with (out / "cases.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

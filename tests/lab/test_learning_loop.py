@@ -23,6 +23,7 @@ from dicomnode.db.session import SessionFactory, make_sessions
 from dicomnode.jobs.queue import claim_next
 from dicomnode.lab.synth.study import StudyTruth
 from dicomnode.pipeline import make_context, process_series
+from dicomnode.predict.image_features import ImageSpec
 from dicomnode.receive.instance_store import InstanceStore
 from tests.followup_cases import followup_pair
 from tests.unit.receive.test_instance_store import put
@@ -130,6 +131,9 @@ def test_export_train_validate_round_trip(department: Department, tmp_path: Path
     assert meta["outcomes"] == {"he": {"n": n, "events": EXPANDED},
                                 "pse": {"n": n, "events": SEIZURES}}
     assert meta["left_out"]["follow-up scans"] == len(PATIENTS)
+    header = (tmp_path / "cohort" / "features.csv").read_text().split("\n", 1)[0].split(",")
+    pixels = [h for h in header if h.startswith("img_")]
+    assert pixels and pixels == ImageSpec().column_names()  # in the order image presets reshape
     model = tmp_path / "he-model"
     assert main(["train", "he", "--cohort", str(tmp_path / "cohort"), "--preset",
                  "psenet-clinical-rf", "--out", str(model), "--folds", "2", "--repeats", "1",
@@ -172,6 +176,8 @@ def test_export_holds_no_names_or_identifiers(department: Department, tmp_path: 
                         ds.AccessionNumber, ds.StudyInstanceUID, ds.SeriesInstanceUID}
     text = "".join(p.read_text() for p in (tmp_path / "a").iterdir())
     assert not [s for s in secrets if s and s in text]
+    key = department.root / ".pseudonym-key"  # made by the first export, the owner's only
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) == 64
     for name in ("cases.csv", "features.csv"):  # the same key: the same pseudonyms
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
     with (tmp_path / "a" / "cases.csv").open() as f:

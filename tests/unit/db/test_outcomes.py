@@ -4,6 +4,7 @@ baseline's expansion, and the cases read back per baseline with what was left ou
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -88,5 +89,28 @@ def test_records_and_cases(db_url: str) -> None:
         assert b0.outcomes == {"pse": True} and b0.followups == 0
         assert found.left_out == {"follow-up scans": 2, "no outcome": 1,
                                   "another series of the same study": 1}
+    finally:
+        sessions.kw["bind"].dispose()
+
+
+def test_the_series_a_followup_was_compared_with_is_the_case_of_its_study(tmp_path: Path) -> None:
+    sessions = make_sessions(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        with sessions.begin() as s:
+            s.add_all([Study(id=1, study_instance_uid="1.2.1", patient_id="D"),
+                       Study(id=2, study_instance_uid="1.2.2", patient_id="D")])
+            s.flush()
+            s.add_all([Series(id=1, study_id=1, series_instance_uid="1.3.thick"),
+                       Series(id=2, study_id=1, series_instance_uid="1.3.thin"),
+                       Series(id=3, study_id=2, series_instance_uid="1.3.followup")])
+        with sessions.begin() as s:
+            for uid in ("1.3.thick", "1.3.thin"):
+                record_analysis(s, uid, 1, _prediction(0.3, 20.0), [])
+            record_analysis(s, "1.3.followup", 1, _prediction(0.3, 22.0),
+                            [_comparison("1.3.thin", growth_ml=2.0)])
+        found = department_cases(sessions)
+        assert [c.series_instance_uid for c in found.cases] == ["1.3.thin"]
+        assert found.cases[0].outcomes == {"he": False}
+        assert found.left_out["another series of the same study"] == 1
     finally:
         sessions.kw["bind"].dispose()
