@@ -132,7 +132,11 @@ def _row_values(name: str, n: int, row: dict[str, str], keys: dict[str, str],
 def import_outcomes(sessions: SessionFactory, path: Path) -> ImportReport:
     """Check every row of ``path``, then record them all in one transaction (or none)."""
     report = ImportReport()
-    values = read_outcomes(Path(path), report)
+    try:
+        values = read_outcomes(Path(path), report)
+    except UnicodeDecodeError as exc:
+        report.errors.append(f"{Path(path).name}: not UTF-8 text ({exc.reason} at byte "
+                             f"{exc.start}): save it as CSV UTF-8")
     if report.errors:
         return report
     with sessions.begin() as session:

@@ -72,6 +72,9 @@ def test_a_file_without_key_or_outcome_columns_is_refused(node: tuple[Path, Path
     report = import_outcomes(sessions, bad)
     assert len(report.errors) == 1 and "no outcome column" in report.errors[0]
     assert report.ignored_columns == ["mrs"]
+    bad.write_bytes("accession_number,pse\nMÜLLER-1,ja\n".encode("latin-1"))
+    report = import_outcomes(sessions, bad)
+    assert len(report.errors) == 1 and "not UTF-8 text" in report.errors[0]
     sessions.kw["bind"].dispose()
 
 
