@@ -148,6 +148,29 @@ def _confusion(c: Mapping[str, int], threshold: float,
             f'<tr><th>outcome −</th><td>FP {c["fp"]}</td><td>TN {c["tn"]}</td></tr></table>')
 
 
+def _wording(result: Mapping[str, Any]) -> tuple[str, str, str, str, str, str]:
+    """Title, heading (HTML), method text (HTML), per-repeat AUCs, confusion caption and the
+    warnings (HTML) of a training run or, with ``kind`` "validation", of a validation."""
+    e = html.escape
+    main = result["cv"]
+    warning = ('<p class="warn">Fit on synthetic data; not clinically validated.</p>'
+               if result.get("synthetic") else "")
+    warning += "".join(f'<p class="warn">{e(w)}</p>' for w in result.get("warnings", []))
+    title = result.get("title") or f"{result['target'].upper()} model: {result['preset']}"
+    heading = (f"{e(result['target'].upper())} validation — model <code>{e(result['model'])}</code>"
+               if result.get("kind") == "validation" else
+               f"{e(result['target'].upper())} prediction — preset <code>{e(result['preset'])}</code>")
+    method = e(result["validation_text"]) if result.get("validation_text") else (
+        f"Validation: stratified {result['folds']}-fold cross-validation repeated "
+        f"{result['repeats']} times (seed {result['seed']}); out-of-fold predictions averaged over "
+        f"repeats; 95% CIs by stratified bootstrap ({result.get('n_boot', 0)} replicates). "
+        f"Threshold {result['threshold']:g}.")
+    repeats = main.get("repeat_auc", [])
+    per_repeat = f"Per-repeat AUC: {', '.join(_fmt(a) for a in repeats)}." if repeats else ""
+    confusion_note = result.get("confusion_note", "out-of-fold, all repeats pooled")
+    return title, heading, method, per_repeat, confusion_note, warning
+
+
 def render_report(result: Mapping[str, Any]) -> str:
     """The HTML page of one training run (see :func:`dicomnode.lab.train_predictor.train_preset`)
     or of one validation (:func:`dicomnode.lab.validate_model.validate_model`: its ``title``,
@@ -164,21 +187,7 @@ def render_report(result: Mapping[str, Any]) -> str:
         gap = (f"<p><b>Oracle AUC</b> of the true risks on the same patients: {_fmt(oracle)}; "
                f"model {_fmt(main['metrics']['auc']['value'])} (gap "
                f"{_fmt(oracle - main['metrics']['auc']['value'])}).</p>")
-    warning = ('<p class="warn">Fit on synthetic data; not clinically validated.</p>'
-               if result.get("synthetic") else "")
-    warning += "".join(f'<p class="warn">{e(w)}</p>' for w in result.get("warnings", []))
-    title = result.get("title") or f"{result['target'].upper()} model: {result['preset']}"
-    heading = (f"{e(result['target'].upper())} validation — model <code>{e(result['model'])}</code>"
-               if result.get("kind") == "validation" else
-               f"{e(result['target'].upper())} prediction — preset <code>{e(result['preset'])}</code>")
-    method = e(result["validation_text"]) if result.get("validation_text") else (
-        f"Validation: stratified {result['folds']}-fold cross-validation repeated "
-        f"{result['repeats']} times (seed {result['seed']}); out-of-fold predictions averaged over "
-        f"repeats; 95% CIs by stratified bootstrap ({result.get('n_boot', 0)} replicates). "
-        f"Threshold {result['threshold']:g}.")
-    repeats = main.get("repeat_auc", [])
-    per_repeat = f"Per-repeat AUC: {', '.join(_fmt(a) for a in repeats)}." if repeats else ""
-    confusion_note = result.get("confusion_note", "out-of-fold, all repeats pooled")
+    title, heading, method, per_repeat, confusion_note, warning = _wording(result)
     published = result.get("published") or {}
     pub = ", ".join(f"{k} {v}" for k, v in published.items())
     return f"""<!DOCTYPE html>
