@@ -1,4 +1,5 @@
-"""Command line: ``dicomnode serve | worker | status | resend | db | echo | send | run | train | synth``."""
+"""Command line: ``dicomnode serve | worker | status | resend | db | echo | send | run | outcomes |
+cohort | train | validate | synth``."""
 
 from __future__ import annotations
 
@@ -163,6 +164,26 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0 if status.state is migrate.SchemaState.CURRENT else 1
 
 
+def cmd_outcomes_import(args: argparse.Namespace) -> int:
+    """Record clinical outcomes from a CSV file: every row checked, then all or nothing."""
+    from dicomnode.db.outcome_import import import_outcomes
+    from dicomnode.db.session import open_sessions
+
+    report = import_outcomes(open_sessions(_settings(args)), Path(args.file))
+    if report.ignored_columns:
+        print(f"ignored columns: {', '.join(report.ignored_columns)}")
+    if report.errors:
+        for error in report.errors:
+            print(f"dicomnode: {error}", file=sys.stderr)
+        print(f"dicomnode: {len(report.errors)} problems in {args.file}: nothing imported",
+              file=sys.stderr)
+        return 1
+    print(f"{args.file}: {report.inserted} outcomes recorded, {report.updated} changed, "
+          f"{report.unchanged} already recorded, {report.unknown} empty cells (unknown); "
+          f"{report.unmatched} of no study the node has analysed yet")
+    return 0
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from dicomnode.send.scu import echo
 
@@ -280,9 +301,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, Path(args.out), matrix=args.matrix)
 
 
-#: Commands whose parsers come from dicomnode.lab (training, synthetic data): imported only when
-#: one of them (or the overall help) is asked for, so serving never loads the lab.
-LAB_COMMANDS = ("train", "synth")
+#: Commands whose parsers come from dicomnode.lab (training, synthetic data, the department's
+#: cohort and validation): imported only when one of them (or the overall help) is asked for,
+#: so serving never loads the lab.
+LAB_COMMANDS = ("train", "synth", "cohort", "validate")
 
 
 def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
@@ -328,6 +350,17 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--users-file", required=True, metavar="F", help="[web] users_file")
     p.set_defaults(func=cmd_web_user)
+
+    p = sub.add_parser("outcomes", help="clinical outcomes for the learning loop: import")
+    o_sub = p.add_subparsers(dest="action", required=True)
+    o = o_sub.add_parser("import", help="record outcomes (e.g. pse: a seizure within one year) "
+                         "from a CSV keyed by accession_number or study_instance_uid",
+                         description="Every row is checked first; nothing is recorded unless "
+                         "all are valid. Importing the same file again changes nothing "
+                         "(docs/prediction.md, learning loop).")
+    _add_config_options(o, node=False)
+    o.add_argument("file", metavar="FILE.csv")
+    o.set_defaults(func=cmd_outcomes_import)
 
     p = sub.add_parser("echo", help="C-ECHO a peer: dicomnode echo AET@HOST:PORT")
     p.add_argument("peer", metavar="AET@HOST:PORT")
@@ -383,13 +416,17 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.set_defaults(func=cmd_train_segmentation)
     if with_lab:
+        from dicomnode.lab.loop_cli import register as register_loop
         from dicomnode.lab.predict_cli import register as register_predict
         from dicomnode.lab.synth.cli import register as register_synth
 
         register_predict(train_sub)
         register_synth(sub)
+        register_loop(sub)
     else:
         sub.add_parser("synth", help="synthetic head CT with known haemorrhage")
+        sub.add_parser("cohort", help="the department's cohort: export")
+        sub.add_parser("validate", help="score a model on the department's own outcomes")
     return parser
 
 

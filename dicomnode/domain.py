@@ -141,6 +141,9 @@ class Prediction:
     expansion: Risk | None = None  # haematoma expansion (HE)
     epilepsy: Risk | None = None  # post-stroke epilepsy (PSE)
     warnings: tuple[str, ...] = ()
+    # The feature dict the models scored (names as in docs/prediction.md "Features"; NaN where
+    # unknown): recorded with the series (docs/prediction.md, learning loop).
+    features: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,14 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from sqlalchemy.orm import Session
 
 from dicomnode import __version__
 from dicomnode.assemble.selection import evaluate
 from dicomnode.assemble.stack_summary import series_geometry
 from dicomnode.compare import ScanKey, in_order, patient_key, scan_datetime
 from dicomnode.config import Settings
+from dicomnode.db.outcomes import record_analysis
 from dicomnode.db.session import SessionFactory
 from dicomnode.domain import (
     ComparedPrior,
@@ -126,6 +128,8 @@ class SeriesRun:
 
     record: dict[str, Any]
     objects: tuple[EncodedObject, ...] = ()
+    prediction: Prediction | None = None  # with the features, for the learning loop
+    comparisons: tuple[Comparison, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -218,7 +222,7 @@ def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Pa
         record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
         record["timings_s"]["total"] = round(time.perf_counter() - start, 3)
         write_outputs(out_dir, record, analysis)
-        return SeriesRun(record, tuple(objects))
+        return SeriesRun(record, tuple(objects), analysis.prediction, tuple(comparisons))
     except Exception as exc:  # noqa: BLE001 - the one place that records a series' failure
         error = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, DicomnodeError | OSError | ValueError | MemoryError):
@@ -255,13 +259,17 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
         items = [{"kind": o.kind, "path": o.path.relative_to(root).as_posix(),
                   "sop_class_uid": o.sop_class_uid, "sop_instance_uid": o.sop_instance_uid}
                  for o in run.objects]
+
+        def also(session: Session) -> None:  # in the job's transaction
+            enqueue_in(session, ref.job_id, items, ctx.settings.destinations)
+            record_analysis(session, ref.series_instance_uid, ref.version, run.prediction,
+                            run.comparisons)
+
         finish(sessions, ref.job_id, timings_s=record["timings_s"],
                outputs={"dir": out_dir.relative_to(root).as_posix(), "items": items,
                         "qa_status": record["qa"]["status"]},
                not_analysed=record["reason"] if run.not_analysed else "",
-               also=lambda session: enqueue_in(session, ref.job_id, items,
-                                               ctx.settings.destinations),
-               token=ref.lease_token)
+               also=also, token=ref.lease_token)
         if run.not_analysed:
             log.warning("job not analysed: %s", record["reason"])
             return record

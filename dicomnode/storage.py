@@ -5,6 +5,7 @@
 <root>/_other/<StudyUID>/<SeriesUID>/<SOP>.dcm       other classes, when keep_non_ct = true
 <root>/_results/<SeriesUID>/v<version>/              what the node produced for a series version
 <root>/.tmp/                                         partial files (removed at every start)
+<root>/.pseudonym-key                                this install's secret for exported pseudonyms
 ```
 
 Paths in the database are relative to the root (``Instance.path``, job outputs), so a storage
@@ -22,6 +23,7 @@ TMP_DIR = ".tmp"
 OTHER_DIR = "_other"  # kept non-CT instances (keep_non_ct = true), still under storage root
 RESULTS_DIR = "_results"  # what the node produces: never inside a received study's folder
 RESERVED_DIRS = frozenset({TMP_DIR, OTHER_DIR, RESULTS_DIR})
+PSEUDONYM_KEY = ".pseudonym-key"  # `dicomnode cohort export` (docs/prediction.md)
 
 
 def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str, *,
@@ -78,3 +80,24 @@ def read_result(out_dir: Path) -> tuple[dict[str, Any], Any]:
     labels_path = Path(out_dir) / "labels.nii.gz"
     labels = sitk.ReadImage(str(labels_path)) if labels_path.is_file() else None
     return record, labels
+
+
+def pseudonym_key(path: Path) -> bytes:
+    """The secret at ``path`` (by default ``<root>/.pseudonym-key``), made on first use: 32
+    random bytes, hex, readable by the owner only. The same key gives the same pseudonyms in
+    every export of this install; without it they cannot be traced back."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text(encoding="ascii").strip()
+        if len(key) < 32:
+            raise ValueError(f"{path}: too short for a pseudonym key") from None
+        return key.encode("ascii")
+    key = os.urandom(32).hex()
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(key + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(path.parent)
+    return key.encode("ascii")

@@ -13,7 +13,17 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -252,3 +262,64 @@ class PriorRetrieval(Base):
     failed: Mapped[int] = mapped_column(Integer, default=0)
     warning: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class SeriesPrediction(Base):
+    """The features an analysed series was scored on and each model's risk (one row per series;
+    a later version replaces it): the learning loop's inputs (docs/prediction.md)."""
+
+    __tablename__ = "series_predictions"
+
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    he_probability: Mapped[float | None] = mapped_column(Float, default=None)
+    he_model: Mapped[str] = mapped_column(String(128), default="")
+    he_model_version: Mapped[str] = mapped_column(String(64), default="")
+    pse_probability: Mapped[float | None] = mapped_column(Float, default=None)
+    pse_model: Mapped[str] = mapped_column(String(128), default="")
+    pse_model_version: Mapped[str] = mapped_column(String(64), default="")
+    # {feature name: value, null where unknown} (names: docs/prediction.md "Features").
+    features: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ExpansionOutcome(Base):
+    """A baseline's haematoma expansion as one follow-up measured it: one row per comparison,
+    with the baseline's predicted risk and its model as they were when the follow-up came."""
+
+    __tablename__ = "expansion_outcomes"
+    __table_args__ = (UniqueConstraint("baseline_series_id", "followup_series_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    baseline_series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    followup_series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    interval_h: Mapped[float | None] = mapped_column(Float, default=None)
+    baseline_ich_volume_ml: Mapped[float] = mapped_column(Float)
+    followup_ich_volume_ml: Mapped[float] = mapped_column(Float)
+    ich_change_ml: Mapped[float] = mapped_column(Float)
+    ich_change_pct: Mapped[float | None] = mapped_column(Float, default=None)
+    new_ivh: Mapped[bool] = mapped_column(Boolean)
+    expansion: Mapped[bool] = mapped_column(Boolean)
+    definition: Mapped[str] = mapped_column(Text)  # e.g. "growth > 6 mL or > 33 %"
+    registration_trusted: Mapped[bool] = mapped_column(Boolean)
+    he_probability: Mapped[float | None] = mapped_column(Float, default=None)
+    he_model: Mapped[str] = mapped_column(String(128), default="")
+    he_model_version: Mapped[str] = mapped_column(String(64), default="")
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ClinicalOutcome(Base):
+    """A clinical outcome of a study imported by the department (`dicomnode outcomes import`):
+    e.g. ``pse`` (a seizure within one year), keyed by accession number or Study Instance UID."""
+
+    __tablename__ = "clinical_outcomes"
+    __table_args__ = (UniqueConstraint("key_kind", "key", "outcome"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_kind: Mapped[str] = mapped_column(String(24))  # accession_number, study_instance_uid
+    key: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(32))
+    value: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(Text, default="")  # file name and row number
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,8 +1,10 @@
 """Training cohorts: studies + outcomes -> a cached feature table (one row per patient).
 
-Inputs: either a synthetic cohort folder written by ``dicomnode synth cohort`` (``manifest.csv``,
-label maps = exact truth), or a table of outcomes and clinical data (CSV) whose ``study_dir``
-column points at each study (a DICOM folder, a folder with ``dicom/``, or a NIfTI image), with
+Inputs: a synthetic cohort folder written by ``dicomnode synth cohort`` (``manifest.csv``,
+label maps = exact truth), a feature cohort written by ``dicomnode cohort export``
+(:mod:`dicomnode.lab.feature_cohort`: features only, read as they are), or a table of outcomes
+and clinical data (CSV) whose ``study_dir`` column points at each study (a DICOM folder, a folder
+with ``dicom/``, or a NIfTI image), with
 ``labels.nii.gz`` beside it when masks exist. Without masks the configured segmentation
 backend draws them. Outputs: :class:`CohortTable`. Side effects: one ``.npz`` per case in the
 cache folder (default ``<cohort>/.features``), so a second run only reads.
@@ -61,6 +63,7 @@ class CohortTable:
     synthetic: bool = False
     description: str = ""
     source: str = ""
+    patients: list[str] = field(default_factory=list)  # per row, when known (feature cohorts)
 
     def target(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(X, y, row indices) of the cases whose ``name`` outcome is known."""
@@ -73,7 +76,8 @@ class CohortTable:
     def without_images(self) -> CohortTable:
         keep = [i for i, n in enumerate(self.names) if not n.startswith("img_")]
         return CohortTable(self.ids, [self.names[i] for i in keep], self.X[:, keep], self.outcomes,
-                           self.true_risk, self.synthetic, self.description, self.source)
+                           self.true_risk, self.synthetic, self.description, self.source,
+                           self.patients)
 
 
 # -- case list ---------------------------------------------------------------------------------------
@@ -251,7 +255,7 @@ def build_table(cases: Sequence[Case], *, spec: ImageSpec | None = DEFAULT_IMAGE
             progress(i + 1, len(cases))
     if not rows:
         raise ValueError(f"no usable cases in {source or 'the cohort'}")
-    names = sorted({k for r in rows for k in r}, key=_name_order)
+    names = sorted({k for r in rows for k in r}, key=name_order)
     X = np.array([[r.get(n, math.nan) for n in names] for r in rows], dtype=float)
     if spec is not None:
         X = np.hstack([X, np.stack([im.reshape(-1) for im in imgs])])  # type: ignore[union-attr]
@@ -264,7 +268,7 @@ def build_table(cases: Sequence[Case], *, spec: ImageSpec | None = DEFAULT_IMAGE
                        description, source)
 
 
-def _name_order(n: str) -> tuple[int, str]:
+def name_order(n: str) -> tuple[int, str]:
     order = ("m_", "hdr_", "clin_", "rad_")
     return next((i for i, p in enumerate(order) if n.startswith(p)), len(order)), n
 
@@ -273,8 +277,13 @@ def load_cohort(source: Path, *, images: bool = True, spec: ImageSpec | None = N
                 cache_dir: Path | None = None, backend=None,
                 radiomics_params: Path | None = DEFAULT_RADIOMICS_PARAMS, limit: int | None = None,
                 progress: Callable[[int, int], None] | None = None) -> CohortTable:
-    """Read a cohort (synthetic folder or outcome CSV) and build its cached feature table."""
+    """Read a cohort (synthetic folder, outcome CSV or a feature cohort from
+    ``dicomnode cohort export``) and build its cached feature table."""
     source = Path(source)
+    from dicomnode.lab.feature_cohort import is_feature_cohort, read_feature_cohort
+
+    if is_feature_cohort(source):  # features already computed by the node: nothing to build
+        return read_feature_cohort(source, images=images, limit=limit)
     cases, synthetic, text = read_cases(source)
     if limit is not None:
         cases = cases[:limit]

@@ -139,18 +139,45 @@ def _metric_table(models: Mapping[str, Mapping[str, Any]], oracle: float | None)
     return f'<table class="metrics"><tr><th>model</th>{head}</tr>{"".join(rows)}</table>'
 
 
-def _confusion(c: Mapping[str, int], threshold: float) -> str:
+def _confusion(c: Mapping[str, int], threshold: float,
+               note: str = "out-of-fold, all repeats pooled") -> str:
     return (f'<table class="confusion"><caption>Confusion matrix at threshold {threshold:g} '
-            f'(out-of-fold, all repeats pooled)</caption>'
+            f'({html.escape(note)})</caption>'
             f'<tr><th></th><th>predicted +</th><th>predicted −</th></tr>'
             f'<tr><th>outcome +</th><td>TP {c["tp"]}</td><td>FN {c["fn"]}</td></tr>'
             f'<tr><th>outcome −</th><td>FP {c["fp"]}</td><td>TN {c["tn"]}</td></tr></table>')
 
 
-def render_report(result: Mapping[str, Any]) -> str:
-    """The HTML page of one training run (see :func:`dicomnode.lab.train_predictor.train_preset`)."""
+def _wording(result: Mapping[str, Any]) -> tuple[str, str, str, str, str, str]:
+    """Title, heading (HTML), method text (HTML), per-repeat AUCs, confusion caption and the
+    warnings (HTML) of a training run or, with ``kind`` "validation", of a validation."""
     e = html.escape
-    models = {result["preset"]: result["cv"], **result.get("comparators", {})}
+    main = result["cv"]
+    warning = ('<p class="warn">Fit on synthetic data; not clinically validated.</p>'
+               if result.get("synthetic") else "")
+    warning += "".join(f'<p class="warn">{e(w)}</p>' for w in result.get("warnings", []))
+    title = result.get("title") or f"{result['target'].upper()} model: {result['preset']}"
+    heading = (f"{e(result['target'].upper())} validation — model <code>{e(result['model'])}</code>"
+               if result.get("kind") == "validation" else
+               f"{e(result['target'].upper())} prediction — preset <code>{e(result['preset'])}</code>")
+    method = e(result["validation_text"]) if result.get("validation_text") else (
+        f"Validation: stratified {result['folds']}-fold cross-validation repeated "
+        f"{result['repeats']} times (seed {result['seed']}); out-of-fold predictions averaged over "
+        f"repeats; 95% CIs by stratified bootstrap ({result.get('n_boot', 0)} replicates). "
+        f"Threshold {result['threshold']:g}.")
+    repeats = main.get("repeat_auc", [])
+    per_repeat = f"Per-repeat AUC: {', '.join(_fmt(a) for a in repeats)}." if repeats else ""
+    confusion_note = result.get("confusion_note", "out-of-fold, all repeats pooled")
+    return title, heading, method, per_repeat, confusion_note, warning
+
+
+def render_report(result: Mapping[str, Any]) -> str:
+    """The HTML page of one training run (see :func:`dicomnode.lab.train_predictor.train_preset`)
+    or of one validation (:func:`dicomnode.lab.validate_model.validate_model`: its ``title``,
+    ``validation_text``, ``metrics_heading``, ``confusion_note`` and ``warnings`` replace the
+    cross-validation's wording)."""
+    e = html.escape
+    models = {result.get("model") or result["preset"]: result["cv"], **result.get("comparators", {})}
     main = result["cv"]
     oracle = result.get("oracle_auc")
     cal = main.get("calibration", {})
@@ -160,35 +187,32 @@ def render_report(result: Mapping[str, Any]) -> str:
         gap = (f"<p><b>Oracle AUC</b> of the true risks on the same patients: {_fmt(oracle)}; "
                f"model {_fmt(main['metrics']['auc']['value'])} (gap "
                f"{_fmt(oracle - main['metrics']['auc']['value'])}).</p>")
-    warning = ('<p class="warn">Fit on synthetic data; not clinically validated.</p>'
-               if result.get("synthetic") else "")
+    title, heading, method, per_repeat, confusion_note, warning = _wording(result)
     published = result.get("published") or {}
     pub = ", ".join(f"{k} {v}" for k, v in published.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>dicomnode {e(result['target'].upper())} model: {e(result['preset'])}</title>
+<title>dicomnode {e(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 td {{ text-align: right; }} small {{ color: #666; }} .plots svg {{ margin: 6px; }}
 .warn {{ color: #a00; font-weight: bold; }}
 </style></head><body>
-<h1>{e(result['target'].upper())} prediction — preset <code>{e(result['preset'])}</code></h1>
+<h1>{heading}</h1>
 {warning}
 <p>{e(result.get('summary', ''))}</p>
 <p>Data: {e(result.get('data_description', ''))}. {result['n_cases']} cases, {result['n_positive']} with
 {e(result['target'].upper())} (prevalence {_fmt(result['n_positive'] / max(result['n_cases'], 1))}).
-Validation: stratified {result['folds']}-fold cross-validation repeated {result['repeats']} times (seed
-{result['seed']}); out-of-fold predictions averaged over repeats; 95% CIs by stratified bootstrap
-({result.get('n_boot', 0)} replicates). Threshold {result['threshold']:g}.</p>
+{method}</p>
 {gap}
-<h2>Metrics (cross-validated)</h2>
+<h2>{e(result.get('metrics_heading', 'Metrics (cross-validated)'))}</h2>
 {_metric_table(models, oracle)}
 <p>Calibration: intercept {_fmt(cal.get('intercept', float('nan')))},
 slope {_fmt(cal.get('slope', float('nan')))}
 (ideal 0 and 1), expected calibration error {_fmt(cal.get('ece', float('nan')))}.
-Per-repeat AUC: {', '.join(_fmt(a) for a in main.get('repeat_auc', []))}.</p>
-{_confusion(main['confusion'], result['threshold'])}
+{per_repeat}</p>
+{_confusion(main['confusion'], result['threshold'], confusion_note)}
 <h2>Plots</h2>
 <div class="plots">{_roc(models)}{_pr(models)}{_calibration(models)}{_dca(models)}</div>
 <h2>Published figures of the method</h2><p>{e(pub) or 'none'}</p>

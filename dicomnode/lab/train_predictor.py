@@ -40,7 +40,8 @@ from dicomnode.predict.bundle_checks import jsonable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cross_validate", "fit_final", "evaluate", "train_preset", "write_model_card"]
+__all__ = ["cross_validate", "evaluate", "fit_final", "library_versions", "train_preset",
+           "write_model_card"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -95,7 +96,7 @@ def fit_final(preset: str, X: np.ndarray, y: np.ndarray, names: list[str], *, se
     return est.fit(X, np.asarray(y).astype(int))
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     import scipy
     import sklearn
     import skops
@@ -147,7 +148,7 @@ def train_preset(table: CohortTable, target: str, preset: str, *, out: Path | No
         "n_cases": int(len(y)), "n_positive": int(y.sum()), "folds": folds, "repeats": repeats,
         "seed": seed, "threshold": threshold, "n_boot": n_boot, "tiny": tiny,
         "data_description": table.description, "synthetic": table.synthetic, "source": table.source,
-        "cv": main, "comparators": comparators, "published": p.published, "versions": _versions(),
+        "cv": main, "comparators": comparators, "published": p.published, "versions": library_versions(),
         "notes": [],
     }
     risk = table.true_risk.get(target)

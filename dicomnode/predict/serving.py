@@ -76,7 +76,7 @@ class Predictors:
             cave=CaveScore(score=cave.score, partial=cave.partial,
                            risk=(float(cave.risk[0]), float(cave.risk[1])),
                            components=dict(cave.components)),
-            expansion=risks.get("he"), epilepsy=risks.get("pse"))
+            expansion=risks.get("he"), epilepsy=risks.get("pse"), features=features or {})
 
 
 def prediction_record(prediction: Prediction | None) -> dict[str, Any]:

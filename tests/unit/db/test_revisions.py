@@ -63,3 +63,22 @@ def test_0006_prior_retrievals_keeps_rows_and_records_a_retrieval(empty_db_url: 
         assert {k: stored[k] for k in row} == row
     finally:
         engine.dispose()
+
+
+def test_0007_outcomes_keeps_rows_and_adds_its_tables(empty_db_url: str) -> None:
+    t = datetime(2025, 3, 14, 9, 26, 53, 589793)
+    rows = {**BASELINE_ROWS,
+            "nodes": [{"name": "site-a:11112", "role": "serve", "run_token": "a" * 32,
+                       "host": "site-a", "pid": 4242, "version": "0.1.0", "started_at": t,
+                       "seen_at": t}],
+            "audit_log": [{"id": 1, "at": t, "user": "rad-Ø", "action": "resend",
+                           "target": "job 2", "detail": "3 outputs", "peer_address": "::1"}],
+            "destination_pauses": [{"destination": "pacs", "paused_at": t, "paused_by": "it"}],
+            "prior_retrievals": [{"id": 1, "job_id": 2, "operation": "move",
+                                  "peer": "PACS@10.0.0.9:104", "outcome": "retrieved",
+                                  "started_at": t, "finished_at": t, "matches": 32,
+                                  "study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.4",
+                                  "completed": 32, "failed": 0, "warning": 0, "detail": ""}]}
+    after = assert_upgrade_keeps_rows(empty_db_url, "0006", rows)
+    for table in ("series_predictions", "expansion_outcomes", "clinical_outcomes"):
+        assert after[table] == []
