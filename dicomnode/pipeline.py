@@ -39,6 +39,7 @@ from dicomnode.db.outcomes import record_analysis
 from dicomnode.db.session import SessionFactory
 from dicomnode.domain import (
     ComparedPrior,
+    Comparison,
     CTVolume,
     EncodedObject,
     LabelMap,
@@ -222,7 +223,8 @@ def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Pa
         record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
         record["timings_s"]["total"] = round(time.perf_counter() - start, 3)
         write_outputs(out_dir, record, analysis)
-        return SeriesRun(record, tuple(objects), analysis.prediction, tuple(comparisons))
+        comparisons = tuple(followup.comparisons) if followup else ()
+        return SeriesRun(record, tuple(objects), analysis.prediction, comparisons)
     except Exception as exc:  # noqa: BLE001 - the one place that records a series' failure
         error = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, DicomnodeError | OSError | ValueError | MemoryError):
