@@ -73,6 +73,13 @@ MEDIAN = codes.SCT.Median  # 373099004
 AREA = codes.SCT.Area  # 42798000, of a planar region (TID 1410)
 YES = codes.SCT.Yes  # 373066001
 NO = codes.SCT.No  # 373067005
+INTRACRANIAL_HAEMORRHAGE = codes.SCT.IntracranialHemorrhage  # 1386000, the report-level finding
+PRESENCE = codes.DCM.PresenceOfProperty  # 121052, of a finding in a measurement group
+PRESENT = codes.cid240.Present  # SCT 52101004, CID 240 Present-Absent
+ABSENT = codes.cid240.Absent  # SCT 272519000
+COMMENT = codes.DCM.Comment  # 121106, a TEXT item (OHIF shows it as a label)
+# TID 1500 row 12: the report-level qualitative evaluations container
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 # UCUM units
 UNIT_ML = Code("ml", "UCUM", "milliliter")

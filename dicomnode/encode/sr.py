@@ -10,10 +10,12 @@ One Volumetric ROI Measurements group (TID 1411) per finding, each referencing i
 (when the SEG has an ICH segment); IVH, perihaematomal oedema and extra-axial haemorrhage when
 their volume is above zero. Then, for viewers that draw only measurements with image coordinates,
 each finding's outline on its key slice (TID 1410, the same Tracking UID) and ICH's ABC/2 A and B
-lines (:mod:`dicomnode.encode.sr_planar`). The ICH group holds ABC/2, site, cortical involvement,
-the density and shape markers (mapping in :data:`dicomnode.encode.codes.MARKERS`) and the
-predictions. The observer is a device (dicomnode, with the model name and version); the procedure
-reported is CT of head.
+lines (:mod:`dicomnode.encode.sr_planar`); a finding without any pixel (ICH at 0 mL on a normal
+scan) is instead reported as read on the middle image, with area 0. The report's Qualitative
+Evaluations say "Intracranial hemorrhage" Present or Absent. The ICH group holds ABC/2, site,
+cortical involvement, the density and shape markers (mapping in
+:data:`dicomnode.encode.codes.MARKERS`) and the predictions. The observer is a device
+(dicomnode, with the model name and version); the procedure reported is CT of head.
 """
 
 from __future__ import annotations
@@ -141,6 +143,21 @@ def _prediction_items(prediction: Prediction) -> list[Measurement]:
     return items
 
 
+def _overall_evaluation(volumes_ml: Mapping[int, float]) -> hd.sr.ContainerContentItem:
+    """TID 1500 rows 12-13: "Intracranial hemorrhage" Present or Absent for the whole scan.
+
+    Present when any haemorrhage (ICH, IVH, extra-axial) has a volume above 0 mL; oedema alone is
+    not haemorrhage. Beside the 0 mL ICH group, it states the negative result of a normal scan
+    as one coded item, whatever a reader makes of the measurement groups.
+    """
+    found = any(volumes_ml.get(v, 0.0) > 0.0 for v in (ICH, IVH, EXTRA_AXIAL))
+    container = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
+    container.ContentSequence = hd.sr.ContentSequence([hd.sr.CodeContentItem(
+        name=codes.INTRACRANIAL_HAEMORRHAGE, value=codes.PRESENT if found else codes.ABSENT,
+        relationship_type="CONTAINS")])
+    return container
+
+
 def _volume(value: float) -> Measurement:
     return Measurement(name=codes.VOLUME, value=float(value), unit=codes.UNIT_ML,
                        method=codes.SUM_OF_SEGMENTED_VOXELS)
@@ -260,7 +277,7 @@ def build_sr(
     # Outlines and ABC/2 lines with image coordinates: what viewers draw (sr_planar). First:
     # OHIF merges groups with one Tracking UID in document order and shows the first five
     # numbers, so the outline's Area comes before the volume, ABC/2 and the markers.
-    groups = planar_groups(seg, grouped, _tracking, seg_algorithm) + groups
+    groups = planar_groups(seg, grouped, _tracking, seg_algorithm, volumes) + groups
 
     observer = ObserverContext(
         observer_type=pydicom_codes.DCM.Device,
@@ -276,6 +293,7 @@ def build_sr(
         procedure_reported=codes.CT_OF_HEAD,
         imaging_measurements=groups,
     )
+    report[0].ContentSequence.append(_overall_evaluation(volumes))
     for text in warnings:  # QA warnings: one TEXT item each, read first by the radiologist
         report[0].ContentSequence.append(hd.sr.TextContentItem(
             name=codes.QA_WARNING, value=text[:1024], relationship_type="CONTAINS"))

@@ -76,6 +76,16 @@ def delivered(rig: ViewerRig, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return out
 
 
+@pytest.fixture(scope="module")
+def normal(rig: ViewerRig, tmp_path_factory: pytest.TempPathFactory) -> Delivered:
+    """A scan without haemorrhage, through the node (its own fixture: the others need not run)."""
+    truth = make_study(tmp_path_factory.mktemp("study-normal"), seed=21, hemorrhage_ml=None, matrix=128,
+                       thickness_mm=5.0)
+    results = rig.wait_results(truth.series_instance_uid, rig.send(truth.dicom_dir))
+    (result_dir,) = (rig.storage / "_results" / truth.series_instance_uid).glob("v*")
+    return Delivered(truth, results, result_dir)
+
+
 @pytest.fixture
 def browser(rig: ViewerRig) -> Iterator[Browser]:
     with Browser(width=1280, height=800) as b:
@@ -210,4 +220,48 @@ def test_overlay_and_summary_show_as_images(rig: ViewerRig, delivered: dict[str,
     view = screen[60:780, 300:1230].astype(int)
     burned_red = (view[..., 0] > 200) & (view[..., 1] < 80) & (view[..., 2] < 80)  # the outline
     assert burned_red.sum() > 30, burned_red.sum()
+    _clean_console(browser)
+
+
+def _read_on(sr: pydicom.Dataset) -> tuple[str, list[str]]:
+    """The image a report without findings names as read, and its Comment items."""
+    group = next(g for g in _sr_groups(sr)
+                 if any(i.ValueType == "TEXT" and codes.as_tuple(i.ConceptNameCodeSequence[0])
+                        == codes.as_tuple(codes.COMMENT) for i in g.ContentSequence))
+    scoord = next(c for n in group.ContentSequence if n.ValueType == "NUM"
+                  for c in n.get("ContentSequence", []) if c.ValueType == "SCOORD")
+    comments = [str(i.TextValue) for i in group.ContentSequence if i.ValueType == "TEXT"
+                and codes.as_tuple(i.ConceptNameCodeSequence[0]) == codes.as_tuple(codes.COMMENT)]
+    return str(scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID), comments
+
+
+def _sr_groups(sr: pydicom.Dataset) -> list[pydicom.Dataset]:
+    (measurements,) = [i for i in sr.ContentSequence
+                       if codes.as_tuple(i.ConceptNameCodeSequence[0]) == ("126010", "DCM")]
+    return list(measurements.ContentSequence)
+
+
+def test_normal_scan_report_opens_on_the_slice_read(rig: ViewerRig, normal: Delivered,
+                                                    browser: Browser) -> None:
+    """The SR of a scan without haemorrhage: once a black viewport and OHIF's "Something went
+    wrong" (TypeError on ReferencedSOPSequence); now the middle slice with "No ICH detected"."""
+    sr = pydicom.dcmread(normal.result_dir / "sr.dcm")
+    uid, comments = _read_on(sr)
+    assert comments == ["No ICH detected"]
+    # A wider page than the other tests: OHIF puts the label right of the outlined whole image.
+    browser.call("Emulation.setDeviceMetricsOverride", width=1600, height=800, deviceScaleFactor=1,
+                 mobile=False)
+    page.open_study(browser, rig.viewer_url(normal.results.study_instance_uid))
+    page.open_series(browser, "ICH SR")
+    browser.wait_for("[...document.querySelectorAll('svg text')].some(t => t.textContent"
+                     ".includes('No ICH detected'))", timeout_s=120, what="the SR's label")
+    browser.wait_for(f"{page.VIEWPORTS}.some(e => (e.viewport.getCurrentImageId() || '')"
+                     f".includes('/instances/{uid}/'))", timeout_s=60, what="the slice the SR names")
+    page.wait_idle(browser)
+    time.sleep(1.0)
+    screen = page.pixels(_shot(browser, "sr-normal"))
+    left, top, right, bottom = (int(v) for v in browser.evaluate(
+        f"(() => {{ const r = {page.VIEWPORTS}[0].viewport.canvas.getBoundingClientRect();"
+        " return [r.left, r.top, r.right, r.bottom]; })()"))
+    assert screen[top:bottom, left:right].std() > 20  # the CT is drawn, not a black viewport
     _clean_console(browser)

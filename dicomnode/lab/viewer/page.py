@@ -173,8 +173,10 @@ def svg_shapes(browser: Browser) -> int:
 
 
 def errors(browser: Browser) -> list[ConsoleEntry]:
-    """Console errors and uncaught exceptions so far."""
-    return [c for c in browser.console if c.level in ("error", "exception")]
+    """Console errors and uncaught exceptions so far, and the errors OHIF's error boundaries
+    caught: OHIF 3.13 logs those at debug level ("Route viewer Error Boundary TypeError: ...")
+    and shows only a "Something went wrong" notice, e.g. for an SR it cannot draw."""
+    return [c for c in browser.console if c.level in ("error", "exception") or "Error Boundary" in c.text]
 
 
 def foreign_requests(browser: Browser, origin: str) -> list[str]:

@@ -155,6 +155,26 @@ def test_groups_follow_the_findings(plain_case: Case) -> None:
     assert _num(groups[0], codes.HE_RISK) == []  # no predictions given
 
 
+def test_report_says_whether_haemorrhage_was_found(plain_case: Case) -> None:
+    """TID 1500 row 12: "Intracranial hemorrhage" Present or Absent, from the haemorrhage volumes."""
+
+    def overall(m) -> list[tuple[tuple[str, str], tuple[str, str]]]:  # type: ignore[no-untyped-def]
+        sr = build_sr(plain_case.datasets, seg, m, plain_case.labels, version=1)
+        (container,) = [i for i in sr.ContentSequence
+                        if _name(i) == codes.as_tuple(codes.QUALITATIVE_EVALUATIONS)]
+        assert container.RelationshipType == "CONTAINS"
+        return [(_name(i), codes.as_tuple(i.ConceptCodeSequence[0])) for i in container.ContentSequence]
+
+    seg = _seg(plain_case)
+    finding = codes.as_tuple(codes.INTRACRANIAL_HAEMORRHAGE)
+    m = plain_case.measurements
+    assert overall(m) == [(finding, codes.as_tuple(codes.PRESENT))]
+    none = dataclasses.replace(m, ich_volume_ml=0.0, ivh_volume_ml=0.0, extra_axial_volume_ml=0.0)
+    assert overall(none) == [(finding, codes.as_tuple(codes.ABSENT))]  # oedema alone is no haemorrhage
+    assert overall(dataclasses.replace(none, extra_axial_volume_ml=1.5)) == \
+        [(finding, codes.as_tuple(codes.PRESENT))]
+
+
 def test_uids_are_deterministic_per_version(plain_case: Case) -> None:
     a, b, c = _sr(plain_case), _sr(plain_case), _sr(plain_case, version=2)
     assert (a.SeriesInstanceUID, a.SOPInstanceUID) == (b.SeriesInstanceUID, b.SOPInstanceUID)

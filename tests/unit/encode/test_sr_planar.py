@@ -2,22 +2,27 @@
 
 Regression for the SR that OHIF 3.13 could not open: every measurement group must be drawable,
 i.e. its Tracking UID must belong to a group with image coordinates (SCOORD), since OHIF merges
-groups by Tracking UID and reads ``coords[0]`` of each.
+groups by Tracking UID and reads ``coords[0]`` of each. That holds for the report of a normal
+scan too (ICH at 0 mL, no pixel to outline): docs/viewer.md "The report of a normal scan".
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
+import pydicom
 import pytest
-from conftest import Case, dciodvfy
+import SimpleITK as sitk
+from conftest import Case, _case, dciodvfy
 from pydicom.dataset import Dataset
 
-from dicomnode.domain import ICH, IVH, OEDEMA
+from dicomnode.domain import ICH, IVH, OEDEMA, Measurements
 from dicomnode.encode import build_seg, build_sr, codes
 from dicomnode.encode.sr_planar import key_frames
 from dicomnode.geometry.source_grid import to_source_grid
+from dicomnode.lab.synth import make_study
 from dicomnode.measure.volumes import abc2
 
 GROUP = ("125007", "DCM")
@@ -71,8 +76,7 @@ def built(plain_case: Case) -> tuple[Dataset, Dataset]:
     return seg, sr
 
 
-def test_every_group_is_drawable(built: tuple[Dataset, Dataset]) -> None:
-    _, sr = built
+def _assert_drawable(sr: Dataset) -> None:
     groups = _groups(sr)
     drawable = {_uid(g) for g in groups if _regions(g) or _inferred(g)}
     assert {_uid(g) for g in groups} == drawable
@@ -82,6 +86,10 @@ def test_every_group_is_drawable(built: tuple[Dataset, Dataset]) -> None:
             (image,) = scoord.ContentSequence
             assert image.RelationshipType == "SELECTED FROM" and image.ValueType == "IMAGE"
             assert len(image.ReferencedSOPSequence) == 1
+
+
+def test_every_group_is_drawable(built: tuple[Dataset, Dataset]) -> None:
+    _assert_drawable(built[1])
 
 
 def test_outlines_match_the_seg_key_frames(built: tuple[Dataset, Dataset], plain_case: Case) -> None:
@@ -157,3 +165,96 @@ def test_tilted_series_planar_groups_reference_source_images(tilted_case: Case, 
     assert len(scoords) == 5  # ICH, IVH, oedema outlines; A and B
     assert {str(c.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
             for c in scoords} <= sources
+
+
+# ---------------------------------------------------------------- the report of a normal scan
+NORMAL = Measurements(ich_volume_ml=0.0, ivh_volume_ml=0.0, abc2_volume_ml=0.0, largest_area_slice=None,
+                      cortical_involvement=False, site="none", markers={}, oedema_volume_ml=0.0)
+COMMENT = codes.as_tuple(codes.COMMENT)
+
+
+@pytest.fixture(scope="module")
+def normal_case(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    study = make_study(tmp_path_factory.mktemp("enc-normal"), seed=11, matrix=64, thickness_mm=5.0,
+                       hemorrhage_ml=None)
+    return dataclasses.replace(_case(study, tilted=False), measurements=NORMAL)
+
+
+def _build(case: Case, measurements: Measurements) -> tuple[Dataset, Dataset]:
+    seg = build_seg(case.datasets, case.volume, case.labels, version=1, software_version="0.1.0")
+    return seg, build_sr(case.datasets, seg, measurements, case.labels, version=1, software_version="0.1.0")
+
+
+def _overall(sr: Dataset) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """TID 1500 report-level Qualitative Evaluations: (concept, value) of each CODE item."""
+    (container,) = [i for i in sr.ContentSequence
+                    if _name(i) == codes.as_tuple(codes.QUALITATIVE_EVALUATIONS)]
+    return [(_name(i), codes.as_tuple(i.ConceptCodeSequence[0])) for i in container.ContentSequence]
+
+
+def _middle_headers(case: Case) -> list[Dataset]:
+    """The central source plane (the two central ones of an even count), by position."""
+    normal = np.cross(*np.asarray(case.headers[0].ImageOrientationPatient, float).reshape(2, 3))
+    ordered = sorted(case.headers, key=lambda h: float(np.asarray(h.ImagePositionPatient, float) @ normal))
+    n = len(ordered)
+    return ordered[(n - 1) // 2:n // 2 + 1]
+
+
+def test_normal_scan_report_is_drawable_and_says_absent(normal_case: Case, save) -> None:
+    seg, sr = _build(normal_case, NORMAL)
+    path = save(sr, "sr.dcm")
+    errors, _ = dciodvfy(path)
+    assert errors == [], "\n".join(errors)
+    sr = pydicom.dcmread(path)
+    _assert_drawable(sr)
+    assert _overall(sr) == [(codes.as_tuple(codes.INTRACRANIAL_HAEMORRHAGE), codes.as_tuple(codes.ABSENT))]
+    volumetric, read = [g for g in _groups(sr) if _uid(g) == str(seg.SegmentSequence[0].TrackingUID)][::-1]
+    # the 0 mL ICH group is still there (ICH always), referencing the SEG's (empty) ICH segment
+    volume = [_value(n) for n in volumetric.ContentSequence if n.ValueType == "NUM"
+              and _name(n) == codes.as_tuple(codes.VOLUME)]
+    assert volume == [0.0] and any(i.ValueType == "IMAGE" for i in volumetric.ContentSequence)
+    assert _identifier(read) == "ICH v1" and not _regions(read)  # TID 1501: OHIF shows its Comment
+    ((area, scoord),) = _inferred(read)
+    assert _name(area) == codes.as_tuple(codes.AREA) and _value(area) == 0.0
+    middle = _middle_headers(normal_case)
+    rows, cols = int(middle[0].Rows), int(middle[0].Columns)
+    assert np.asarray(scoord.GraphicData, float).reshape(-1, 2).tolist() == \
+        [[0, 0], [cols, 0], [cols, rows], [0, rows], [0, 0]]  # the whole image that was read
+    ref = scoord.ContentSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID in {h.SOPInstanceUID for h in middle}
+    assert [codes.as_tuple(i.ConceptCodeSequence[0]) for i in read.ContentSequence
+            if _name(i) == codes.as_tuple(codes.PRESENCE)] == [codes.as_tuple(codes.ABSENT)]
+    assert [i.TextValue for i in read.ContentSequence if _name(i) == COMMENT] == ["No ICH detected"]
+    assert len(_groups(sr)) == 2
+
+
+def test_finding_with_volume_but_no_pixel_is_not_called_absent(normal_case: Case) -> None:
+    # IVH measured on the model's grid but lost on the source planes: an empty segment, 0.2 mL
+    _, sr = _build(normal_case, dataclasses.replace(NORMAL, ivh_volume_ml=0.2))
+    _assert_drawable(sr)
+    assert _overall(sr) == [(codes.as_tuple(codes.INTRACRANIAL_HAEMORRHAGE), codes.as_tuple(codes.PRESENT))]
+    read = [g for g in _groups(sr) if _identifier(g) == "IVH v1" and _inferred(g)]
+    (group,) = read
+    assert [i.TextValue for i in group.ContentSequence if _name(i) == COMMENT] == \
+        ["IVH 0.20 ml: no pixel on the source images"]
+    assert not [i for i in group.ContentSequence if _name(i) == codes.as_tuple(codes.PRESENCE)]
+
+
+def test_ich_absent_beside_ivh_is_read_on_a_seg_frame(plain_case: Case) -> None:
+    # ICH at 0 mL while IVH has pixels: the ICH segment has no frame (empty frames are left out),
+    # so the ICH group is read on the middle frame of the SEG, and OHIF can still open the report.
+    image = sitk.GetArrayFromImage(plain_case.labels.image)
+    image[image == ICH] = 0
+    no_ich = sitk.GetImageFromArray(image)
+    no_ich.CopyInformation(plain_case.labels.image)
+    case = dataclasses.replace(plain_case, labels=dataclasses.replace(plain_case.labels, image=no_ich))
+    no_ich_measured = dataclasses.replace(plain_case.measurements, ich_volume_ml=0.0, abc2_volume_ml=0.0)
+    seg, sr = _build(case, no_ich_measured)
+    _assert_drawable(sr)
+    (read,) = [g for g in _groups(sr) if _identifier(g) == "ICH v1" and _inferred(g)]
+    ((_, scoord),) = _inferred(read)
+    seg_sources = {str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+                   for f in seg.PerFrameFunctionalGroupsSequence}
+    assert str(scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) in seg_sources
+    assert [i.TextValue for i in read.ContentSequence if _name(i) == COMMENT] == ["No ICH detected"]
+    assert not [g for g in _groups(sr) if _identifier(g) in ("ICH A v1", "ICH B v1")]
