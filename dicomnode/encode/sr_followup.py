@@ -197,6 +197,19 @@ def _add_evidence(sr: Dataset, ref: SegmentationRef) -> None:
     getattr(sr, keyword).append(study)
 
 
+def _append_evaluations(sr: Dataset, evaluations: Dataset) -> None:
+    """TID 1500 has one Qualitative Evaluations container (row 12, 0-1): the comparison's items
+    join the one ``build_sr`` wrote (the whole scan's haemorrhage finding), or start it."""
+    name = codes.QUALITATIVE_EVALUATIONS
+    existing = next((item for item in sr.ContentSequence
+                     if codes.as_tuple(item.ConceptNameCodeSequence[0]) == codes.as_tuple(name)),
+                    None)
+    if existing is None:
+        sr.ContentSequence.append(evaluations)
+    else:
+        existing.ContentSequence.extend(evaluations.ContentSequence)
+
+
 def add_comparison(sr: Dataset, compared: ComparedPrior, seg: Dataset, *, version: int) -> None:
     """Add the comparison with the baseline to ``sr``, a TID 1500 report built by ``build_sr``
     from ``seg`` (this scan's SEG of the same result version).
@@ -217,6 +230,6 @@ def add_comparison(sr: Dataset, compared: ComparedPrior, seg: Dataset, *, versio
     for group in [*_baseline_groups(compared, follow_series, version),
                   _followup_group(c, seg, version)]:
         container.ContentSequence.extend(group)
-    sr.ContentSequence.append(_qualitative_evaluations(c))
+    _append_evaluations(sr, _qualitative_evaluations(c))
     if compared.segmentation is not None:
         _add_evidence(sr, compared.segmentation)

@@ -237,8 +237,10 @@ def test_sr_groups_for_both_time_points(plain_case: Case, tilted_case: Case, sav
     assert (coded["HE_OBSERVED"], coded["NEW_IVH"], coded["REG_TRUSTED"]) == ("Yes", "Yes", "Yes")
     image = next(i for i in follow.ContentSequence if i.ValueType == "IMAGE")
     assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
-    qualitative = next(i for i in sr.ContentSequence
-                       if codes.as_tuple(i.ConceptNameCodeSequence[0]) == ("C0034375", "UMLS"))
+    containers = [i for i in sr.ContentSequence
+                  if codes.as_tuple(i.ConceptNameCodeSequence[0]) == ("C0034375", "UMLS")]
+    assert len(containers) == 1  # TID 1500 row 12 is 0-1: the scan's finding and the comparison's
+    qualitative = containers[0]
     found = {i.ConceptNameCodeSequence[0].CodeValue: i for i in qualitative.ContentSequence}
     assert found["HE_OBSERVED"].ConceptCodeSequence[0].CodeValue == codes.YES.value
     assert found["PRIOR_SERIES"].TextValue == PRIOR_SERIES
@@ -259,8 +261,10 @@ def test_sr_without_the_baseline_seg(plain_case: Case, save) -> None:  # type: i
     nums = [float(i.MeasuredValueSequence[0].NumericValue) for i in _items(base)
             if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == codes.VOLUME.value]
     assert nums == [12.5, 0.0]
-    qualitative = next(i for i in sr.ContentSequence
-                       if codes.as_tuple(i.ConceptNameCodeSequence[0]) == ("C0034375", "UMLS"))
+    containers = [i for i in sr.ContentSequence
+                  if codes.as_tuple(i.ConceptNameCodeSequence[0]) == ("C0034375", "UMLS")]
+    assert len(containers) == 1  # TID 1500 row 12 is 0-1: the scan's finding and the comparison's
+    qualitative = containers[0]
     found = {i.ConceptNameCodeSequence[0].CodeValue: i for i in qualitative.ContentSequence}
     assert found["HE_OBSERVED"].ConceptCodeSequence[0].CodeMeaning == "No"
     assert found["REG_NOTE"].TextValue == "registration failed: x"
