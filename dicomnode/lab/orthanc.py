@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -108,7 +109,9 @@ class Orthanc:
     def start(self, timeout_s: float = 30.0) -> Orthanc:
         log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen([str(self.binary), str(self._config())], stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=self.root)
+                                     stderr=subprocess.STDOUT, cwd=self.root,
+                                     # Nagle's algorithm adds about 40 ms per image on loopback
+                                     env={**os.environ, "TCP_NODELAY": "1"})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
