@@ -38,7 +38,7 @@ from dicomnode.load.volume import load_series
 from dicomnode.runtime.service import Node
 from tests.conftest import make_settings, requires
 from tests.ct_series import make_series
-from tests.reliability.conftest import PROFILE, record
+from tests.reliability.conftest import PROFILE, record, scenario
 from tests.reliability.hostile_corpus import (
     CASES,
     CT,
@@ -221,9 +221,9 @@ def test_hostile_corpus(tmp_path: Path, ct_template: Dataset, raw_sending: None,
                                              Path(p).with_suffix("").parts)]
     outcomes = Counter(c.outcome for c in CASES)
     refusals = Counter(f"0x{c.status:04X}" for c in CASES if c.outcome == "refused")
-    on = "" if db_url.startswith("sqlite") else "_postgresql"
-    record(f"hostile_input{on}", f"one node on loopback ({db_url.split(':')[0]}); the generated corpus case by case, a good "
-           "instance after each dangerous case, one sweep, the load stage, then a good series",
+    record(scenario("hostile_input", db_url), "one node on loopback; the generated corpus "
+           "case by case, a good instance after each dangerous case, one sweep, the load "
+           "stage, then a good series",
            cases=len(CASES), as_expected=len(CASES) - len([k for k in problems if k in
                                                             {c.name for c in CASES}]),
            outcomes=dict(outcomes), refusal_statuses=dict(refusals), instances_stored=stored,
