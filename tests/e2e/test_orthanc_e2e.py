@@ -2,9 +2,9 @@
 
 The node runs the ``threshold`` backend here so the test needs no trained weights and stays
 fast; the SEG's mask is checked against the phantom's truth. A second test keeps the PACS down
-until results are ready, then brings it up: every result arrives exactly once. That second test
-runs on SQLite and on PostgreSQL (``db_url``: the outbox and its retries are rows); the first
-checks the objects' content, which does not depend on the database, and runs on SQLite.
+until results are ready, then brings it up: every result arrives exactly once. The first test
+runs on SQLite (the default database) and the second on PostgreSQL: each whole run costs a
+minute on this machine, and the same outage on SQLite is tests/reliability/test_outage.py.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def sr_referenced_uids(sr: pydicom.Dataset) -> set[str]:
     return found
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_pacs_down_then_up_every_result_arrives_exactly_once(tmp_path: Path, db_url: str) -> None:
     truth = make_study(tmp_path / "study", seed=12, hemorrhage_ml=15.0, site="basal_ganglia",
                        matrix=64, thickness_mm=5.0)
