@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -114,6 +115,48 @@ def claim_latency_ms(sessions: SessionFactory, n: int = 200) -> tuple[float, flo
     return statistics.median(times), statistics.quantiles(times, n=20)[18]
 
 
+def idle_cost(tmp: Path, server: PgServer, n_workers: int, seconds: float) -> None:
+    """Connections and commits per minute of ``n_workers`` idle workers on one PostgreSQL."""
+    url = server.create_database()
+    make_sessions(url).kw["bind"].dispose()  # the schema, before the workers start
+    name = url.rsplit("/", 1)[1]
+    procs = []
+    for i in range(n_workers):
+        config = tmp / f"idle-gpu-{i}.toml"
+        config.write_text(f'[node]\nname = "gpu-{i}"\n[database]\nurl = "{url}"\n'
+                          '[segmentation]\nbackend = "threshold"\n[prediction]\nenabled = false\n'
+                          "[storage]\nshared = true\nmin_free_disk_mb = 0\n")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "dicomnode.cli", "worker", "--config", str(config),
+             "--storage", str(tmp / "idle-storage")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    admin = server.admin()
+    try:
+        def stats() -> tuple[int, int]:
+            connections = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                        (name,)).fetchone()
+            commits = admin.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
+                                    (name,)).fetchone()
+            return int(connections[0]), int(commits[0])
+
+        deadline = time.monotonic() + 300
+        while stats()[0] < n_workers and time.monotonic() < deadline:
+            time.sleep(1)  # every worker connected (importing the model stack takes a while)
+        time.sleep(5)
+        c0, x0 = stats()
+        time.sleep(seconds)
+        c1, x1 = stats()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        admin.close()
+    print(f"\nidle: {n_workers} `dicomnode worker` processes, poll_interval_s 1, on one "
+          f"PostgreSQL database: {max(c0, c1)} connections, "
+          f"{(x1 - x0) / seconds * 60:.0f} commits/min over {seconds:.0f} s")
+
+
 def node_config(path: Path, name: str, url: str) -> Path:
     """A receive-only node; on PostgreSQL its storage folder is marked shared."""
     database = f'[database]\nurl = "{url}"\n' if url else ""
@@ -123,19 +166,48 @@ def node_config(path: Path, name: str, url: str) -> Path:
     return path
 
 
+class PeakConnections:
+    """The most connections to one PostgreSQL database seen while it runs (polled each 0.2 s)."""
+
+    def __init__(self, server: PgServer | None, url: str) -> None:
+        self.server, self.name, self.peak = server, url.rsplit("/", 1)[1], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakConnections:
+        if self.server is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        assert self.server is not None
+        with self.server.admin() as admin:
+            while not self._stop.wait(0.2):
+                row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                    (self.name,)).fetchone()
+                self.peak = max(self.peak, int(row[0]) if row else 0)
+
+
 def ingest(run: Path, folders: list[Path], server: PgServer | None, db: str,
-           n_nodes: int) -> float:
-    """Images per second for ``folders`` sent at once, round-robin over ``n_nodes`` nodes."""
+           n_nodes: int) -> tuple[float, int]:
+    """Images per second for ``folders`` sent at once, round-robin over ``n_nodes`` nodes, and
+    the peak number of database connections (0 on SQLite)."""
     storage = run / "storage"
     url = server.create_database() if server and db == "postgresql" else ""
     sessions = make_sessions(url or f"sqlite:///{storage / 'dicomnode.db'}")  # schema first
     configs = [node_config(run / f"site-{i}.toml", f"site-{i}", url) for i in range(n_nodes)]
     nodes = [ServeProcess(storage, free_port(), settle_s=5.0, config=c) for c in configs]
     try:
-        start = time.perf_counter()
-        procs = [storescu(f, nodes[i % n_nodes].port) for i, f in enumerate(folders)]
-        codes = [p.wait(timeout=1800) for p in procs]
-        seconds = time.perf_counter() - start
+        with PeakConnections(server if url else None, url or "/") as connections:
+            start = time.perf_counter()
+            procs = [storescu(f, nodes[i % n_nodes].port) for i, f in enumerate(folders)]
+            codes = [p.wait(timeout=1800) for p in procs]
+            seconds = time.perf_counter() - start
     finally:
         exits = [n.stop() for n in nodes]
     sent = sum(1 for f in folders for _ in f.glob("*.dcm"))
@@ -145,7 +217,7 @@ def ingest(run: Path, folders: list[Path], server: PgServer | None, db: str,
     if any(codes) or any(exits) or stored != sent:
         raise RuntimeError(f"ingest lost something: senders {codes}, nodes {exits}, "
                            f"{stored} of {sent} instances stored ({run})")
-    return sent / seconds
+    return sent / seconds, connections.peak
 
 
 def run_ingest(tmp: Path, server: PgServer | None, senders: int, slices: int, matrix: int,
@@ -155,8 +227,9 @@ def run_ingest(tmp: Path, server: PgServer | None, senders: int, slices: int, ma
     mib = sum(p.stat().st_size for p in source.dicom_dir.glob("*.dcm")) / 2**20
     print(f"\ningest: {senders} storescu senders at once, each {slices} slices {matrix}x{matrix} "
           f"({mib:.1f} MiB), serve without its worker; {repeats} interleaved repeats")
-    print("| layout | run | images/s | load average (1 min) before / after |")
-    print("| --- | --- | --- | --- |")
+    print("| layout | run | images/s | peak database connections | load average (1 min) "
+          "before / after |")
+    print("| --- | --- | --- | --- | --- |")
     results: dict[str, list[float]] = {}
     for k in range(repeats):
         for label, db, n_nodes in LAYOUTS:
@@ -165,10 +238,10 @@ def run_ingest(tmp: Path, server: PgServer | None, senders: int, slices: int, ma
             run = tmp / f"ingest-{k}-{db}-{n_nodes}"
             folders = [restamp(source.dicom_dir, run / "in" / f"{i:02d}") for i in range(senders)]
             before = os.getloadavg()[0]
-            rate = ingest(run, folders, server, db, n_nodes)
+            rate, peak = ingest(run, folders, server, db, n_nodes)
             results.setdefault(label, []).append(rate)
-            print(f"| {label} | {k + 1} | {rate:.0f} | {before:.1f} / {os.getloadavg()[0]:.1f} |",
-                  flush=True)
+            print(f"| {label} | {k + 1} | {rate:.0f} | {peak or '-'} | "
+                  f"{before:.1f} / {os.getloadavg()[0]:.1f} |", flush=True)
     print("\n| layout | images/s, median of runs |")
     print("| --- | --- |")
     for label, rates in results.items():
@@ -211,7 +284,8 @@ def run_worker_counts(tmp: Path, server: PgServer | None, n_series: int,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "workers", "ingest"], default="all")
+    parser.add_argument("--part", choices=["all", "workers", "ingest", "idle"], default="all")
+    parser.add_argument("--idle-workers", type=int, default=10)
     parser.add_argument("--series", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--senders", type=int, default=4)
@@ -234,6 +308,8 @@ def main() -> int:
                 run_worker_counts(tmp, server, args.series, args.workers)
             if args.part in ("all", "ingest"):
                 run_ingest(tmp, server, args.senders, args.slices, args.matrix, args.repeats)
+            if args.part in ("all", "idle") and server is not None:
+                idle_cost(tmp, server, args.idle_workers, 60.0)
     finally:
         if server is not None:
             server.close()
