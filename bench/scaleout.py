@@ -200,6 +200,7 @@ def ingest(run: Path, folders: list[Path], server: PgServer | None, db: str,
     storage = run / "storage"
     url = server.create_database() if server and db == "postgresql" else ""
     sessions = make_sessions(url or f"sqlite:///{storage / 'dicomnode.db'}")  # schema first
+    sessions.kw["bind"].dispose()  # no idle connection of ours in the nodes' count
     configs = [node_config(run / f"site-{i}.toml", f"site-{i}", url) for i in range(n_nodes)]
     nodes = [ServeProcess(storage, free_port(), settle_s=5.0, config=c) for c in configs]
     try:
