@@ -38,7 +38,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from dicomnode.assemble.series import sweep  # noqa: E402
 from dicomnode.config import AssemblySettings, EligibilitySettings  # noqa: E402
-from dicomnode.db.models import Instance, Job, Series, Study, utcnow  # noqa: E402
+from dicomnode.db.models import Instance, Job, NodeRun, Series, Study, utcnow  # noqa: E402
 from dicomnode.db.session import SessionFactory, make_sessions  # noqa: E402
 from dicomnode.jobs.queue import claim_next, finish  # noqa: E402
 from dicomnode.lab.orthanc import free_port  # noqa: E402
@@ -115,10 +115,19 @@ def claim_latency_ms(sessions: SessionFactory, n: int = 200) -> tuple[float, flo
     return statistics.median(times), statistics.quantiles(times, n=20)[18]
 
 
+def polling(sessions: SessionFactory) -> int:
+    """Workers that sent a heartbeat after registering, i.e. that reached their claim loop."""
+    with sessions() as s:
+        rows = s.execute(select(NodeRun.started_at, NodeRun.seen_at)).all()
+    sessions.kw["bind"].dispose()
+    return sum(1 for started, seen in rows if seen - started > timedelta(seconds=0.5))
+
+
 def idle_cost(tmp: Path, server: PgServer, n_workers: int, seconds: float) -> None:
     """Connections and commits per minute of ``n_workers`` idle workers on one PostgreSQL."""
     url = server.create_database()
-    make_sessions(url).kw["bind"].dispose()  # the schema, before the workers start
+    sessions = make_sessions(url)  # the schema, before the workers start
+    sessions.kw["bind"].dispose()
     name = url.rsplit("/", 1)[1]
     procs = []
     for i in range(n_workers):
@@ -139,9 +148,9 @@ def idle_cost(tmp: Path, server: PgServer, n_workers: int, seconds: float) -> No
                                     (name,)).fetchone()
             return int(connections[0]), int(commits[0])
 
-        deadline = time.monotonic() + 300
-        while stats()[0] < n_workers and time.monotonic() < deadline:
-            time.sleep(1)  # every worker connected (importing the model stack takes a while)
+        deadline = time.monotonic() + 600
+        while polling(sessions) < n_workers and time.monotonic() < deadline:
+            time.sleep(1)  # every worker in its loop (importing the model stack takes a while)
         time.sleep(5)
         c0, x0 = stats()
         time.sleep(seconds)
