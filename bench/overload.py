@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from dicomnode.db.session import make_sessions  # noqa: E402
 from dicomnode.lab.orthanc import free_port  # noqa: E402
 from tests.reliability.harness import (  # noqa: E402
     PeakRss,
@@ -38,12 +39,17 @@ from tests.reliability.harness import (  # noqa: E402
     sessions_for,
     storescu,
     wait_until,
+    with_database,
 )
 
 
 def run_overload(work: Path, *, senders: int = 10, slices: int = 300, matrix: int = 128,
-                 max_associations: int | None = None, drain_timeout_s: float = 3600) -> dict:
-    """Run one overload measurement in ``work``; returns its figures. Raises on any loss."""
+                 max_associations: int | None = None, drain_timeout_s: float = 3600,
+                 db_url: str = "") -> dict:
+    """Run one overload measurement in ``work``; returns its figures. Raises on any loss.
+
+    ``db_url``: the node's database (default: SQLite in the storage folder).
+    """
     from dicomnode.lab.synth import make_study
 
     thickness_mm = min(5.0, max(0.5, 150.0 / slices))  # a head-sized extent
@@ -53,8 +59,10 @@ def run_overload(work: Path, *, senders: int = 10, slices: int = 300, matrix: in
     mib = sum(p.stat().st_size for f in folders for p in f.glob("*.dcm")) / 2**20
     config = node_config(work / "node.toml", max_associations=max_associations or senders)
     storage = work / "storage"
+    if db_url:
+        config = with_database(config, db_url, config)
     node = ServeProcess(storage, free_port(), settle_s=2.0, config=config)
-    sessions = sessions_for(storage)
+    sessions = make_sessions(db_url) if db_url else sessions_for(storage)
     try:
         wait_until(node.worker_pid, 60, "the worker")
         peak = PeakRss(node)
@@ -79,12 +87,14 @@ def run_overload(work: Path, *, senders: int = 10, slices: int = 300, matrix: in
         code = node.stop()
     refused, rejected = refusals(sessions)
     js = jobs(sessions)
+    in_database = len(db_instances(sessions))
+    sessions.kw["bind"].dispose()
     failed_senders = [f.with_suffix(".log").read_text(errors="replace")[-500:]
                       for p, f in zip(procs, folders, strict=True) if p.returncode]
     figures: dict[str, Any] = {
         "senders": senders, "slices_per_study": slices, "matrix": matrix,
         "slice_thickness_mm": thickness_mm, "instances_sent": senders * slices,
-        "mib_sent": round(mib, 1), "in_database": len(db_instances(sessions)),
+        "mib_sent": round(mib, 1), "in_database": in_database,
         "refused_instances": refused, "rejected_associations": rejected,
         "failed_senders": len(failed_senders),
         "series_processed": sum(1 for j in js if j["state"] == "done"),

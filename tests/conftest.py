@@ -105,6 +105,22 @@ def node(settings: Settings) -> Iterator[Node]:
         n.stop()
 
 
+@pytest.fixture
+def db_settings(tmp_path: Path, db_url: str) -> Settings:
+    """``settings`` with the database on SQLite and on PostgreSQL (the test runs on each)."""
+    return make_settings(tmp_path / "storage", **{"database.url": db_url})
+
+
+@pytest.fixture
+def db_node(db_settings: Settings) -> Iterator[Node]:
+    """``node`` on SQLite and on PostgreSQL (the test runs on each)."""
+    n = Node(db_settings).start()
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
 @pytest.fixture(scope="session")
 def ct_template() -> Dataset:
     """A small real CT slice (pydicom's CT_small, 128 x 128) made to look like head CT."""

@@ -88,29 +88,30 @@ class PgServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
-    def _admin(self) -> psycopg.Connection:
+    def admin(self) -> psycopg.Connection:
+        """An autocommit connection to the maintenance database, as the superuser."""
         return psycopg.connect(f"host=127.0.0.1 port={self.port} user={SUPERUSER} "
                                "dbname=postgres", autocommit=True)
 
     def create_database(self, *, template: str = "template0") -> str:
         """A new empty (or ``template``-cloned) database; returns its SQLAlchemy URL."""
         name = f"t_{uuid.uuid4().hex[:16]}"
-        with self._admin() as conn:
+        with self.admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return self.url(name)
 
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[1]
-        with self._admin() as conn:
+        with self.admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def make_template(self, name: str) -> str:
         """An empty database meant to be upgraded once, then cloned (mark with ``seal``)."""
-        with self._admin() as conn:
+        with self.admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         return self.url(name)
 
     def seal(self, name: str) -> None:
         """Mark ``name`` as a template (close its connections first: a copy needs none)."""
-        with self._admin() as conn:
+        with self.admin() as conn:
             conn.execute(f"ALTER DATABASE \"{name}\" WITH IS_TEMPLATE true")

@@ -1,5 +1,9 @@
 """``dicomnode demo`` on the shipped configuration: the default backend (unet, with the bundle in
-models/) segments a synthetic haemorrhage, and SEG, SR and overlays reach the loopback PACS."""
+models/) segments a synthetic haemorrhage, and SEG, SR and overlays reach the loopback PACS.
+
+The shipped configuration's database is SQLite in the storage folder, so this runs on SQLite only;
+the same path on PostgreSQL is tests/e2e/test_orthanc_e2e.py.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 
 The node runs the ``threshold`` backend here so the test needs no trained weights and stays
 fast; the SEG's mask is checked against the phantom's truth. A second test keeps the PACS down
-until results are ready, then brings it up: every result arrives exactly once.
+until results are ready, then brings it up: every result arrives exactly once. The first test
+runs on SQLite (the default database) and the second on PostgreSQL: each whole run costs a
+minute on this machine, and the same outage on SQLite is tests/reliability/test_outage.py.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def _config(tmp_path: Path, pacs: Orthanc) -> Path:
+def _config(tmp_path: Path, pacs: Orthanc, db_url: str = "") -> Path:
     config = tmp_path / "node.toml"
-    config.write_text(
+    database = f'[database]\nurl = "{db_url}"\n' if db_url else ""
+    config.write_text(database +
         "[segmentation]\nbackend = \"threshold\"\n"
         "[assembly]\nsweep_interval_s = 0.3\n"
         "[delivery]\ninterval_s = 0.5\nretry_base_s = 0.5\nretry_max_s = 2\n"
@@ -58,8 +61,8 @@ def _wait(pred, timeout_s: float = 180, what: str = "condition"):  # type: ignor
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _delivered(storage: Path) -> dict | None:
-    rows = status_json(storage)
+def _delivered(storage: Path, config: Path) -> dict | None:
+    rows = status_json(storage, config)
     if rows and rows[0]["state"] == "failed":
         raise AssertionError(f"job failed: {rows[0]['reason']}")
     if rows and rows[0]["state"] == "done" and rows[0]["delivery"] and \
@@ -72,11 +75,11 @@ def test_results_arrive_in_orthanc_with_references_and_a_correct_mask(tmp_path: 
     truth = make_study(tmp_path / "study", seed=11, hemorrhage_ml=25.0, site="lobar",
                        matrix=128, thickness_mm=5.0)
     with Orthanc(tmp_path / "orthanc") as pacs:
-        node = ServeProcess(tmp_path / "storage", free_port(), settle_s=1.0,
-                            config=_config(tmp_path, pacs))
+        config = _config(tmp_path, pacs)
+        node = ServeProcess(tmp_path / "storage", free_port(), settle_s=1.0, config=config)
         try:
             _send(truth.dicom_dir, node.port)
-            row = _wait(lambda: _delivered(tmp_path / "storage"), what="delivery")
+            row = _wait(lambda: _delivered(tmp_path / "storage", config), what="delivery")
         finally:
             node.stop()
         assert row["delivery"]["failed"] == 0
@@ -125,17 +128,18 @@ def sr_referenced_uids(sr: pydicom.Dataset) -> set[str]:
     return found
 
 
-def test_pacs_down_then_up_every_result_arrives_exactly_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_pacs_down_then_up_every_result_arrives_exactly_once(tmp_path: Path, db_url: str) -> None:
     truth = make_study(tmp_path / "study", seed=12, hemorrhage_ml=15.0, site="basal_ganglia",
                        matrix=64, thickness_mm=5.0)
     pacs = Orthanc(tmp_path / "orthanc")  # not started: the PACS is down
-    node = ServeProcess(tmp_path / "storage", free_port(), settle_s=1.0,
-                        config=_config(tmp_path, pacs))
+    config = _config(tmp_path, pacs, db_url)
+    node = ServeProcess(tmp_path / "storage", free_port(), settle_s=1.0, config=config)
     try:
         _send(truth.dicom_dir, node.port)
 
         def retried() -> dict | None:
-            rows = status_json(tmp_path / "storage")
+            rows = status_json(tmp_path / "storage", config)
             d = rows[0]["delivery"] if rows and rows[0]["state"] == "done" else None
             return rows[0] if d and d["pending"] else None
 
@@ -143,7 +147,8 @@ def test_pacs_down_then_up_every_result_arrives_exactly_once(tmp_path: Path) -> 
         pending = row["delivery"]["pending"]
         time.sleep(2)  # a few failed attempts with backoff
         with pacs:
-            row = _wait(lambda: _delivered(tmp_path / "storage"), what="delivery after outage")
+            row = _wait(lambda: _delivered(tmp_path / "storage", config),
+                        what="delivery after outage")
             time.sleep(2)  # nothing more arrives later
             stored = [i["SOPInstanceUID"] for i in pacs.instances()]
     finally:

@@ -3,7 +3,10 @@ Debian's headless Chromium. Synthetic studies go storescu -> node -> (STOW-RS) O
 
 Each test collects the browser console (an error or uncaught exception fails it) and every
 request (only the rig's loopback origin may be contacted), and keeps its screenshots in
-build/viewer/ (DICOMNODE_VIEWER_SHOTS overrides). See docs/viewer.md.
+build/viewer/ (DICOMNODE_VIEWER_SHOTS overrides). See docs/viewer.md. The node runs on its
+default database (SQLite): what is checked here is the objects in the viewer, and the node's
+database paths on PostgreSQL are covered by tests/e2e/test_orthanc_e2e.py and the STOW-RS
+outbox by tests/integration/test_delivery.py.
 """
 
 from __future__ import annotations

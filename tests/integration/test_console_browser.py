@@ -1,5 +1,9 @@
 """The console of a real ``dicomnode serve``: a series goes through the node, then headless
-Chromium opens the overview and the job page; and a console port that is taken stops nothing."""
+Chromium opens the overview and the job page; and a console port that is taken stops nothing.
+
+The browser case runs on SQLite and on PostgreSQL (``db_url``): the console child reads through
+read-only sessions of either. The taken-port case does not depend on the database.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,11 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
+from dicomnode.db.session import make_sessions
 from dicomnode.lab.synth import make_study
 from tests.conftest import REPO, free_port, requires
 from tests.ct_series import make_series
-from tests.reliability.harness import ServeProcess, node_config, sessions_for, wait_until
+from tests.reliability.harness import ServeProcess, node_config, wait_until, with_database
 from tests.unit.web.console_fixtures import PATIENT_ID
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -27,9 +32,11 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
 
 
-def _serve(tmp_path: Path, web_port: int) -> ServeProcess:
+def _serve(tmp_path: Path, web_port: int, db_url: str = "") -> ServeProcess:
     config = node_config(tmp_path / "node.toml")
     config.write_text(config.read_text() + f"[web]\nport = {web_port}\n")
+    if db_url:
+        with_database(config, db_url, config)
     return ServeProcess(tmp_path / "storage", free_port(), settle_s=0.5, config=config)
 
 
@@ -62,9 +69,10 @@ def _ok(url: str) -> bool:
 
 
 @requires("chromium")
-def test_browser_shows_overview_and_job_of_a_real_series(tmp_path: Path) -> None:
+def test_browser_shows_overview_and_job_of_a_real_series(tmp_path: Path, db_url: str) -> None:
     web_port = free_port()
-    node = _serve(tmp_path, web_port)
+    node = _serve(tmp_path, web_port, db_url)
+    sessions = make_sessions(db_url)
     base = f"http://127.0.0.1:{web_port}"
     try:
         # A synthetic head phantom: it passes the QA input checks, so the job ends done.
@@ -74,7 +82,6 @@ def test_browser_shows_overview_and_job_of_a_real_series(tmp_path: Path) -> None
             ds.PatientID = PATIENT_ID
         n = len(series)
         _send(node.port, series)
-        sessions = sessions_for(node.storage)
         from sqlalchemy import select
 
         from dicomnode.db.models import Job
@@ -113,6 +120,7 @@ def test_browser_shows_overview_and_job_of_a_real_series(tmp_path: Path) -> None
             if (REPO / "docs" / "images").is_dir() and _wanted():
                 shutil.copy(shots / f"{name}.png", REPO / "docs" / "images" / f"console-{name}.png")
     finally:
+        sessions.kw["bind"].dispose()
         assert node.stop() == 0
 
 

@@ -63,7 +63,10 @@ def _states(node: Node, timeout_s: float = 60) -> dict[str, tuple[str, str]]:
 
 
 @requires("storescu")
-def test_cta_and_perfusion_sent_by_storescu_are_refused_for_contrast(node: Node, tmp_path: Path) -> None:
+def test_cta_and_perfusion_sent_by_storescu_are_refused_for_contrast(db_node: Node,
+                                                                     tmp_path: Path) -> None:
+    """On SQLite and on PostgreSQL (``db_node``): the verdict and its reason are stored rows."""
+    node = db_node
     cta, perfusion = _cta(tmp_path / "cta"), _perfusion(tmp_path / "perfusion")
     env = {**os.environ, "TCP_NODELAY": "1"}
     for folder in (tmp_path / "cta", tmp_path / "perfusion" / "perf"):

@@ -1,73 +1,27 @@
-"""Delivery: durable outbox, Orthanc as the PACS, outages, refusals and the SEG fallback."""
+"""Delivery: durable outbox, Orthanc as the PACS, outages, refusals and the SEG fallback.
+
+Every test runs on SQLite and on PostgreSQL (``db_url``).
+"""
 
 from __future__ import annotations
 
 import shutil
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
-from pynetdicom.sop_class import SegmentationStorage
 from sqlalchemy import select
 
-from dicomnode.config import Destination, Settings
-from dicomnode.db.models import Job, OutboxItem, utcnow
-from dicomnode.db.session import make_sessions
+from dicomnode.config import Destination
+from dicomnode.db.models import OutboxItem, utcnow
+from dicomnode.db.session import SessionFactory
 from dicomnode.lab.orthanc import Orthanc, free_port
 from dicomnode.send.outbox import deliver_due, enqueue, resend
-from tests.conftest import make_settings
-from tests.ct_series import make_series
+from tests.integration.conftest import OutboxCase
 from tests.reliability.harness import PickyPacs
 
 
-def _job_with_outputs(settings: Settings, ct_template: Dataset, kinds: dict[str, int],
-                      seg_class: bool = True) -> tuple[int, list[dict]]:
-    """A job row and output files under storage/_results (CT pixels stand in for the objects)."""
-    sessions = make_sessions(settings.database_url)
-    from dicomnode.db.models import Series, Study
-
-    with sessions.begin() as s:
-        study = Study(study_instance_uid=generate_uid())
-        s.add(study)
-        s.flush()
-        series = Series(series_instance_uid=generate_uid(), study_id=study.id, state="done")
-        s.add(series)
-        s.flush()
-        job = Job(series_id=series.id, version=1, state="done")
-        s.add(job)
-        s.flush()
-        job_id = job.id
-    out_dir = settings.storage.path / "_results" / "x" / "v1"
-    out_dir.mkdir(parents=True)
-    items = []
-    for kind, n in kinds.items():
-        for ds in make_series(ct_template, n):
-            if kind == "seg" and seg_class:
-                ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SegmentationStorage
-            path = out_dir / f"{kind}-{ds.SOPInstanceUID}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            items.append({"kind": kind, "path": path.relative_to(settings.storage.path).as_posix(),
-                          "sop_class_uid": str(ds.SOPClassUID),
-                          "sop_instance_uid": str(ds.SOPInstanceUID)})
-    with sessions.begin() as s:
-        s.get(Job, job_id).outputs = {"items": items}
-    return job_id, items
-
-
-def _outbox_case(tmp_path: Path, ct_template: Dataset, dest: Destination,
-                 kinds: dict[str, int], **overrides: object) -> tuple[Settings, Any, int, list[dict]]:
-    """Settings with one destination, a job with output files, and the sessions."""
-    settings = make_settings(tmp_path / "storage", **{"destinations.add": [dest], **overrides})
-    settings.storage.path.mkdir(parents=True)
-    job_id, items = _job_with_outputs(settings, ct_template, kinds)
-    return settings, make_sessions(settings.database_url), job_id, items
-
-
-def _states(settings: Settings) -> dict[str, str]:
-    sessions = make_sessions(settings.database_url)
+def _states(sessions: SessionFactory) -> dict[str, str]:
     with sessions() as s:
         return {f"{i.kind}:{i.sop_instance_uid[-6:]}": i.state
                 for i in s.scalars(select(OutboxItem))}
@@ -79,18 +33,18 @@ def _later(minutes: float = 30) -> object:
 
 @pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc not installed")
 def test_outage_then_every_result_arrives_exactly_once(tmp_path: Path,
-                                                       ct_template: Dataset) -> None:
+                                                       outbox_case: OutboxCase) -> None:
     pacs = Orthanc(tmp_path / "orthanc")
     dest = Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=pacs.dicom_port,
                        outputs=("sr", "overlay"))
-    settings, sessions, job_id, items = _outbox_case(
-        tmp_path, ct_template, dest, {"sr": 1, "overlay": 3, "seg": 1},
+    settings, sessions, job_id, items = outbox_case(
+        dest, {"sr": 1, "overlay": 3, "seg": 1},
         **{"delivery.retry_base_s": 1.0})
     assert enqueue(sessions, job_id, items, settings.destinations) == 4  # no SEG wanted
     assert enqueue(sessions, job_id, items, settings.destinations) == 0  # idempotent
     # PACS down: transient, retried later, nothing lost.
     assert deliver_due(sessions, settings) == {"transient": 4}
-    assert set(_states(settings).values()) == {"pending"}
+    assert set(_states(sessions).values()) == {"pending"}
     with sessions() as s:
         assert all(i.attempts == 1 and i.next_attempt_at > utcnow() - timedelta(seconds=1)
                    for i in s.scalars(select(OutboxItem)))
@@ -107,18 +61,17 @@ def test_outage_then_every_result_arrives_exactly_once(tmp_path: Path,
 
 
 def test_refused_seg_is_permanent_and_overlays_still_arrive(tmp_path: Path,
-                                                            ct_template: Dataset) -> None:
+                                                            outbox_case: OutboxCase) -> None:
     pacs = PickyPacs(free_port())
     try:
         dest = Destination(name="old", ae_title="OLDPACS", host="127.0.0.1", port=pacs.port,
                            outputs=("seg", "sr"))
-        settings, sessions, job_id, items = _outbox_case(tmp_path, ct_template, dest,
-                                                         {"seg": 1, "overlay": 2})
+        settings, sessions, job_id, items = outbox_case(dest, {"seg": 1, "overlay": 2})
         assert enqueue(sessions, job_id, items, settings.destinations) == 1  # the SEG only
         assert deliver_due(sessions, settings) == {"permanent": 1}
         # The refusal is recorded and the overlays were queued instead; they arrive.
         assert deliver_due(sessions, settings) == {"sent": 2}
-        states = _states(settings)
+        states = _states(sessions)
         assert sorted(states.values()) == ["failed", "sent", "sent"]
         with sessions() as s:
             seg = s.scalar(select(OutboxItem).where(OutboxItem.kind == "seg"))
@@ -130,29 +83,27 @@ def test_refused_seg_is_permanent_and_overlays_still_arrive(tmp_path: Path,
         pacs.server.shutdown()
 
 
-def test_rejected_association_is_permanent(tmp_path: Path, ct_template: Dataset) -> None:
+def test_rejected_association_is_permanent(tmp_path: Path, outbox_case: OutboxCase) -> None:
     pacs = PickyPacs(free_port())
     pacs.server.ae.require_called_aet = True
     try:
         dest = Destination(name="wrong", ae_title="NOTTHEM", host="127.0.0.1", port=pacs.port,
                            outputs=("overlay",))
-        settings, sessions, job_id, items = _outbox_case(tmp_path, ct_template, dest,
-                                                         {"overlay": 2})
+        settings, sessions, job_id, items = outbox_case(dest, {"overlay": 2})
         enqueue(sessions, job_id, items, settings.destinations)
         assert deliver_due(sessions, settings) == {"permanent": 2}
-        assert set(_states(settings).values()) == {"failed"}
+        assert set(_states(sessions).values()) == {"failed"}
     finally:
         pacs.server.shutdown()
 
 
 def test_damaged_output_fails_once_and_the_rest_is_sent(tmp_path: Path,
-                                                        ct_template: Dataset) -> None:
+                                                        outbox_case: OutboxCase) -> None:
     pacs = PickyPacs(free_port())
     try:
         dest = Destination(name="old", ae_title="OLDPACS", host="127.0.0.1", port=pacs.port,
                            outputs=("overlay",))
-        settings, sessions, job_id, items = _outbox_case(tmp_path, ct_template, dest,
-                                                         {"overlay": 4})
+        settings, sessions, job_id, items = outbox_case(dest, {"overlay": 4})
         cut, gone = (settings.storage.path / items[i]["path"] for i in (0, 2))
         cut.write_bytes(cut.read_bytes()[:400])  # file meta only: no SOP Instance UID
         gone.unlink()
@@ -165,13 +116,12 @@ def test_damaged_output_fails_once_and_the_rest_is_sent(tmp_path: Path,
 
 
 def test_object_that_aborts_the_association_does_not_hold_back_the_others(
-        tmp_path: Path, ct_template: Dataset) -> None:
+        tmp_path: Path, outbox_case: OutboxCase) -> None:
     pacs = PickyPacs(free_port())
     try:
         dest = Destination(name="old", ae_title="OLDPACS", host="127.0.0.1", port=pacs.port,
                            outputs=("overlay",))
-        settings, sessions, job_id, items = _outbox_case(tmp_path, ct_template, dest,
-                                                         {"overlay": 4})
+        settings, sessions, job_id, items = outbox_case(dest, {"overlay": 4})
         flaky = items[0]["sop_instance_uid"]
         pacs.abort_first[flaky] = 5
         enqueue(sessions, job_id, items, settings.destinations)

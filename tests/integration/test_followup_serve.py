@@ -19,6 +19,7 @@ from dicomnode.db.models import Job, utcnow
 from dicomnode.db.session import make_sessions
 from dicomnode.jobs.queue import claim_next
 from dicomnode.lab.orthanc import Orthanc
+from dicomnode.lab.synth.study import StudyTruth
 from dicomnode.pipeline import make_context, process_series
 from dicomnode.receive.instance_store import InstanceStore
 from dicomnode.send.outbox import deliver_due
@@ -28,10 +29,19 @@ from tests.unit.receive.test_instance_store import put
 
 
 @pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc not installed")
-def test_worker_defers_then_compares_followup(tmp_path: Path) -> None:
+def test_worker_defers_then_compares_followup(tmp_path: Path, db_url: str) -> None:
+    """On SQLite and on PostgreSQL (``db_url``): the prior is found by a database query."""
     base, follow = followup_pair(tmp_path / "synth", seed=31, baseline_ml=25.0, growth_ml=16.0)
     root = tmp_path / "storage"
-    store = InstanceStore(root, make_sessions(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    store = InstanceStore(root, make_sessions(db_url))
+    try:
+        _defer_then_compare(tmp_path, root, store, base, follow)
+    finally:
+        store.close()
+
+
+def _defer_then_compare(tmp_path: Path, root: Path, store: InstanceStore, base: StudyTruth,
+                        follow: StudyTruth) -> None:
     for truth in (follow, base):  # the follow-up arrives first: its job is claimed first
         for path in sorted(truth.dicom_dir.glob("*.dcm")):
             put(store, pydicom.dcmread(path))

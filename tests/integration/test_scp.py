@@ -1,7 +1,8 @@
 """The SCP over real loopback associations: pynetdicom and DCMTK clients, storage outcomes.
 
 Access control and TLS are in tests/reliability/test_security.py, hostile input in
-tests/reliability/test_hostile.py.
+tests/reliability/test_hostile.py. Every test that stores runs on SQLite and on PostgreSQL
+(``node`` is ``db_node`` here); the disk watermark refuses before the database is touched.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -29,6 +31,12 @@ from dicomnode.db.models import (
 from dicomnode.runtime.service import Node
 from tests.conftest import GE_DIR, make_settings, requires
 from tests.ct_series import make_series
+
+
+@pytest.fixture
+def node(db_node: Node) -> Node:
+    """The node on SQLite and on PostgreSQL."""
+    return db_node
 
 
 def scu(calling: str = "TESTSCU") -> AE:
@@ -128,10 +136,12 @@ def test_enhanced_ct_is_stored_and_assembled_by_frames(node: Node, ct_template: 
     assert g["n_frames"] == 12 and g["instances"] == 1 and g["spacing_mm"]["median"] == 5.0
 
 
-def test_several_receiving_processes_share_the_port(tmp_path: Path, ct_template: Dataset) -> None:
+def test_several_receiving_processes_share_the_port(tmp_path: Path, ct_template: Dataset,
+                                                   db_url: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    node = Node(make_settings(tmp_path, **{"node.receiver_processes": 2})).start()
+    node = Node(make_settings(tmp_path, **{"node.receiver_processes": 2,
+                                           "database.url": db_url})).start()
     try:
         assert len(node.receivers) == 1 and node.receivers[0].poll() is None
         batches = [make_series(ct_template, 3) for _ in range(8)]

@@ -1,4 +1,10 @@
-"""``dicomnode serve`` as a real process: the new user's path, and SIGKILL in mid-transfer."""
+"""``dicomnode serve`` as a real process: the new user's path, and SIGKILL in mid-transfer.
+
+The SIGKILL case runs on SQLite and on PostgreSQL (``db_url``): it is the one where the database
+must hold every acknowledged instance. The new user's path is the default configuration (SQLite
+in the storage folder) and the process-tree case does not depend on the database; each whole
+``serve`` run costs seconds, so they run on SQLite only.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +26,13 @@ from dicomnode.db.session import make_sessions
 from tests.conftest import GE_DIR, free_port, requires
 from tests.ct_series import make_series, write_series
 from tests.reliability.harness import (
+    RECEIVE_ONLY,
     ServeProcess,
     children,
     wait_for_state,
     wait_gone,
     wait_until,
+    with_database,
 )
 
 
@@ -61,13 +69,14 @@ def test_new_user_sends_ge_series_and_status_shows_queued_job(tmp_path: Path) ->
     assert "QMNx85rKkkg" not in log_text and "REMOVED" not in log_text
 
 
-def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path,
-                                                            ct_template: Dataset) -> None:
+def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path, ct_template: Dataset,
+                                                            db_url: str) -> None:
     storage = tmp_path / "storage"
     port = free_port()
     series = make_series(ct_template, 80)
     files = write_series(series, tmp_path / "in")
-    node = ServeProcess(storage, port)
+    config = with_database(RECEIVE_ONLY, db_url, tmp_path / "node.toml")
+    node = ServeProcess(storage, port, config=config)
     acked: list[str] = []
     ae = AE(ae_title="CRASHTEST")
     ae.add_requested_context(CTImageStorage)
@@ -89,9 +98,9 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path,
     assert node.proc.poll() is not None, "server was not killed"
     assert 25 <= len(acked) < len(series)
     # Restart at once on the same port: nothing orphaned holds it.
-    node = ServeProcess(storage, port)
+    node = ServeProcess(storage, port, config=config)
+    sessions = make_sessions(db_url)
     try:
-        sessions = make_sessions(f"sqlite:///{storage / 'dicomnode.db'}")
         with sessions() as s:
             rows = {i.sop_instance_uid: i.path for i in s.scalars(select(Instance))}
         for uid in acked:
@@ -105,9 +114,10 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path,
         assoc = ae2.associate("127.0.0.1", port, ae_title="DICOMNODE")
         assert [assoc.send_c_store(p).Status for p in files] == [0] * len(files)
         assoc.release()
-        rows_status = wait_for_state(storage, "queued")
+        rows_status = wait_for_state(storage, "queued", config=config)
         assert rows_status[0]["instances"] == len(series)
     finally:
+        sessions.kw["bind"].dispose()
         node.stop()
 
 

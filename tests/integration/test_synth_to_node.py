@@ -10,7 +10,9 @@ from dicomnode.runtime.service import Node
 from dicomnode.send.scu import iter_files, send_files
 
 
-def test_synthetic_study_is_received_and_queued(node: Node, tmp_path: Path) -> None:
+def test_synthetic_study_is_received_and_queued(db_node: Node, tmp_path: Path) -> None:
+    """On SQLite and on PostgreSQL (``db_node``)."""
+    node = db_node
     truth = make_study(tmp_path / "study", seed=3, hemorrhage_ml=20, site="lobar", matrix=64,
                        thickness_mm=5.0)
     files = list(iter_files([truth.dicom_dir]))

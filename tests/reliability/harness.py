@@ -120,16 +120,23 @@ def wait_gone(pids: Iterable[int], timeout_s: float = 10.0) -> float:
     return time.monotonic() - start
 
 
-def status_json(storage: Path) -> list[dict]:
+def with_database(config: Path, db_url: str, out: Path) -> Path:
+    """A copy of ``config`` (which has no ``[database]`` table) at ``out``, using ``db_url``."""
+    out.write_text(f'{config.read_text()}\n[database]\nurl = "{db_url}"\n')
+    return out
+
+
+def status_json(storage: Path, config: Path = EMPTY_CONFIG) -> list[dict]:
     out = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--json", "--config",
-                          str(EMPTY_CONFIG), "--storage", str(storage)],
+                          str(config), "--storage", str(storage)],
                          check=True, capture_output=True, text=True, timeout=60)
     return json.loads(out.stdout)
 
 
-def wait_for_state(storage: Path, state: str, timeout_s: float = 30) -> list[dict]:
+def wait_for_state(storage: Path, state: str, timeout_s: float = 30,
+                   config: Path = EMPTY_CONFIG) -> list[dict]:
     """Wait until ``dicomnode status`` shows every series in ``state``."""
-    return wait_until(lambda: (rows := status_json(storage)) and all(
+    return wait_until(lambda: (rows := status_json(storage, config)) and all(
         r["state"] == state for r in rows) and rows, timeout_s, f"series {state}", 0.5)
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from dicomnode.db.session import make_sessions
 from dicomnode.encode.uids import instance_uid
 from dicomnode.lab.orthanc import Orthanc, free_port
 from dicomnode.lab.synth import make_study
-from tests.reliability.conftest import PROFILE, record, scale
+from tests.reliability.conftest import PROFILE, on_databases, record, scale, scenario
 from tests.reliability.harness import (
     Peer,
     SeriesFiles,
@@ -38,9 +39,9 @@ from tests.reliability.harness import (
     outbox,
     restamp,
     send,
-    sessions_for,
     wait_gone,
     wait_until,
+    with_database,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc absent")
@@ -118,7 +119,8 @@ class Round:
         node.kill()
 
 
-def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+@on_databases
+def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, db_url: str) -> None:
     rng = random.Random(SEED)
     storage, port = tmp_path / "storage", free_port()
     source = make_study(tmp_path / "source", seed=3, hemorrhage_ml=20.0, matrix=64,
@@ -127,9 +129,9 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -
     rng.shuffle(plan)
     started = time.monotonic()
     with Orthanc(tmp_path / "orthanc") as pacs:
-        config = node_config(tmp_path / "node.toml",
-                             destinations=[Peer("orthanc", "ORTHANC", pacs.dicom_port)])
-        sessions = sessions_for(storage)
+        config = with_database(node_config(tmp_path / "node.toml", destinations=[
+            Peer("orthanc", "ORTHANC", pacs.dicom_port)]), db_url, tmp_path / "node.toml")
+        sessions = make_sessions(db_url)
         acked: set[str] = set()
         sent: list[SeriesFiles] = []
         interrupted: list[SeriesFiles] = []
@@ -164,7 +166,8 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -
             code = node.stop()
     assert code == 0, "serve did not stop cleanly"
     _check_and_record(storage, sessions, sent, acked, stored, plan, restart_s, child_exit_s,
-                      time.monotonic() - started, rounds.unrecorded)
+                      time.monotonic() - started, rounds.unrecorded, scenario("crash", db_url))
+    sessions.kw["bind"].dispose()
 
 
 def _settled(sessions) -> bool:  # type: ignore[no-untyped-def]
@@ -177,7 +180,8 @@ def _settled(sessions) -> bool:  # type: ignore[no-untyped-def]
 
 def _check_and_record(storage: Path, sessions, sent: list[SeriesFiles], acked: set[str],  # type: ignore[no-untyped-def]
                       stored: list[str], plan: list[str], restart_s: list[float],
-                      child_exit_s: list[float], runtime_s: float, unrecorded: int) -> None:
+                      child_exit_s: list[float], runtime_s: float, unrecorded: int,
+                      name: str) -> None:
     every = {u for s in sent for u in s.files.values()}
     rows = db_instances(sessions)
     disk = files_on_disk(storage)
@@ -198,7 +202,7 @@ def _check_and_record(storage: Path, sessions, sent: list[SeriesFiles], acked: s
     items = outbox(sessions)
     assert {o["sop_instance_uid"] for o in items} == expected
     assert len(stored) == len(set(stored)) and set(stored) == expected
-    record("crash", "SIGKILL of `dicomnode serve` (and so its worker) at random points of "
+    record(name, "SIGKILL of `dicomnode serve` (and so its worker) at random points of "
            "receive, processing and delivery, restart at once on the same port; plus SIGKILL "
            "of the worker alone while processing; "
            f"series of {len(sent[0].files)} slices, 64x64, threshold backend, Orthanc as the PACS",

@@ -142,11 +142,12 @@ def _encoded(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def test_received_bytes_are_stored_or_refused(tmp_path: Path, ct_template: Dataset) -> None:
-    """Mutated encodings through decode (as pynetdicom does) and the durable store."""
+def test_received_bytes_are_stored_or_refused(tmp_path: Path, ct_template: Dataset,
+                                              db_url: str) -> None:
+    """Mutated encodings through decode (as pynetdicom does) and the durable store, on SQLite
+    and on PostgreSQL (``db_url``: mutated header strings reach text columns)."""
     root = tmp_path / "storage"
-    store = InstanceStore(root, make_sessions(f"sqlite:///{tmp_path / 'db.sqlite'}"),
-                          fsync=False)
+    store = InstanceStore(root, make_sessions(db_url), fsync=False)
     good = make_series(ct_template, 1)[0]
     file_bytes = _encoded(good)
     split = len(file_bytes) - len(good.PixelData) - 12  # the data set starts after the meta

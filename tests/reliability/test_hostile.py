@@ -4,7 +4,8 @@ The corpus (``hostile_corpus.py``) is sent case by case to one running node. Aft
 check its C-STORE statuses and receive-error rows; after dangerous cases, that a good instance is
 still accepted; after the whole corpus, one sweep judges every series, the load stage reads the
 ones expected to fail there, and a good series must still come out queued. Nothing may be written
-outside the storage root.
+outside the storage root. The corpus runs on SQLite and on PostgreSQL (``db_url``): hostile
+strings reach text columns, and PostgreSQL refuses some that SQLite stores (NUL characters).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from dicomnode.load.volume import load_series
 from dicomnode.runtime.service import Node
 from tests.conftest import make_settings, requires
 from tests.ct_series import make_series
-from tests.reliability.conftest import PROFILE, record
+from tests.reliability.conftest import PROFILE, record, scenario
 from tests.reliability.hostile_corpus import (
     CASES,
     CT,
@@ -173,14 +174,17 @@ def _judge_series(node: Node, pending: dict[str, tuple[Case, str]]) -> dict[str,
 
 
 def _outside_root(tmp_path: Path, root: Path, corpus: Path) -> list[Path]:
-    """Files under tmp_path that are neither in the storage root nor the corpus folder."""
-    return [p for p in tmp_path.rglob("*") if p.is_file()
-            and not p.is_relative_to(root) and not p.is_relative_to(corpus)]
+    """Files under tmp_path in neither the storage root, the corpus folder nor the SQLite
+    database of ``db_url`` (``tmp_path/db.sqlite`` and its journal files)."""
+    return [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(root)
+            and not p.is_relative_to(corpus) and not p.name.startswith("db.sqlite")]
 
 
-def test_hostile_corpus(tmp_path: Path, ct_template: Dataset, raw_sending: None) -> None:
+def test_hostile_corpus(tmp_path: Path, ct_template: Dataset, raw_sending: None,
+                        db_url: str) -> None:
     # settle_s is long: the test completes every series itself, once, after the whole corpus.
-    settings = make_settings(tmp_path / "node" / "storage", **{"assembly.settle_s": 3600.0})
+    settings = make_settings(tmp_path / "node" / "storage", **{"assembly.settle_s": 3600.0,
+                                                               "database.url": db_url})
     root = settings.storage.path
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -217,8 +221,9 @@ def test_hostile_corpus(tmp_path: Path, ct_template: Dataset, raw_sending: None)
                                              Path(p).with_suffix("").parts)]
     outcomes = Counter(c.outcome for c in CASES)
     refusals = Counter(f"0x{c.status:04X}" for c in CASES if c.outcome == "refused")
-    record("hostile_input", "one node on loopback; the generated corpus case by case, a good "
-           "instance after each dangerous case, one sweep, the load stage, then a good series",
+    record(scenario("hostile_input", db_url), "one node on loopback; the generated corpus "
+           "case by case, a good instance after each dangerous case, one sweep, the load "
+           "stage, then a good series",
            cases=len(CASES), as_expected=len(CASES) - len([k for k in problems if k in
                                                             {c.name for c in CASES}]),
            outcomes=dict(outcomes), refusal_statuses=dict(refusals), instances_stored=stored,

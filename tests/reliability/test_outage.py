@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from dicomnode.db.session import make_sessions
 from dicomnode.lab.orthanc import Orthanc, free_port
 from dicomnode.lab.synth import make_study
-from tests.reliability.conftest import PROFILE, record, scale
+from tests.reliability.conftest import PROFILE, on_databases, record, scale, scenario
 from tests.reliability.harness import (
     Peer,
     PickyPacs,
@@ -32,8 +33,8 @@ from tests.reliability.harness import (
     outbox,
     restamp,
     send,
-    sessions_for,
     wait_until,
+    with_database,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc absent")
@@ -54,7 +55,9 @@ def _all_done(sessions, n_series: int) -> bool:  # type: ignore[no-untyped-def]
     return len(js) == n_series and all(j["state"] == "done" for j in js)
 
 
-def test_pacs_outage_every_result_arrives_and_bad_items_fail_once(tmp_path: Path) -> None:
+@on_databases
+def test_pacs_outage_every_result_arrives_and_bad_items_fail_once(tmp_path: Path,
+                                                                  db_url: str) -> None:
     storage, port = tmp_path / "storage", free_port()
     source = make_study(tmp_path / "source", seed=5, hemorrhage_ml=20.0, matrix=64,
                         thickness_mm=5.0)
@@ -63,10 +66,11 @@ def test_pacs_outage_every_result_arrives_and_bad_items_fail_once(tmp_path: Path
     # The first overlay the older PACS receives is the flaky one (whichever it is).
     old = PickyPacs(free_port(), classes=[SR_CLASS, SC_CLASS],
                     abort_first_of_class=(SC_CLASS, FLAKY_ABORTS))
-    config = node_config(tmp_path / "node.toml", delivery_timeout_s=2.0, destinations=[
-        Peer("orthanc", "ORTHANC", pacs.dicom_port), Peer("old", "OLDPACS", old.port,
-                                                           ("seg", "sr"))])
-    sessions = sessions_for(storage)
+    peers = [Peer("orthanc", "ORTHANC", pacs.dicom_port),
+             Peer("old", "OLDPACS", old.port, ("seg", "sr"))]
+    config = node_config(tmp_path / "node.toml", delivery_timeout_s=2.0, destinations=peers)
+    config = with_database(config, db_url, config)
+    sessions = make_sessions(db_url)
     node = ServeProcess(storage, port, settle_s=3.0, config=config)
     acked: set[str] = set()
     series: list[SeriesFiles] = []
@@ -127,7 +131,8 @@ def test_pacs_outage_every_result_arrives_and_bad_items_fail_once(tmp_path: Path
     behind = [i for i, u in enumerate(old.received) if u in same_job]
     assert behind and max(behind) < old.received.index(flaky), "the outbox waited on one item"
     _check_and_record(sessions, broken, in_orthanc, old.received, waiting, outage_s,
-                      recovery_s, len(series), old.aborts, retried)
+                      recovery_s, len(series), old.aborts, retried, scenario("outage", db_url))
+    sessions.kw["bind"].dispose()
 
 
 def _break_two_results(storage: Path, sessions) -> set[str]:  # type: ignore[no-untyped-def]
@@ -145,7 +150,8 @@ def _break_two_results(storage: Path, sessions) -> set[str]:  # type: ignore[no-
 
 def _check_and_record(sessions, broken: set[str], in_orthanc: list[str],  # type: ignore[no-untyped-def]
                       in_old: list[str], waiting: list[dict], outage_s: float,
-                      recovery_s: float, n_series: int, aborts: int, retried: int) -> None:
+                      recovery_s: float, n_series: int, aborts: int, retried: int,
+                      name: str) -> None:
     js = jobs(sessions)
     assert len(js) == n_series and all(j["state"] == "done" for j in js)
     rows = outbox(sessions)
@@ -164,7 +170,7 @@ def _check_and_record(sessions, broken: set[str], in_orthanc: list[str],  # type
     wanted_old = {o["sop_instance_uid"] for o in to_old if o["kind"] != "seg"}
     assert all(o["state"] == "sent" for o in to_old if o["kind"] != "seg")
     assert len(in_old) == len(set(in_old)) and set(in_old) == wanted_old
-    record("outage", "Orthanc frozen (SIGSTOP: associations time out), then killed (connection "
+    record(name, "Orthanc frozen (SIGSTOP: associations time out), then killed (connection "
            "refused), then started again, while series keep arriving; a second PACS refuses "
            "SEG and aborts the association on one overlay 3 times; one pending result deleted "
            "and one cut short during the outage; series of 32 slices, 64x64, threshold backend",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.overload import run_overload
-from tests.reliability.conftest import PROFILE, record, scale
+from tests.reliability.conftest import PROFILE, on_databases, record, scale, scenario
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK absent")
 SENDERS = scale(3, 10)
@@ -25,11 +25,13 @@ MAX_SERVE_MIB = 600
 MAX_WORKER_MIB = 1200
 
 
-def test_concurrent_senders_nothing_refused_or_lost_memory_bounded(tmp_path: Path) -> None:
+@on_databases
+def test_concurrent_senders_nothing_refused_or_lost_memory_bounded(tmp_path: Path,
+                                                                   db_url: str) -> None:
     figures = run_overload(tmp_path, senders=SENDERS, slices=SLICES, matrix=MATRIX,
-                           drain_timeout_s=scale(300, 3000))
-    record("overload", f"{SENDERS} DCMTK storescu senders at once, each one study of {SLICES} "
-           f"slices {MATRIX}x{MATRIX} (new UIDs per sender), to `dicomnode serve` with its "
+                           drain_timeout_s=scale(300, 3000), db_url=db_url)
+    record(scenario("overload", db_url), f"{SENDERS} DCMTK storescu senders at once, each one "
+           f"study of {SLICES} slices {MATRIX}x{MATRIX} (new UIDs per sender), to `dicomnode serve` with its "
            "worker (threshold backend, fsync on, max_associations = senders); bench/overload.py",
            **figures, profile=PROFILE)
     assert figures["refused_instances"] == 0 and figures["rejected_associations"] == 0

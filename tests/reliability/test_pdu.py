@@ -3,6 +3,9 @@
 Each malformed input must end in a clear protocol outcome (A-ASSOCIATE-RJ, A-ABORT or the
 connection closed) within the configured timeouts, and the node must then still serve a good
 client. PDU layouts: PS3.8 9.3 (A-ASSOCIATE-RQ 9.3.2, P-DATA-TF 9.3.5, A-ABORT 9.3.8).
+
+The flood runs on SQLite and on PostgreSQL (``db_url``: every refusal is an association event
+row); the malformed PDUs end before anything is stored, so they run on SQLite.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dicomnode.db.models import AssociationEvent
 from dicomnode.runtime.service import Node
 from tests.conftest import make_settings
 from tests.ct_series import make_series
-from tests.reliability.conftest import record, scale
+from tests.reliability.conftest import record, scale, scenario
 
 TIMEOUT_S = 2.0  # the node's ACSE, DIMSE and network timeouts in this suite
 APP_CONTEXT = b"1.2.840.10008.3.1.1.1"
@@ -123,10 +126,11 @@ def serves(node: Node, template: Dataset) -> bool:
 
 
 @pytest.fixture
-def fast_node(tmp_path: Path):
+def fast_node(tmp_path: Path, db_url: str):
     settings = make_settings(tmp_path / "storage", **{
         "node.acse_timeout_s": TIMEOUT_S, "node.dimse_timeout_s": TIMEOUT_S,
-        "node.network_timeout_s": TIMEOUT_S, "node.max_associations": 8})
+        "node.network_timeout_s": TIMEOUT_S, "node.max_associations": 8,
+        "database.url": db_url})
     node = Node(settings).start()
     yield node
     node.stop()
@@ -163,6 +167,7 @@ MALFORMED: dict[str, tuple[list[bytes], list[str]]] = {
 }
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_malformed_pdus_end_clearly_and_node_keeps_serving(fast_node: Node,
                                                          ct_template: Dataset) -> None:
     results: dict[str, list[str]] = {}
@@ -217,7 +222,7 @@ def _threads_settle(baseline: int, timeout_s: float) -> int:
     return threading.active_count()
 
 
-def test_association_flood_and_limit(fast_node: Node, ct_template: Dataset) -> None:
+def test_association_flood_and_limit(fast_node: Node, ct_template: Dataset, db_url: str) -> None:
     port = fast_node.port
     baseline = threading.active_count()
     connects = scale(200, 2000)
@@ -256,7 +261,7 @@ def test_association_flood_and_limit(fast_node: Node, ct_template: Dataset) -> N
         recorded = [e.reason for e in s.scalars(select(AssociationEvent))]
     assert any("limit" in r for r in recorded), recorded
     assert serves(fast_node, ct_template)
-    record("association_flood", "8 client threads on loopback: TCP connect+close, then "
+    record(scenario("association_flood", db_url), "8 client threads on loopback: TCP connect+close, then "
            "associate+abort; then max_associations held open and one more requested",
            tcp_connects=connects, associations=associations,
            association_outcomes=dict(flood), flood_seconds=round(flood_s, 1),

@@ -1,6 +1,8 @@
 """Security suite: access control, TLS, log privacy, storage confinement, secrets, systemd.
 
-Each check adds its result to ``CHECKS``; the module's last teardown records them all.
+Each check adds its result to ``CHECKS``; the module's last teardown records them all. Access
+control runs on SQLite and on PostgreSQL (``db_url``); the other checks concern files, sockets
+and logs, not the database.
 """
 
 from __future__ import annotations
@@ -62,9 +64,11 @@ def _rejection(node: Node, calling: str = "TESTSCU", called: str = "DICOMNODE",
     return rj.result, rj.result_source, rj.diagnostic
 
 
-def test_access_control_rejects_with_reasons(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, **{"access.allowed_calling_aets": ("GOODSCU",),
-                                          "access.allowed_networks": ("127.0.0.2/32",)})
+def test_access_control_rejects_with_reasons(tmp_path: Path, db_url: str) -> None:
+    """On SQLite and on PostgreSQL (``db_url``): each rejection is recorded as a row."""
+    settings = make_settings(tmp_path / "storage", **{
+        "access.allowed_calling_aets": ("GOODSCU",), "access.allowed_networks": ("127.0.0.2/32",),
+        "database.url": db_url})
     node = Node(settings).start()
     try:
         # Calling AE allowed and source address allowed: accepted.

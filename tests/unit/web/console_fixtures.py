@@ -74,8 +74,9 @@ def seed(sessions: SessionFactory, storage: Path) -> dict[str, int]:
 @contextmanager
 def running_console(settings: Settings) -> Iterator[str]:
     """The console app under uvicorn in a thread; yields its base URL."""
-    make_sessions(settings.database_url)
-    app = create_app(settings, read_only_sessions(settings), writing_sessions(settings))
+    make_sessions(settings.database_url).kw["bind"].dispose()  # creates the schema if empty
+    readers, writers = read_only_sessions(settings), writing_sessions(settings)
+    app = create_app(settings, readers, writers)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.web.port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -90,6 +91,8 @@ def running_console(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+        for sessions in (readers, writers):
+            sessions.kw["bind"].dispose()
 
 
 def token(page: str) -> str:

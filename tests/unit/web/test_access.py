@@ -27,12 +27,13 @@ def test_users_file_holds_salted_argon2_hashes(tmp_path: Path) -> None:
     assert users.stat().st_mode & 0o077 == 0
 
 
-def test_with_users_every_page_and_action_needs_a_login(tmp_path: Path) -> None:
+def test_with_users_every_page_and_action_needs_a_login(tmp_path: Path, db_url: str) -> None:
+    """On SQLite and on PostgreSQL (``db_url``): the audit log is rows."""
     users = tmp_path / "users"
     add_user(users, "alice", "correct horse")
     storage = tmp_path / "storage"
-    settings = console_settings(storage, **{"web.users_file": users,
-                                            "web.login_attempts": 3})
+    settings = console_settings(storage, **{"web.users_file": users, "web.login_attempts": 3,
+                                            "database.url": db_url})
     sessions = make_sessions(settings.database_url)
     ids = seed(sessions, storage)
     with running_console(settings) as base, client(base) as http:

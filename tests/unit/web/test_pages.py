@@ -1,4 +1,7 @@
-"""Every console page and action over real HTTP on loopback."""
+"""Every console page and action over real HTTP on loopback.
+
+The tests that read or write rows run on SQLite and on PostgreSQL (``db_url``).
+"""
 
 from __future__ import annotations
 
@@ -25,9 +28,9 @@ from tests.unit.web.console_fixtures import (
 )
 
 
-def test_every_page_renders_without_patient_identifiers(tmp_path: Path) -> None:
+def test_every_page_renders_without_patient_identifiers(tmp_path: Path, db_url: str) -> None:
     storage = tmp_path / "storage"
-    settings = console_settings(storage)
+    settings = console_settings(storage, **{"database.url": db_url})
     ids = seed(make_sessions(settings.database_url), storage)
     with running_console(settings) as base, client(base) as http:
         pages = {path: http.get(path) for path in (
@@ -56,18 +59,19 @@ def test_every_page_renders_without_patient_identifiers(tmp_path: Path) -> None:
         assert "httponly" in cookie and "samesite=strict" in cookie
 
 
-def test_identifiers_are_shown_only_when_configured(tmp_path: Path) -> None:
+def test_identifiers_are_shown_only_when_configured(tmp_path: Path, db_url: str) -> None:
     storage = tmp_path / "storage"
-    settings = console_settings(storage, **{"web.show_patient_identifiers": True})
+    settings = console_settings(storage, **{"web.show_patient_identifiers": True,
+                                            "database.url": db_url})
     ids = seed(make_sessions(settings.database_url), storage)
     with running_console(settings) as base, client(base) as http:
         assert PATIENT_ID in http.get("/series").text
         assert ACCESSION in http.get(f"/jobs/{ids['job']}").text
 
 
-def test_actions_need_the_csrf_token_and_are_audited(tmp_path: Path) -> None:
+def test_actions_need_the_csrf_token_and_are_audited(tmp_path: Path, db_url: str) -> None:
     storage = tmp_path / "storage"
-    settings = console_settings(storage)
+    settings = console_settings(storage, **{"database.url": db_url})
     sessions = make_sessions(settings.database_url)
     ids = seed(sessions, storage)
     with running_console(settings) as base, client(base) as http:
@@ -104,9 +108,9 @@ def test_actions_need_the_csrf_token_and_are_audited(tmp_path: Path) -> None:
         assert "reprocess" in audit_page and "127.0.0.1" in audit_page
 
 
-def test_metrics_and_probes(tmp_path: Path) -> None:
+def test_metrics_and_probes(tmp_path: Path, db_url: str) -> None:
     storage = tmp_path / "storage"
-    settings = console_settings(storage)
+    settings = console_settings(storage, **{"database.url": db_url})
     seed(make_sessions(settings.database_url), storage)
     with running_console(settings) as base, client(base) as http:
         assert http.get("/healthz").text == "ok"
@@ -147,16 +151,20 @@ def test_promtool_accepts_the_exposition(tmp_path: Path) -> None:
     assert check.returncode == 0, (check.stdout + check.stderr).decode()
 
 
-def test_pages_use_read_only_sessions(tmp_path: Path) -> None:
+def test_pages_use_read_only_sessions(tmp_path: Path, db_url: str) -> None:
     from sqlalchemy import text
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError
 
     from dicomnode.web.server import read_only_sessions
 
-    settings = console_settings(tmp_path / "storage")
-    make_sessions(settings.database_url)
-    with pytest.raises(OperationalError, match="readonly"), read_only_sessions(settings).begin() as s:
+    settings = console_settings(tmp_path / "storage", **{"database.url": db_url})
+    make_sessions(settings.database_url).kw["bind"].dispose()
+    readers = read_only_sessions(settings)
+    # SQLite: "attempt to write a readonly database"; PostgreSQL: "cannot execute DELETE in a
+    # read-only transaction".
+    with pytest.raises(DBAPIError, match="readonly|read-only"), readers.begin() as s:
         s.execute(text("DELETE FROM series"))
+    readers.kw["bind"].dispose()
 
 
 @requires("promtool")
