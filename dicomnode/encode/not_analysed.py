@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
-from PIL import Image, ImageDraw
 from highdicom.sr.templates import DEFAULT_LANGUAGE
+from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
 from pydicom.uid import generate_uid

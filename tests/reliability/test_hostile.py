@@ -21,8 +21,8 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
