@@ -34,6 +34,7 @@ def _ml(labels: LabelMap, value: int) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # one BLAST-CT model on 2 shared CPU cores: 6 to 20 minutes
 @pytest.mark.skipif(not GE_DIR.is_dir(), reason=f"{GE_DIR} absent")
 @pytest.mark.skipif(not (BLAST_CT / "weights" / "model_1.pt").is_file(),
                     reason=f"BLAST-CT weights absent under {BLAST_CT}")
