@@ -424,8 +424,10 @@ def encode_not_analysed(result: NotAnalysed, paths: Sequence[Path], out_dir: Pat
     sr = build_not_analysed_sr(sources, result.qa, version=version, software_version=__version__)
     out_dir.mkdir(parents=True, exist_ok=True)
     objects = []
-    for kind, ds, path in (("not_analysed_image", image, out_dir / "not-analysed.dcm"),
-                           ("not_analysed_sr", sr, out_dir / "sr.dcm")):
+    # The kinds a destination's ``outputs`` names: a PACS that takes SRs (overlays) gets the
+    # not-analysed SR (key image); kinds of their own were never queued for delivery.
+    for kind, ds, path in (("overlay", image, out_dir / "not-analysed.dcm"),
+                           ("sr", sr, out_dir / "sr.dcm")):
         write_dataset_durably(ds, path)
         objects.append(EncodedObject(kind=kind, path=path, sop_class_uid=str(ds.SOPClassUID),
                                      sop_instance_uid=str(ds.SOPInstanceUID)))

@@ -9,11 +9,14 @@ and writes a new series (fresh Series and SOP Instance UIDs) into ``out``:
 - ``noisy``: Gaussian noise of 30 HU SD added (an ultra-low-dose scan);
 - ``metal``: a 3000 HU clip with dark and bright streaks through the brain on its slices;
 - ``child``: Patient's Age 008Y;
-- ``offset``: every HU shifted by +60 (a scanner out of calibration).
+- ``offset``: every HU shifted by +60 (a scanner out of calibration);
+- ``cta``, ``post_contrast``, ``perfusion`` (eligibility, not QA): Contrast/Bolus Agent and
+  "CTA Head"; "HEAD C+" in the description only; four acquisitions over the same positions.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,7 +80,7 @@ def noisy(src: Path, out: Path, sd_hu: float = 30.0) -> Path:
     for ds in series:
         hu = _hu(ds)
         _store(ds, np.where(hu > -900, hu + rng.normal(0.0, sd_hu, hu.shape), hu))
-    return _write(series, out, "low dose")
+    return _write(series, out, "low dose")  # eligible: only dose pages are excluded by name
 
 
 def metal(src: Path, out: Path) -> Path:
@@ -111,6 +114,43 @@ def offset(src: Path, out: Path, hu_shift: float = 60.0) -> Path:
         hu = _hu(ds)
         _store(ds, np.where(hu > -900, hu + hu_shift, hu))
     return _write(series, out, "offset")
+
+
+def _rewrite(src: Path, out: Path, change: Callable[[Dataset, int], list[Dataset]]) -> Path:
+    """Every instance of ``src`` through ``change`` (which may multiply it), in a new series."""
+    out.mkdir(parents=True)
+    series_uid = generate_uid()
+    for i, path in enumerate(sorted(src.rglob("*.dcm"))):
+        for ds in change(pydicom.dcmread(path), i):
+            ds.SeriesInstanceUID = series_uid
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.save_as(out / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    return out
+
+
+def cta(src: Path, out: Path) -> Path:
+    def change(ds: Dataset, _: int) -> list[Dataset]:
+        ds.ContrastBolusAgent, ds.ContrastBolusRoute = "IOPAMIDOL 370", "IV"
+        ds.SeriesDescription = "CTA Head"
+        return [ds]
+    return _rewrite(src, out, change)
+
+
+def post_contrast(src: Path, out: Path) -> Path:
+    def change(ds: Dataset, _: int) -> list[Dataset]:
+        ds.SeriesDescription = "HEAD C+ 5mm"  # the contrast only in the description
+        return [ds]
+    return _rewrite(src, out, change)
+
+
+def perfusion(src: Path, out: Path) -> Path:
+    def change(ds: Dataset, _: int) -> list[Dataset]:
+        phases = [copy.deepcopy(ds) for _ in range(4)]
+        for n, phase in enumerate(phases):
+            phase.AcquisitionNumber = n + 1  # four passes over the same positions
+        return phases
+    return _rewrite(src, out, change)
 
 
 MAKERS: dict[str, Callable[[Path, Path], Path]] = {

@@ -102,7 +102,9 @@ class EligibilitySettings:
     image_type_prefix: tuple[str, ...] = ("ORIGINAL", "PRIMARY")
     require_axial_when_present: bool = True
     excluded_image_type_values: tuple[str, ...] = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SCREEN SAVE")
-    excluded_description_regex: str = r"(?i)scout|topogram|locali[sz]er|surview|dose"
+    excluded_description_regex: str = (
+        r"(?i)scout|topogram|locali[sz]er|surview"
+        r"|\bdose[ _-]*(report|info|page|summary|record)|patient[ _-]*protocol")
     min_slice_thickness_mm: float = 0.5
     max_slice_thickness_mm: float = 6.0
     min_instances: int = 10

@@ -107,6 +107,13 @@ QA_WARNING = private("QA_WARNING", "Quality check warning")
 QA_REPORT = private("QA_REPORT", "Haemorrhage analysis not performed")
 NOT_ANALYSED = private("NOT_ANALYSED", "Not analysed")
 QA_CHECK = private("QA_CHECK", "Quality check")
+# The "not analysed" TID 1500 report: its report-level Qualitative Evaluations (TID 1500 row 12,
+# a UMLS concept that pydicom's dictionary lacks) say that the analysis was not performed and why.
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+IMAGING_MEASUREMENT_REPORT = codes.DCM.ImagingMeasurementReport  # 126000, CID 7021 title
+ANALYSIS_PERFORMED = private("ICH_ANALYSED", "Haemorrhage analysis performed")
+REASON_NOT_ANALYSED = private("NOT_ANALYSED_WHY", "Reason haemorrhage analysis not performed")
+QA_FAILED = private("QA_FAILED", "Quality checks failed")
 ABC2_A = private("ABC2_A", "ABC/2 largest diameter A")
 ABC2_B = private("ABC2_B", "ABC/2 perpendicular diameter B")
 

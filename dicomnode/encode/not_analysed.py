@@ -4,10 +4,11 @@ arrived and was not read (docs/qa.md).
 Inputs: the source CT instances, the :class:`~dicomnode.domain.CTVolume` and the
 :class:`~dicomnode.domain.QAReport`. Outputs: a Secondary Capture key image
 (:class:`highdicom.sc.SCImage`, PS3.3 A.8.1) with the reason burned in beside a slice of the
-scan, and an Enhanced SR (PS3.3 A.35.2) whose root container "Haemorrhage analysis not
-performed" holds the text finding ``not analysed: <reason>`` and one TEXT item per failed
-check. Both are in the source study; the SR lists the source series as its evidence. No SEG,
-no volumes, no risks. Side effects: none.
+scan, and a Comprehensive 3D SR (PS3.3 A.35.13) holding a TID 1500 Measurement Report without
+measurements: its Qualitative Evaluations say, coded, that the haemorrhage analysis was not
+performed because quality checks failed, then ``not analysed: <reason>`` and one TEXT item per
+failed or warned check. Both are in the source study; the SR lists the source series as its
+evidence. No SEG, no volumes, no risks. Side effects: none.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
+from highdicom.sr.templates import DEFAULT_LANGUAGE
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as pydicom_codes
+from pydicom.uid import generate_uid
 
 from dicomnode.domain import CTVolume, QAReport
 
@@ -27,7 +31,8 @@ from . import codes, uids
 from .preview import NOT_FOR_DIAGNOSIS, window
 from .text import draw_text, font, line_height
 
-__all__ = ["NOT_ANALYSED_TITLE", "build_not_analysed_image", "build_not_analysed_sr"]
+__all__ = ["NOT_ANALYSED_TITLE", "build_not_analysed_image", "build_not_analysed_sr",
+           "not_analysed_report"]
 
 NOT_ANALYSED_TITLE = "NOT ANALYSED"
 SERIES_DESCRIPTION = "ICH NOT ANALYSED - quality checks failed"
@@ -114,24 +119,61 @@ def build_not_analysed_image(source_datasets: Sequence[Dataset], volume: CTVolum
     return image
 
 
-def build_not_analysed_sr(source_datasets: Sequence[Dataset], qa: QAReport, *, version: int,
-                          series_number: int = 9902,
-                          software_version: str | None = None) -> hd.sr.EnhancedSR:
-    """The "not analysed" SR: the reason as a text finding, then each failed check."""
-    if not source_datasets:
-        raise ValueError("no source datasets")
-    source_series = str(source_datasets[0].SeriesInstanceUID)
-    items = [hd.sr.TextContentItem(name=codes.NOT_ANALYSED, value=f"not analysed: {_reason(qa)}",
-                                   relationship_type="CONTAINS")]
-    items += [hd.sr.TextContentItem(
+def _device_observer() -> hd.sr.ObservationContext:
+    # The same device UID as the result SR's (encode/sr.py): one dicomnode, one observer.
+    uid = generate_uid(prefix=uids.UID_PREFIX, entropy_srcs=[uids.NAMESPACE, "device", _SOFTWARE])
+    return hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=pydicom_codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=uid, name=_SOFTWARE, manufacturer_name=_SOFTWARE, model_name=_SOFTWARE)))
+
+
+def not_analysed_report(qa: QAReport) -> hd.sr.MeasurementReport:
+    """The TID 1500 content tree of a series not analysed (PS3.16 TID 1500).
+
+    Rows 1-4 as in every report (title, language, observer, procedure reported); no Imaging
+    Measurements (row 6), so no number; row 12, Qualitative Evaluations, holds: "Haemorrhage
+    analysis performed" = No (SCT), "Reason ... not performed" = "Quality checks failed" (row
+    13, CODE), then ``not analysed: <reason>`` and one "Quality check" per failed or warned
+    check (row 14, TEXT).
+    """
+    evaluations: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(name=codes.ANALYSIS_PERFORMED, value=codes.NO,
+                              relationship_type="CONTAINS"),
+        hd.sr.CodeContentItem(name=codes.REASON_NOT_ANALYSED, value=codes.QA_FAILED,
+                              relationship_type="CONTAINS"),
+        hd.sr.TextContentItem(name=codes.NOT_ANALYSED, value=f"not analysed: {_reason(qa)}"[:1024],
+                              relationship_type="CONTAINS"),
+    ]
+    evaluations += [hd.sr.TextContentItem(
         name=codes.QA_CHECK, relationship_type="CONTAINS",
         value=f"{c.name}: {c.outcome}; value {c.value}; limit {c.limit}; {c.message}"[:1024])
         for c in qa.checks if c.outcome != "pass"]
-    root = hd.sr.ContainerContentItem(name=codes.QA_REPORT)
-    root.ContentSequence = hd.sr.ContentSequence(items)
+    container = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS,
+                                           relationship_type="CONTAINS")
+    container.ContentSequence = hd.sr.ContentSequence(evaluations)
+    root = hd.sr.ContainerContentItem(name=codes.IMAGING_MEASUREMENT_REPORT, template_id="1500")
+    root.ContentSequence = hd.sr.ContentSequence()
+    root.ContentSequence.extend(hd.sr.LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE))
+    root.ContentSequence.extend(_device_observer())
+    root.ContentSequence.append(hd.sr.CodeContentItem(
+        name=pydicom_codes.DCM.ProcedureReported, value=codes.CT_OF_HEAD,
+        relationship_type="HAS CONCEPT MOD"))
+    root.ContentSequence.append(container)
+    return hd.sr.MeasurementReport.from_sequence([root], copy=False)
+
+
+def build_not_analysed_sr(source_datasets: Sequence[Dataset], qa: QAReport, *, version: int,
+                          series_number: int = 9902,
+                          software_version: str | None = None) -> hd.sr.Comprehensive3DSR:
+    """The "not analysed" SR: a TID 1500 Measurement Report without measurements (see
+    :func:`not_analysed_report`), in the source study, listing the source series as evidence."""
+    if not source_datasets:
+        raise ValueError("no source datasets")
+    source_series = str(source_datasets[0].SeriesInstanceUID)
     charset = source_datasets[0].get("SpecificCharacterSet")
-    return hd.sr.EnhancedSR(
-        evidence=list(source_datasets), content=root,
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(source_datasets), content=not_analysed_report(qa),
         series_instance_uid=uids.series_uid(source_series, version, "sr"),
         series_number=series_number,
         sop_instance_uid=uids.instance_uid(source_series, version, "sr", 0),

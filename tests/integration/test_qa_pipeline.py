@@ -54,7 +54,9 @@ def test_run_refuses_warns_and_passes(tmp_path: Path) -> None:
         assert not (out / "seg.dcm").exists()
         image, sr = pydicom.dcmread(out / "not-analysed.dcm"), pydicom.dcmread(out / "sr.dcm")
         assert "NOT ANALYSED" in image.ImageComments and image.StudyInstanceUID == sr.StudyInstanceUID
-        texts = [item.TextValue for item in sr.ContentSequence if "TextValue" in item]
+        evaluations = sr.ContentSequence[-1]  # TID 1500 row 12, Qualitative Evaluations
+        assert evaluations.ConceptNameCodeSequence[0].CodeValue == "C0034375"
+        texts = [item.TextValue for item in evaluations.ContentSequence if "TextValue" in item]
         assert texts[0] == f"not analysed: {rec['reason'][4:]}"
         for path in (out / "not-analysed.dcm", out / "sr.dcm"):
             proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)

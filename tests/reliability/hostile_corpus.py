@@ -13,6 +13,10 @@ Expected outcomes, as radiology IT reads them:
 - ``discarded``: acknowledged and counted, not stored (classes we do not process);
 - ``queued``: stored and judged eligible (odd but valid input);
 - ``stored``: a single instance acknowledged and stored (bounded time and memory).
+
+``QA_CASES`` (docs/qa.md) are whole head CTs made from a synthetic phantom, each with what
+QA or eligibility must make of it once the worker has run: ``rejected`` (eligibility, reason
+``contrast: ...``), ``not_analysed`` (reason ``QA: ...``) or ``warned`` (done, with a warning).
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from dicomnode.lab.synth import make_study
 from dicomnode.receive import status
+from tests import qa_cases
 from tests.ct_series import make_series
 
 Payload = Dataset | Path
@@ -442,3 +448,49 @@ def _as_class(ds: Dataset, sop_class: str, modality: str) -> Dataset:
     ds.Modality = modality
     del ds.PixelData
     return ds
+
+
+# -- QA cases (docs/qa.md): whole series that must be refused or not analysed ------------------
+@dataclass(frozen=True)
+class QACase:
+    """A head CT that eligibility or QA must refuse, and the state and reason it must end in."""
+
+    name: str
+    what: str
+    build: Callable[[Path, Path], Path]  # (plain phantom folder, work folder) -> series folder
+    outcome: str  # rejected | not_analysed | warned (done, with the warning)
+    reason: str  # the start of the recorded reason (warned: of a warning)
+
+
+def _qa(maker: Callable[[Path, Path], Path], name: str) -> Callable[[Path, Path], Path]:
+    return lambda src, work: maker(src, work / name)
+
+
+def plain_phantom(work: Path) -> Path:
+    """The plain head CT every QA case is made from (64 x 64, 5 mm, a 15 mL haemorrhage)."""
+    return make_study(work / "plain", seed=740001, hemorrhage_ml=15.0, matrix=64,
+                      thickness_mm=5.0).dicom_dir
+
+
+QA_CASES: list[QACase] = [
+    QACase("contrast_cta", "CT angiogram: Contrast/Bolus Agent IOPAMIDOL 370, 'CTA Head'",
+           _qa(qa_cases.cta, "cta"),
+           "rejected", "contrast: Contrast/Bolus Agent 'IOPAMIDOL 370'"),
+    QACase("contrast_description", "post-contrast head CT named 'HEAD C+', no contrast tags",
+           _qa(qa_cases.post_contrast, "post_contrast"), "rejected", "contrast:"),
+    QACase("perfusion_like", "four acquisitions over the same positions",
+           _qa(qa_cases.perfusion, "perfusion"),
+           "rejected", "contrast: time-resolved series"),
+    QACase("partial_scan", "the lower half of the slices only", _qa(qa_cases.partial, "partial"),
+           "not_analysed", "QA: coverage"),
+    QACase("zeroed_bone_air", "bone and air set to 0 HU by pre-processing",
+           _qa(qa_cases.zeroed, "zeroed"), "not_analysed", "QA: HU calibration: no air"),
+    QACase("noisy_low_dose", "30 HU SD of noise added (ultra-low dose)",
+           _qa(qa_cases.noisy, "noisy"), "not_analysed", "QA: HU calibration"),
+    QACase("hu_offset", "every HU shifted by +60 (calibration off)",
+           _qa(qa_cases.offset, "offset"), "not_analysed", "QA: HU calibration: brain tissue"),
+    QACase("child", "Patient's Age 008Y", _qa(qa_cases.child, "child"), "not_analysed",
+           "QA: age"),
+    QACase("metal", "a 3000 HU clip with streaks", _qa(qa_cases.metal, "metal"), "warned",
+           "metal:"),
+]

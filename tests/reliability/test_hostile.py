@@ -6,10 +6,14 @@ still accepted; after the whole corpus, one sweep judges every series, the load 
 ones expected to fail there, and a good series must still come out queued. Nothing may be written
 outside the storage root. The corpus runs on SQLite and on PostgreSQL (``db_url``): hostile
 strings reach text columns, and PostgreSQL refuses some that SQLite stores (NUL characters).
+The QA cases (contrast, perfusion-like, partial, zeroed, noisy, offset, child, metal) are sent over
+DICOM to a node and run through the worker's own code (``process_series``): each must end
+rejected, not analysed or warned with its reason.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -19,6 +23,7 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -34,8 +39,11 @@ from sqlalchemy import func, select
 from dicomnode.assemble.series import sweep
 from dicomnode.db.models import Instance, ReceiveError, Series, utcnow
 from dicomnode.errors import VolumeError
+from dicomnode.jobs.queue import claim_next
 from dicomnode.load.volume import load_series
+from dicomnode.pipeline import make_context, process_series
 from dicomnode.runtime.service import Node
+from dicomnode.storage import results_dir
 from tests.conftest import make_settings, requires
 from tests.ct_series import make_series
 from tests.reliability.conftest import PROFILE, record, scenario
@@ -44,10 +52,12 @@ from tests.reliability.hostile_corpus import (
     CT,
     DOSE_SR,
     MR,
+    QA_CASES,
     RAW_DATA,
     SECONDARY_CAPTURE,
     Case,
     Payload,
+    plain_phantom,
 )
 
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
@@ -266,3 +276,62 @@ def test_dcmtk_storescu_gets_the_same_refusals(node: Node, ct_template: Dataset,
            "corpus to one node; statuses compared with the corpus", cases=len(seen),
            as_expected=len(seen) - len(wrong), wrong=wrong, node_still_serving=True)
     assert len(seen) >= 8 and not wrong, wrong
+
+
+def _qa_outcome(node: Node, uid: str) -> tuple[str, str, list[str]]:
+    """(series state, reason, warnings in its result.json) of one QA case."""
+    with node.sessions() as s:
+        series = s.scalar(select(Series).where(Series.series_instance_uid == uid))
+        if series is None:
+            return "not recorded", "", []
+        state, reason, version = series.state, series.reason, series.version
+    result = results_dir(node.settings.storage.path, uid, version) / "result.json"
+    warnings = json.loads(result.read_text())["warnings"] if result.exists() else []
+    return state, reason, warnings
+
+
+def test_qa_cases_end_refused_or_not_analysed(tmp_path: Path, ct_template: Dataset) -> None:
+    settings = make_settings(tmp_path / "node" / "storage", **{
+        "assembly.settle_s": 3600.0, "segmentation.backend": "threshold",
+        "prediction.enabled": False})
+    plain = plain_phantom(tmp_path / "corpus")
+    built = {case.name: case.build(plain, tmp_path / "corpus") for case in QA_CASES}
+    node = Node(settings).start()
+    t0 = time.monotonic()
+    problems: dict[str, list[str]] = {}
+    found: dict[str, tuple[str, str, list[str]]] = {}
+    try:
+        uids = {}
+        for case in QA_CASES:
+            paths = sorted(built[case.name].glob("*.dcm"))
+            statuses = send(node, list(paths))
+            if statuses != [0] * len(paths):
+                problems[case.name] = [f"statuses {sorted(set(statuses))}"]
+            uids[case.name] = str(pydicom.dcmread(paths[0], stop_before_pixels=True)
+                                  .SeriesInstanceUID)
+        sweep(node.sessions, settings.assembly, settings.eligibility,
+              now=utcnow() + timedelta(hours=2))
+        ctx = make_context(settings)
+        while (ref := claim_next(node.sessions, settings.storage.path, "hostile-qa")) is not None:
+            process_series(ref, ctx, node.sessions)
+        for case in QA_CASES:
+            state, reason, warnings = found[case.name] = _qa_outcome(node, uids[case.name])
+            want = {"rejected": "rejected", "not_analysed": "not_analysed", "warned": "done"}
+            if state != want[case.outcome]:
+                problems.setdefault(case.name, []).append(f"{state}: {reason!r}")
+            elif case.outcome == "warned" and not any(w.startswith(case.reason)
+                                                      for w in warnings):
+                problems.setdefault(case.name, []).append(f"warnings {warnings}")
+            elif case.outcome != "warned" and not reason.startswith(case.reason):
+                problems.setdefault(case.name, []).append(f"reason {reason!r}")
+        serving = good_instance_accepted(node, ct_template)
+    finally:
+        node.stop()
+    record("hostile_qa", "one node on loopback; each QA case sent as a series, one sweep, "
+           "then the worker's process_series (threshold backend) on every queued job",
+           cases=len(QA_CASES), as_expected=len(QA_CASES) - len(problems),
+           per_case={k: f"{v[0]}: {v[1] or '; '.join(v[2])}" for k, v in found.items()},
+           node_still_serving=serving, seconds=round(time.monotonic() - t0, 1),
+           problems=problems)
+    assert not problems, "\n".join(f"{k}: {v}" for k, v in problems.items())
+    assert serving, "the node stopped accepting a good instance after the QA cases"

@@ -73,6 +73,9 @@ GOOD_GEOMETRY = {"n_frames": 30, "missing_geometry": 0, "orientation_consistent"
     (_attrs(image_type=["DERIVED", "SECONDARY", "AXIAL"]), GOOD_GEOMETRY, "does not start"),
     (_attrs(image_type=["ORIGINAL", "PRIMARY", "REFORMATTED"]), GOOD_GEOMETRY, "not AXIAL"),
     (_attrs(series_description="Dose Report"), GOOD_GEOMETRY, "excluded pattern"),
+    (_attrs(series_description="DOSE_INFO"), GOOD_GEOMETRY, "excluded pattern"),
+    (_attrs(series_description="Patient Protocol"), GOOD_GEOMETRY, "excluded pattern"),
+    (_attrs(series_description="Head low dose 5mm"), GOOD_GEOMETRY, None),  # a plain NCCT
     (_attrs(slice_thickness_mm=10.0), GOOD_GEOMETRY, "thickness"),
     (_attrs(), {**GOOD_GEOMETRY, "orientation_consistent": False}, "orientation"),
     (_attrs(), {**GOOD_GEOMETRY, "axial_angle_deg": 90.0}, "not axial"),

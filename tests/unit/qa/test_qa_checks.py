@@ -115,6 +115,20 @@ def test_second_reader_agreement_and_disagreement() -> None:
     assert combined.status == "pass" and combined.checks[1].value is None
 
 
+def test_second_reader_limit_is_the_larger_of_absolute_and_relative() -> None:
+    # 1 mL voxels; defaults: max(5 mL, 50 % of the larger volume)
+    cases = {(2, 7): "pass", (2, 8): "warn",  # small: 5 mL absolute decides
+             (100, 150): "pass", (100, 40): "warn",  # large: 50 % of the larger decides
+             (100, 50): "pass", (0, 5): "pass", (0, 6): "warn"}
+    for (a, b), want in cases.items():
+        report = compare_readers(_labels(a, 0), _labels(b, 0), CFG)
+        ich = report.checks[0]
+        assert (ich.outcome, ich.value) == (want, float(b)), (a, b, ich)
+        assert f"{b:.1f} mL vs {a:.1f} mL" in ich.message
+    strict = replace(CFG, warn_only=())  # not warn_only: a disagreement refuses the series
+    assert compare_readers(_labels(2, 0), _labels(9, 0), strict).status == "fail"
+
+
 def test_report_status_and_record() -> None:
     report = QAReport((QACheck("air_hu", -1000.0, "-1100..-900 HU", "pass"),
                        QACheck("noise", 30.0, "<= 20 HU", "warn", "noise: 30 HU")))
