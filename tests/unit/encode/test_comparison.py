@@ -14,7 +14,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import Case, dciodvfy
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
@@ -45,6 +44,7 @@ from dicomnode.encode.preview import STYLE, SYNTHETIC_NOTE
 from dicomnode.encode.seg import segment_numbers_by_label
 from dicomnode.encode.sr_followup import add_comparison
 from dicomnode.encode.text import draw_text
+from tests.unit.encode.cases import Case, dciodvfy
 
 RED = STYLE[ICH][1]
 PRIOR_SERIES = "1.2.826.0.1.3680043.8.498.1"

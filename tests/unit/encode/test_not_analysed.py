@@ -9,12 +9,12 @@ from collections.abc import Iterator
 import highdicom as hd
 import pydicom
 import pytest
-from conftest import Case, dciodvfy
 from pydicom.dataset import Dataset
 
 from dicomnode.domain import QACheck, QAReport
 from dicomnode.encode import codes
 from dicomnode.encode.not_analysed import build_not_analysed_image, build_not_analysed_sr
+from tests.unit.encode.cases import Case, dciodvfy
 
 QA = QAReport((
     QACheck("air_hu", 0.0, "-1100..-900 HU", "fail", "HU calibration: air at 0 HU"),

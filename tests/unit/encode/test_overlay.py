@@ -38,7 +38,7 @@ from dicomnode.encode.text import draw_text
 from dicomnode.geometry.source_grid import to_source_grid
 
 if TYPE_CHECKING:  # the fixtures' type; pytest itself loads conftest
-    from conftest import Case
+    from tests.unit.encode.cases import Case
 
 PREDICTION = Prediction(
     expansion=Risk(probability=0.31, model="he-svm", model_version="1.0", synthetic_training=True),

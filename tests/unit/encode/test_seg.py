@@ -9,11 +9,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import Case, dciodvfy
 from pydicom.uid import UID
 
 from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, LABELS, OEDEMA, LabelMap
 from dicomnode.encode import build_seg, codes, read_seg_mask, uids
+from tests.unit.encode.cases import Case, dciodvfy
 
 SOFTWARE = "0.1.0-test"
 

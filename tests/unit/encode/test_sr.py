@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pydicom
 import pytest
-from conftest import Case, dciodvfy
 from pydicom.dataset import Dataset
 
 from dicomnode.domain import CAVE_MODEL, ICH, IVH, OEDEMA, CaveScore, Prediction, Risk
 from dicomnode.encode import build_seg, build_sr, codes, uids
+from tests.unit.encode.cases import Case, dciodvfy
 
 PREDICTION = Prediction(
     expansion=Risk(probability=0.3100004, model="he-logreg", model_version="1.2", synthetic_training=True),

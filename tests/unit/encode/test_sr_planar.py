@@ -15,7 +15,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import Case, _case, dciodvfy
 from pydicom.dataset import Dataset
 
 from dicomnode.domain import ICH, IVH, OEDEMA, Measurements
@@ -24,6 +23,7 @@ from dicomnode.encode.sr_planar import key_frames
 from dicomnode.geometry.source_grid import to_source_grid
 from dicomnode.lab.synth import make_study
 from dicomnode.measure.volumes import abc2
+from tests.unit.encode.cases import Case, _case, dciodvfy
 
 GROUP = ("125007", "DCM")
 TRACKING_UID = ("112040", "DCM")
