@@ -50,7 +50,7 @@ from pydicom.uid import generate_uid
 from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, LABELS, OEDEMA, LabelMap, Measurements, Prediction
 
 from . import codes, uids
-from .seg import SYNTHETIC_STATEMENT, segment_numbers_by_label, series_description
+from .seg import SYNTHETIC_STATEMENT, segment_numbers_by_label, series_description, specific_character_set
 from .sr_planar import planar_groups
 
 __all__ = ["build_sr"]
@@ -242,7 +242,7 @@ def build_sr(
         coding_schemes=codes.coding_schemes(),
         manufacturer_model_name="dicomnode",
         software_versions=software_version,
-        specific_character_set=_charset(source_datasets[0]),
+        specific_character_set=specific_character_set(source_datasets[0]),
     )
     log.info("SR %s: %d group(s) referencing SEG %s", sr.SOPInstanceUID, len(groups), seg.SOPInstanceUID,
              extra={"series_uid": source_series})
@@ -377,9 +377,3 @@ def _equipment(manufacturer: str, labels: LabelMap, software_version: str | None
         software_versions=software_version,
         contribution_description=f"measurements of segmentation model {labels.model}"[:64],
     )
-
-
-def _charset(ds: Dataset) -> str | list[str] | None:
-    """The source's Specific Character Set, as highdicom takes it (a list when multi-valued)."""
-    charset = ds.get("SpecificCharacterSet")
-    return list(charset) if charset is not None and not isinstance(charset, str) else charset
