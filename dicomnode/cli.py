@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicomnode import __version__
 from dicomnode.config import Destination, Settings, load_settings, parse_peer
@@ -16,6 +17,12 @@ from dicomnode.errors import ConfigError, DeliveryError, SchemaError
 from dicomnode.logs import setup_logging
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    # What add_subparsers returns; argparse names its class privately (typeshed makes it generic).
+    _Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _add_config_options(p: argparse.ArgumentParser, *, node: bool) -> None:
@@ -308,10 +315,24 @@ LAB_COMMANDS = ("train", "synth", "cohort", "validate")
 
 
 def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
+    """The command-line parser; ``with_lab=False`` leaves the lab's modules unimported.
+
+    Without the lab, its commands are listed (for ``--help``) but take no arguments.
+    """
     parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_node_commands(sub)
+    _add_admin_commands(sub)
+    _add_peer_commands(sub)
+    _add_offline_commands(sub)
+    train_sub = _add_train_command(sub)
+    _add_lab_commands(sub, train_sub, with_lab=with_lab)
+    return parser
 
+
+def _add_node_commands(sub: _Subparsers) -> None:
+    """serve, worker, resend, status: the running node and its queue."""
     p = sub.add_parser("serve", help="run the DICOM node (C-STORE/C-ECHO SCP)")
     _add_config_options(p, node=True)
     p.add_argument("--web-port", type=int, metavar="N",
@@ -336,6 +357,9 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_status)
 
+
+def _add_admin_commands(sub: _Subparsers) -> None:
+    """db, web-user, outcomes: the database schema, console users and clinical outcomes."""
     p = sub.add_parser("db", help="the database schema: upgrade | current")
     db_sub = p.add_subparsers(dest="action", required=True)
     for action, text in (("upgrade", "bring the database to this dicomnode's schema revision "
@@ -362,6 +386,9 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
     o.add_argument("file", metavar="FILE.csv")
     o.set_defaults(func=cmd_outcomes_import)
 
+
+def _add_peer_commands(sub: _Subparsers) -> None:
+    """echo, send: talk to another DICOM node."""
     p = sub.add_parser("echo", help="C-ECHO a peer: dicomnode echo AET@HOST:PORT")
     p.add_argument("peer", metavar="AET@HOST:PORT")
     p.add_argument("--calling-aet", default="DICOMNODE")
@@ -373,6 +400,9 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--calling-aet", default="DICOMNODE")
     p.set_defaults(func=cmd_send)
 
+
+def _add_offline_commands(sub: _Subparsers) -> None:
+    """run, demo: analysis without a running node."""
     p = sub.add_parser("run", help="analyse DICOM files offline: dicomnode run IN --out OUT")
     p.add_argument("input_dir", metavar="INPUT_DIR")
     p.add_argument("--out", required=True, metavar="OUT_DIR")
@@ -388,8 +418,16 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("unet", "blast_ct", "nnunet", "threshold"))
     p.set_defaults(func=cmd_demo)
 
+
+def _add_train_command(sub: _Subparsers) -> _Subparsers:
+    """train (with its segmentation subcommand); returns train's subparsers for the lab's."""
     p = sub.add_parser("train", help="train models")
     train_sub = p.add_subparsers(dest="what", required=True)
+    _add_train_segmentation(train_sub)
+    return train_sub
+
+
+def _add_train_segmentation(train_sub: _Subparsers) -> None:
     t = train_sub.add_parser("segmentation", help="train the unet segmentation bundle")
     t.add_argument("--data", action="append", default=[], metavar="DIR",
                    help="folder of cases (each with labels.nii.gz and image.nii.gz or dicom/)")
@@ -415,6 +453,10 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
                    help="HU range scaled to 0..1 (write --hu-window=-20,200)")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.set_defaults(func=cmd_train_segmentation)
+
+
+def _add_lab_commands(sub: _Subparsers, train_sub: _Subparsers, *, with_lab: bool) -> None:
+    """The lab's commands (prediction training, synth, cohort, validate), or their names only."""
     if with_lab:
         from dicomnode.lab.loop_cli import register as register_loop
         from dicomnode.lab.predict_cli import register as register_predict
@@ -427,7 +469,6 @@ def build_parser(*, with_lab: bool = True) -> argparse.ArgumentParser:
         sub.add_parser("synth", help="synthetic head CT with known haemorrhage")
         sub.add_parser("cohort", help="the department's cohort: export")
         sub.add_parser("validate", help="score a model on the department's own outcomes")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,28 +1,26 @@
 """Validation of the raw TOML tables into the frozen settings of :mod:`dicomnode.config`.
 
-Every problem is collected (with its dotted key) and raised at once as a ``ConfigError``.
+Every problem is collected (with its dotted key) and raised at once as a ``ConfigError``. The
+typed getters are in :mod:`dicomnode.config.fields`, the outbound sections in
+:mod:`dicomnode.config.outbound`; the names they define are importable from here as before.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from dicomnode.config.fields import FieldReader
+from dicomnode.config.outbound import DICOMWEB_KEYS, DIMSE_KEYS, OutboundSections
 from dicomnode.config.settings import (
-    DESTINATION_KINDS,
     QA_CHECK_NAMES,
     AccessSettings,
     AssemblySettings,
     DatabaseSettings,
-    DeliverySettings,
-    Destination,
     EligibilitySettings,
-    FollowupSettings,
     LoggingSettings,
     NodeSettings,
     PredictionSettings,
@@ -31,115 +29,56 @@ from dicomnode.config.settings import (
     Settings,
     StorageSettings,
     TLSSettings,
-    WebSettings,
     WorkerSettings,
-    is_loopback_host,
     redact_url,
 )
-from dicomnode.errors import ConfigError
 
-DIMSE_KEYS = {"ae_title", "host", "port", "tls"}
-DICOMWEB_KEYS = {"url", "auth", "username", "secret_file"}
+__all__ = ["DICOMWEB_KEYS", "DIMSE_KEYS", "REPO_ROOT", "FieldReader", "Validator"]
+
 #: The checkout (or install prefix) that holds models/ beside the package: defaults point there.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no controls
 
+class Validator(OutboundSections):
+    """Builds :class:`Settings` from the raw tables, one method per section.
 
-class Validator:
-    """Collects every problem instead of stopping at the first."""
-
-    def __init__(self, label: str, base: Path) -> None:
-        self.label = label
-        self.base = base
-        self.problems: list[str] = []
-
-    def raise_if_problems(self) -> None:
-        if self.problems:
-            raise ConfigError(self.label, self.problems)
-
-    # -- typed getters -------------------------------------------------------------------
-    def _get(self, table: Mapping[str, Any], section: str, key: str, default: Any,
-             check: Callable[[Any], bool], expected: str) -> Any:
-        if key not in table:
-            return default
-        value = table[key]
-        if not check(value):
-            self.problems.append(f"[{section}] {key} = {value!r}: expected {expected}")
-            return default
-        return value
-
-    def _int(self, t: Mapping[str, Any], s: str, k: str, d: int, lo: int, hi: int) -> int:
-        return self._get(t, s, k, d, lambda x: type(x) is int and lo <= x <= hi,
-                         f"an integer from {lo} to {hi}")
-
-    def _num(self, t: Mapping[str, Any], s: str, k: str, d: float, lo: float, hi: float) -> float:
-        ok = lambda x: type(x) in (int, float) and lo <= x <= hi  # noqa: E731
-        return float(self._get(t, s, k, d, ok, f"a number from {lo} to {hi}"))
-
-    def _bool(self, t: Mapping[str, Any], s: str, k: str, d: bool) -> bool:
-        return self._get(t, s, k, d, lambda x: isinstance(x, bool), "true or false")
-
-    def _str(self, t: Mapping[str, Any], s: str, k: str, d: str) -> str:
-        return self._get(t, s, k, d, lambda x: isinstance(x, str), "a string")
-
-    def _strs(self, t: Mapping[str, Any], s: str, k: str, d: tuple[str, ...]) -> tuple[str, ...]:
-        ok = lambda x: isinstance(x, list) and all(isinstance(i, str) for i in x)  # noqa: E731
-        return tuple(self._get(t, s, k, list(d), ok, "a list of strings"))
-
-    def _range(self, t: Mapping[str, Any], s: str, k: str,
-               d: tuple[float, float]) -> tuple[float, float]:
-        ok = lambda x: (isinstance(x, list) and len(x) == 2  # noqa: E731
-                        and all(type(i) in (int, float) for i in x) and x[0] <= x[1])
-        lo, hi = self._get(t, s, k, list(d), ok, "[low, high] numbers")
-        return (float(lo), float(hi))
-
-    def _path(self, t: Mapping[str, Any], s: str, k: str, d: Path | None) -> Path | None:
-        value = self._str(t, s, k, "" if d is None else str(d))
-        return self.resolve(value) if value else None
-
-    def resolve(self, value: str | Path, base: Path | None = None) -> Path:
-        p = Path(value).expanduser()
-        return (p if p.is_absolute() else (base or self.base) / p).resolve()
-
-    def _regex(self, t: Mapping[str, Any], s: str, k: str, d: str) -> str:
-        value = self._str(t, s, k, d)
-        try:
-            re.compile(value)
-        except re.error as exc:
-            self.problems.append(f"[{s}] {k}: invalid regular expression: {exc}")
-            return d
-        return value
-
-    def _table(self, raw: Mapping[str, Any], name: str, known: set[str]) -> Mapping[str, Any]:
-        table = raw.get(name, {})
-        if not isinstance(table, dict):
-            self.problems.append(f"[{name}] must be a table")
-            return {}
-        for key in sorted(set(table) - known):
-            self.problems.append(f"[{name}] unknown key {key!r}")
-        return table
-
-    def ae_title(self, value: str, where: str) -> str:
-        if not _AE_RE.match(value) or not value.strip():
-            self.problems.append(f"{where} = {value!r}: an AE title is 1 to 16 printable "
-                                 "characters without backslash")
-        return value
+    The typed getters are in :class:`FieldReader`, the outbound sections (destinations,
+    delivery, web, follow-up) in :class:`OutboundSections`; every problem is collected.
+    """
 
     # -- sections ------------------------------------------------------------------------
     def build(self, raw: Mapping[str, Any], source: Path | None) -> Settings:
+        """Every section of ``raw`` (defaults for those left out), problems in section order."""
         sections = {"node", "access", "tls", "storage", "database", "assembly", "eligibility",
                     "segmentation", "prediction", "logging", "destinations", "delivery",
                     "worker", "qa", "web", "followup"}
         for key in sorted(set(raw) - sections):
             self.problems.append(f"unknown section or key {key!r}")
         d = Settings()
+        node = self._node(raw, d.node)
+        access = self._access(raw, d.access)
+        tls = self._tls(raw)
+        storage = self._storage(raw, d.storage)
+        database = self._database(raw)
+        assembly = self._assembly(raw)
+        eligibility = self._eligibility(raw, d.eligibility)
+        segmentation = self._segmentation(raw)
+        logging_ = self._logging(raw)
+        self._check_tls(tls)
+        return Settings(source=source, node=node, access=access, tls=tls, storage=storage,
+                        database=database, assembly=assembly, eligibility=eligibility,
+                        segmentation=segmentation, prediction=self._prediction(raw), qa=self._qa(raw),
+                        followup=self._followup(raw), logging=logging_, destinations=self._destinations(raw),
+                        delivery=self._delivery(raw), worker=self._worker(raw),
+                        web=self._web(raw))
+
+    def _node(self, raw: Mapping[str, Any], d: NodeSettings) -> NodeSettings:
         t = self._table(raw, "node", set(NodeSettings.__dataclass_fields__))
         node = NodeSettings(
-            ae_title=self.ae_title(self._str(t, "node", "ae_title", d.node.ae_title),
+            ae_title=self.ae_title(self._str(t, "node", "ae_title", d.ae_title),
                                    "[node] ae_title"),
-            bind_address=self._str(t, "node", "bind_address", d.node.bind_address),
-            port=self._int(t, "node", "port", d.node.port, 0, 65535),
+            bind_address=self._str(t, "node", "bind_address", d.bind_address),
+            port=self._int(t, "node", "port", d.port, 0, 65535),
             max_associations=self._int(t, "node", "max_associations", 10, 1, 1000),
             receiver_processes=self._int(t, "node", "receiver_processes", 1, 1, 64),
             acse_timeout_s=self._num(t, "node", "acse_timeout_s", 30.0, 1, 3600),
@@ -150,70 +89,79 @@ class Validator:
         )
         if len(node.name) > 100:
             self.problems.append("[node] name: at most 100 characters")
+        return node
+
+    def _access(self, raw: Mapping[str, Any], d: AccessSettings) -> AccessSettings:
         t = self._table(raw, "access", set(AccessSettings.__dataclass_fields__))
-        access = AccessSettings(
+        return AccessSettings(
             allowed_calling_aets=tuple(self.ae_title(a, "[access] allowed_calling_aets")
                                        for a in self._strs(t, "access", "allowed_calling_aets",
                                                            ())),
             allowed_networks=self._networks(self._strs(t, "access", "allowed_networks",
-                                                       d.access.allowed_networks)),
+                                                       d.allowed_networks)),
             require_called_aet=self._bool(t, "access", "require_called_aet", True),
         )
+
+    def _tls(self, raw: Mapping[str, Any]) -> TLSSettings:
         t = self._table(raw, "tls", set(TLSSettings.__dataclass_fields__))
-        tls = TLSSettings(
+        return TLSSettings(
             enabled=self._bool(t, "tls", "enabled", False),
             certificate=self._path(t, "tls", "certificate", None),
             private_key=self._path(t, "tls", "private_key", None),
             ca_certificates=self._path(t, "tls", "ca_certificates", None),
             require_client_certificate=self._bool(t, "tls", "require_client_certificate", False),
         )
+
+    def _check_tls(self, tls: TLSSettings) -> None:
+        """With TLS enabled, its files must exist (checked after the other sections' problems)."""
+        if not tls.enabled:
+            return
+        for key in ("certificate", "private_key"):
+            p = getattr(tls, key)
+            if p is None or not p.is_file():
+                self.problems.append(f"[tls] {key}: file required when TLS is enabled ({p})")
+        if tls.ca_certificates is not None and not tls.ca_certificates.is_file():
+            self.problems.append(f"[tls] ca_certificates: file not found "
+                                 f"({tls.ca_certificates})")
+        if tls.require_client_certificate and tls.ca_certificates is None:
+            self.problems.append("[tls] require_client_certificate needs ca_certificates")
+
+    def _storage(self, raw: Mapping[str, Any], d: StorageSettings) -> StorageSettings:
         t = self._table(raw, "storage", set(StorageSettings.__dataclass_fields__))
         storage_path = self._path(t, "storage", "path", None)
-        storage = StorageSettings(
-            path=storage_path or self.resolve(d.storage.path, Path.cwd()),
+        return StorageSettings(
+            path=storage_path or self.resolve(d.path, Path.cwd()),
             min_free_disk_mb=self._int(t, "storage", "min_free_disk_mb", 1024, 0, 10**9),
             keep_non_ct=self._bool(t, "storage", "keep_non_ct", False),
             retention_days=self._int(t, "storage", "retention_days", 0, 0, 36500),
             fsync=self._bool(t, "storage", "fsync", True),
             shared=self._bool(t, "storage", "shared", False),
         )
+
+    def _database(self, raw: Mapping[str, Any]) -> DatabaseSettings:
         t = self._table(raw, "database", set(DatabaseSettings.__dataclass_fields__))
-        database = DatabaseSettings(
+        return DatabaseSettings(
             url=self._database_url(self._str(t, "database", "url", "")),
             sqlite_synchronous=self._get(t, "database", "sqlite_synchronous", "FULL",
                                          lambda x: x in ("FULL", "NORMAL", "EXTRA"),
                                          "FULL, NORMAL or EXTRA"),
             auto_upgrade=self._bool(t, "database", "auto_upgrade", False),
         )
+
+    def _assembly(self, raw: Mapping[str, Any]) -> AssemblySettings:
         t = self._table(raw, "assembly", set(AssemblySettings.__dataclass_fields__))
-        assembly = AssemblySettings(
+        return AssemblySettings(
             settle_s=self._num(t, "assembly", "settle_s", 10.0, 0, 86400),
             max_wait_incomplete_s=self._num(t, "assembly", "max_wait_incomplete_s", 120.0, 0,
                                             86400 * 7),
             sweep_interval_s=self._num(t, "assembly", "sweep_interval_s", 2.0, 0.05, 3600),
         )
-        eligibility = self._eligibility(raw, d.eligibility)
-        segmentation = self._segmentation(raw)
+
+    def _logging(self, raw: Mapping[str, Any]) -> LoggingSettings:
         t = self._table(raw, "logging", {"level"})
-        logging_ = LoggingSettings(level=self._get(
+        return LoggingSettings(level=self._get(
             t, "logging", "level", "INFO",
             lambda x: x in ("DEBUG", "INFO", "WARNING", "ERROR"), "DEBUG, INFO, WARNING or ERROR"))
-        if tls.enabled:
-            for key in ("certificate", "private_key"):
-                p = getattr(tls, key)
-                if p is None or not p.is_file():
-                    self.problems.append(f"[tls] {key}: file required when TLS is enabled ({p})")
-            if tls.ca_certificates is not None and not tls.ca_certificates.is_file():
-                self.problems.append(f"[tls] ca_certificates: file not found "
-                                     f"({tls.ca_certificates})")
-            if tls.require_client_certificate and tls.ca_certificates is None:
-                self.problems.append("[tls] require_client_certificate needs ca_certificates")
-        return Settings(source=source, node=node, access=access, tls=tls, storage=storage,
-                        database=database, assembly=assembly, eligibility=eligibility,
-                        segmentation=segmentation, prediction=self._prediction(raw), qa=self._qa(raw),
-                        followup=self._followup(raw), logging=logging_, destinations=self._destinations(raw),
-                        delivery=self._delivery(raw), worker=self._worker(raw),
-                        web=self._web(raw))
 
     def _database_url(self, url: str) -> str:
         """Check that the URL parses and its driver is installed; never echo the password."""
@@ -340,77 +288,6 @@ class Validator:
                 self.problems.append(f"[access] allowed_networks: {value!r} is not an IP network")
         return tuple(out)
 
-    def _destinations(self, raw: Mapping[str, Any]) -> tuple[Destination, ...]:
-        items = raw.get("destinations", [])
-        if not isinstance(items, list):
-            self.problems.append("[[destinations]] must be an array of tables")
-            return ()
-        out = []
-        for i, t in enumerate(items):
-            s = f"destinations[{i}]"
-            if not isinstance(t, dict):
-                self.problems.append(f"[{s}] must be a table")
-                continue
-            for key in sorted(set(t) - set(Destination.__dataclass_fields__)):
-                self.problems.append(f"[{s}] unknown key {key!r}")
-            kind = self._str(t, s, "kind", "dimse")
-            own = DIMSE_KEYS if kind == "dicomweb" else DICOMWEB_KEYS
-            for key in sorted(own & set(t)):
-                self.problems.append(f"[{s}] {key} does not apply to kind = {kind!r}")
-            for key in ("ae_title", "host", "port") if kind == "dimse" else ("url",):
-                if key not in t:
-                    self.problems.append(f"[{s}] {key} is required")
-            outputs = self._strs(t, s, "outputs", ("seg", "sr", "overlay"))
-            for o in outputs:
-                if o not in ("seg", "sr", "overlay"):
-                    self.problems.append(f"[{s}] outputs: unknown output {o!r}")
-            dest = Destination(
-                name=self._str(t, s, "name", f"destination-{i + 1}"), kind=kind,
-                ae_title=self._str(t, s, "ae_title", "ANY-SCP" if kind == "dimse" else ""),
-                host=self._str(t, s, "host", "127.0.0.1" if kind == "dimse" else ""),
-                port=self._int(t, s, "port", 104 if kind == "dimse" else 0, 1, 65535),
-                outputs=outputs, tls=self._bool(t, s, "tls", False),
-                tls_ca_certificates=self._path(t, s, "tls_ca_certificates", None),
-                url=self._str(t, s, "url", ""), auth=self._str(t, s, "auth", ""),
-                username=self._str(t, s, "username", ""),
-                secret_file=self._path(t, s, "secret_file", None))
-            out.append(self.check_destination(dest, f"[{s}]"))
-        names = [d.name for d in out]
-        for name in sorted({n for n in names if names.count(n) > 1}):
-            self.problems.append(f"[[destinations]] name {name!r} is used twice")
-        return tuple(out)
-
-    def check_destination(self, d: Destination, where: str) -> Destination:
-        """Problems of one destination (kind, AE title, DICOMweb URL and authentication)."""
-        if d.kind not in DESTINATION_KINDS:
-            self.problems.append(f"{where} kind = {d.kind!r}: expected one of {', '.join(DESTINATION_KINDS)}")
-            return d
-        if d.tls_ca_certificates is not None and not d.tls_ca_certificates.is_file():
-            self.problems.append(f"{where} tls_ca_certificates: {d.tls_ca_certificates} is not a file")
-        if d.kind == "dimse":
-            self.ae_title(d.ae_title, f"{where} ae_title")
-            return d
-        url = urlsplit(d.url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            self.problems.append(f"{where} url = {d.url!r}: expected http(s)://host[:port]/path")
-            return d
-        if url.username or url.password or url.query or url.fragment:
-            self.problems.append(f"{where} url: no credentials, query or fragment in the URL "
-                                 "(put a secret in secret_file)")
-        if d.auth not in ("", "basic", "bearer"):
-            self.problems.append(f"{where} auth = {d.auth!r}: expected \"basic\", \"bearer\" or none")
-        if d.auth == "basic" and not d.username:
-            self.problems.append(f"{where} auth = \"basic\" needs a username")
-        if d.auth and (d.secret_file is None or not d.secret_file.is_file()):
-            self.problems.append(f"{where} auth = {d.auth!r} needs secret_file, a readable file "
-                                 f"(got {d.secret_file})")
-        if not d.auth and (d.secret_file or d.username):
-            self.problems.append(f"{where} username and secret_file need auth = \"basic\" or \"bearer\"")
-        if d.auth and url.scheme == "http" and not is_loopback_host(url.hostname):
-            self.problems.append(f"{where} url: a secret is never sent over plain http except to "
-                                 "loopback; use https")
-        return d
-
     def _prediction(self, raw: Mapping[str, Any]) -> PredictionSettings:
         t = self._table(raw, "prediction", set(PredictionSettings.__dataclass_fields__))
         s = "prediction"
@@ -436,28 +313,6 @@ class Validator:
                                   he_model=paths["he_model"], pse_model=paths["pse_model"],
                                   clinical_sidecar=sidecar)
 
-    def _followup(self, raw: Mapping[str, Any]) -> FollowupSettings:
-        t = self._table(raw, "followup", set(FollowupSettings.__dataclass_fields__))
-        s, d = "followup", FollowupSettings()
-        f = FollowupSettings(
-            enabled=self._bool(t, s, "enabled", d.enabled),
-            min_interval_h=self._num(t, s, "min_interval_h", d.min_interval_h, 0.0, 24 * 365),
-            max_interval_h=self._num(t, s, "max_interval_h", d.max_interval_h, 0.0, 24 * 365),
-            expansion_abs_ml=self._num(t, s, "expansion_abs_ml", d.expansion_abs_ml, 0.0, 1000.0),
-            expansion_rel=self._num(t, s, "expansion_rel", d.expansion_rel, 0.0, 10.0),
-            new_ivh_ml=self._num(t, s, "new_ivh_ml", d.new_ivh_ml, 0.0, 100.0),
-            min_correlation=self._num(t, s, "min_correlation", d.min_correlation, -1.0, 1.0),
-            wait_s=self._num(t, s, "wait_s", d.wait_s, 0.1, 3600.0),
-            query_pacs=self._str(t, s, "query_pacs", d.query_pacs),
-            query_max_studies=self._int(t, s, "query_max_studies", d.query_max_studies, 1, 1000),
-            query_max_instances=self._int(t, s, "query_max_instances", d.query_max_instances,
-                                          1, 100_000),
-            query_wait_max_s=self._num(t, s, "query_wait_max_s", d.query_wait_max_s, 1.0, 86400))
-        if f.min_interval_h >= f.max_interval_h:
-            self.problems.append(f"[followup] min_interval_h ({f.min_interval_h:g}) must be "
-                                 f"below max_interval_h ({f.max_interval_h:g})")
-        return f
-
     def _worker(self, raw: Mapping[str, Any]) -> WorkerSettings:
         t = self._table(raw, "worker", set(WorkerSettings.__dataclass_fields__))
         worker = WorkerSettings(enabled=self._bool(t, "worker", "enabled", True),
@@ -469,63 +324,6 @@ class Validator:
             self.problems.append(f"[worker] renew_s ({worker.renew_s:g}) must be at most half of "
                                  f"lease_s ({worker.lease_s:g}), so one late renewal loses nothing")
         return worker
-
-    def _web(self, raw: Mapping[str, Any]) -> WebSettings:
-        t = self._table(raw, "web", set(WebSettings.__dataclass_fields__))
-        s = "web"
-        return WebSettings(
-            port=self._int(t, s, "port", 0, 0, 65535),
-            bind_address=self._str(t, s, "bind_address", "127.0.0.1"),
-            users_file=self._path(t, s, "users_file", None),
-            tls=self._bool(t, s, "tls", False),
-            behind_tls_proxy=self._bool(t, s, "behind_tls_proxy", False),
-            show_patient_identifiers=self._bool(t, s, "show_patient_identifiers", False),
-            worker_stale_s=self._num(t, s, "worker_stale_s", 30.0, 1, 86400),
-            login_attempts=self._int(t, s, "login_attempts", 5, 1, 1000),
-            login_window_s=self._num(t, s, "login_window_s", 300.0, 1, 86400))
-
-    def check_web(self, settings: Settings) -> None:
-        """Off loopback the console needs users and TLS (its own or a proxy's)."""
-        web = settings.web
-        if web.port == 0:
-            return
-        try:
-            loopback = ipaddress.ip_address(web.bind_address).is_loopback
-        except ValueError:
-            loopback = web.bind_address == "localhost"
-        if web.users_file is not None and not web.users_file.is_file():
-            self.problems.append(f"[web] users_file: file not found ({web.users_file})")
-        if web.tls:
-            for key in ("certificate", "private_key"):
-                p = getattr(settings.tls, key)
-                if p is None or not p.is_file():
-                    self.problems.append(f"[web] tls = true needs the file [tls] {key} ({p})")
-        if not loopback:
-            where = f"[web] bind_address = {web.bind_address!r}"
-            if web.users_file is None:
-                self.problems.append(f"{where} is not loopback: users_file is required "
-                                     "(logins)")
-            if not (web.tls or web.behind_tls_proxy):
-                self.problems.append(f"{where} is not loopback: set tls = true (the node's "
-                                     "certificate) or behind_tls_proxy = true")
-
-    def check_followup(self, settings: Settings) -> None:
-        """``[followup] query_pacs`` names a DIMSE destination or is AET@HOST:PORT."""
-        name = settings.followup.query_pacs
-        if name and settings.query_peer() is None:
-            self.problems.append(f"[followup] query_pacs = {name!r}: expected the name of a "
-                                 "[[destinations]] entry of kind \"dimse\" or AET@HOST:PORT")
-
-    def _delivery(self, raw: Mapping[str, Any]) -> DeliverySettings:
-        t = self._table(raw, "delivery", set(DeliverySettings.__dataclass_fields__))
-        s = "delivery"
-        return DeliverySettings(
-            calling_ae_title=self.ae_title(self._str(t, s, "calling_ae_title", "DICOMNODE"),
-                                           "[delivery] calling_ae_title"),
-            interval_s=self._num(t, s, "interval_s", 2.0, 0.1, 3600),
-            retry_base_s=self._num(t, s, "retry_base_s", 5.0, 0.1, 3600),
-            retry_max_s=self._num(t, s, "retry_max_s", 600.0, 1, 86400),
-            timeout_s=self._num(t, s, "timeout_s", 30.0, 1, 3600))
 
     # -- command-line overrides ----------------------------------------------------------
     def apply_overrides(self, settings: Settings, overrides: Mapping[str, Any]) -> Settings:

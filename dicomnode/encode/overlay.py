@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -125,17 +126,52 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
     if str(first.StudyInstanceUID) != volume.study_instance_uid:
         raise ValueError(f"source study {first.StudyInstanceUID} is not the volume's "
                          f"{volume.study_instance_uid}")
-    now = created or dt.datetime.now()
-    src_series = volume.series_instance_uid
-    new_series_uid = series_uid(src_series, version, "overlay")
-    model = f"{labels.model} {labels.model_version}".strip()
-    synthetic = labels.synthetic_training
-    description = f"ICH overlay v{version}{' synthetic model' if synthetic else ''} - {NOT_FOR_DIAGNOSIS}"
-    summary_description = (f"ICH summary v{version}{' synthetic model' if synthetic else ''} - "
-                           f"{NOT_FOR_DIAGNOSIS}")
+    images = _Images(first, volume, labels, version, series_number, created or dt.datetime.now(),
+                     tuple(warnings))
+    lab = to_source_grid(labels.image, volume)  # (n_slices, rows, cols) in volume.slices order
+    blood = np.flatnonzero(np.isin(lab, BLOOD_LABELS).any(axis=(1, 2)))
+    order = [int(i) for i in blood]
+    if _descending(volume, by_uid):
+        order.reverse()
+    hu = _source_planes(volume, by_uid, order)
+    out = [images.summary(measurements, prediction, _key_source_slice(volume, lab, blood))]
+    for number, i in enumerate(order, start=1):
+        out.append(images.slice_image(i, hu[i], lab[i], number))
+    return out
 
-    def new(kind: str, index: int, rgb: np.ndarray, number: int) -> Dataset:
-        ds = _base(first, rgb, now)
+
+@dataclass(frozen=True)
+class _Images:
+    """Makes the images of one result: what they share (source, UIDs, series, texts)."""
+
+    first: Dataset  # the source dataset of the first plane: patient, study, frame of reference
+    volume: CTVolume
+    labels: LabelMap
+    version: int
+    series_number: int
+    now: dt.datetime
+    warnings: tuple[str, ...]
+
+    @property
+    def model(self) -> str:
+        return f"{self.labels.model} {self.labels.model_version}".strip()
+
+    @property
+    def legend(self) -> str:
+        return ", ".join(f"{STYLE[v][0]} {_colour_name(STYLE[v][1])}" for v in reversed(STYLE))
+
+    @property
+    def warning(self) -> str:
+        """Image Comments' opening: not for diagnosis, synthetic model, QA warnings."""
+        synthetic = self.labels.synthetic_training
+        return (f"{NOT_FOR_DIAGNOSIS}." + (" Model fit on synthetic data only." if synthetic else "")
+                + "".join(f" {w}." for w in self.warnings))
+
+    def new(self, kind: str, index: int, rgb: np.ndarray, number: int) -> Dataset:
+        """An image of the slices' series ("overlay") or of the summary's ("overlay-summary")."""
+        src_series, version = self.volume.series_instance_uid, self.version
+        synthetic = " synthetic model" if self.labels.synthetic_training else ""
+        ds = _base(self.first, rgb, self.now)
         ds.SOPInstanceUID = instance_uid(src_series, version, kind, index)
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         if kind == "overlay-summary":
@@ -143,65 +179,58 @@ def build_overlays(source_datasets: Sequence[Dataset], volume: CTVolume, labels:
             # made OHIF drop the whole series (its sort by position threw), and it is not a CT
             # image but a rendered report, so Modality OT.
             ds.SeriesInstanceUID = series_uid(src_series, version, kind)
-            ds.SeriesNumber = series_number + 1
-            ds.SeriesDescription = summary_description[:64]
+            ds.SeriesNumber = self.series_number + 1
+            ds.SeriesDescription = f"ICH summary v{version}{synthetic} - {NOT_FOR_DIAGNOSIS}"[:64]
             ds.Modality = "OT"
         else:
-            ds.SeriesInstanceUID = new_series_uid
-            ds.SeriesNumber = series_number
-            ds.SeriesDescription = description[:64]
+            ds.SeriesInstanceUID = series_uid(src_series, version, "overlay")
+            ds.SeriesNumber = self.series_number
+            ds.SeriesDescription = f"ICH overlay v{version}{synthetic} - {NOT_FOR_DIAGNOSIS}"[:64]
         ds.InstanceNumber = number
-        ds.SecondaryCaptureDeviceSoftwareVersions = [str(dicomnode.__version__), model or "unknown"]
+        ds.SecondaryCaptureDeviceSoftwareVersions = [str(dicomnode.__version__), self.model or "unknown"]
         return ds
 
-    lab = to_source_grid(labels.image, volume)  # (n_slices, rows, cols) in volume.slices order
-    blood = np.flatnonzero(np.isin(lab, BLOOD_LABELS).any(axis=(1, 2)))
-    order = [int(i) for i in blood]
-    if _descending(volume, by_uid):
-        order.reverse()
-    hu = _source_planes(volume, by_uid, order)
+    def summary(self, measurements: Measurements, prediction: Prediction | None,
+                key: int | None) -> Dataset:
+        """The summary key image; it references the key source slice when there is one."""
+        w, lvl = BRAIN_WINDOW_HU
+        rgb = render_summary(self.volume, self.labels, measurements, prediction,
+                             footer=[f"Result version {self.version}"], warnings=self.warnings)
+        summary_text = "; ".join(t for t, _ in summary_lines(self.labels, measurements, prediction)[1:] if t)
+        ds = self.new("overlay-summary", 0, rgb, 1)
+        ds.DerivationDescription = (f"Summary key image of {_SOFTWARE} haemorrhage analysis: key slice in "
+                                    f"brain window W{w:g} L{lvl:g} with outlines ({self.legend}) and "
+                                    f"the measurements as text")[:1024]
+        ds.ImageComments = f"{self.warning} Summary: {summary_text}"[:10240]
+        ds.PatientOrientation = ""
+        if key is not None:
+            _reference(ds, self.volume, [key])
+        return ds
 
-    legend = ", ".join(f"{STYLE[v][0]} {_colour_name(STYLE[v][1])}" for v in reversed(STYLE))
-    w, lvl = BRAIN_WINDOW_HU
-    derivation = (f"Brain window W{w:g} L{lvl:g} of the source CT slice with haemorrhage segmentation "
-                  f"outlines burned in ({legend}); {_SOFTWARE} {labels.backend} {model}"
-                  + (", model fit on synthetic data only" if synthetic else ""))
-    warning = (f"{NOT_FOR_DIAGNOSIS}." + (" Model fit on synthetic data only." if synthetic else "")
-               + "".join(f" {w}." for w in warnings))
-    summary_text = "; ".join(t for t, _ in summary_lines(labels, measurements, prediction)[1:] if t)
-
-    summary = new("overlay-summary", 0, render_summary(volume, labels, measurements, prediction,
-                                               footer=[f"Result version {version}"],
-                                               warnings=warnings), 1)
-    summary.DerivationDescription = (f"Summary key image of {_SOFTWARE} haemorrhage analysis: key slice in "
-                                     f"brain window W{w:g} L{lvl:g} with outlines ({legend}) and "
-                                     f"the measurements as text")[:1024]
-    summary.ImageComments = f"{warning} Summary: {summary_text}"[:10240]
-    summary.PatientOrientation = ""
-    key = _key_source_slice(volume, lab, blood)
-    if key is not None:
-        _reference(summary, volume, [key])
-
-    out = [summary]
-    for number, i in enumerate(order, start=1):
-        s = volume.slices[i]
-        ds = new("overlay", i, render_slice(hu[i], lab[i], synthetic=synthetic,
-                                                  warnings=warnings), number)
-        if "FrameOfReferenceUID" in first:
-            ds.FrameOfReferenceUID = first.FrameOfReferenceUID
+    def slice_image(self, i: int, hu: np.ndarray, lab: np.ndarray, number: int) -> Dataset:
+        """The overlay of source plane ``i`` (index into ``volume.slices``), on its geometry."""
+        volume, s = self.volume, self.volume.slices[i]
+        synthetic = self.labels.synthetic_training
+        ds = self.new("overlay", i, render_slice(hu, lab, synthetic=synthetic, warnings=self.warnings),
+                      number)
+        if "FrameOfReferenceUID" in self.first:
+            ds.FrameOfReferenceUID = self.first.FrameOfReferenceUID
         ds.ImagePositionPatient = [_ds_decimal(v) for v in s.position_mm]
         ds.ImageOrientationPatient = [_ds_decimal(v) for v in volume.orientation]
         ds.PixelSpacing = [_ds_decimal(v) for v in volume.pixel_spacing_mm]
         ds.PatientOrientation = _patient_orientation(volume.orientation)
-        ds.DerivationDescription = derivation[:1024]
+        w, lvl = BRAIN_WINDOW_HU
+        ds.DerivationDescription = (
+            f"Brain window W{w:g} L{lvl:g} of the source CT slice with haemorrhage segmentation "
+            f"outlines burned in ({self.legend}); {_SOFTWARE} {self.labels.backend} {self.model}"
+            + (", model fit on synthetic data only" if synthetic else ""))[:1024]
         pos = ", ".join(f"{v:.2f}" for v in s.position_mm)
         frame = f" frame {s.frame_number}" if s.frame_number else ""
-        ds.ImageComments = (f"{warning} Overlay of source slice {i + 1} of {len(volume.slices)} "
+        ds.ImageComments = (f"{self.warning} Overlay of source slice {i + 1} of {len(volume.slices)} "
                             f"(SOP Instance {s.sop_instance_uid}{frame}) at Image Position (Patient) "
                             f"({pos}) mm.")
         _reference(ds, volume, [i])
-        out.append(ds)
-    return out
+        return ds
 
 
 def _base(src: Dataset, rgb: np.ndarray, now: dt.datetime) -> Dataset:

@@ -34,6 +34,7 @@ __all__ = [
     "segment_numbers_by_label",
     "series_description",
     "source_order",
+    "specific_character_set",
 ]
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,47 @@ def build_seg(
     if other:
         raise ValueError(f"source datasets of another series: {sorted(other)}")
     numbers = _segment_numbers(labels)
+    planes = _segment_planes(volume, labels, numbers)
+    source_images, pixel_array = _source_frames(source_datasets, volume, planes)
+    series_uid = volume.series_instance_uid
+    descriptions = _segment_descriptions(numbers, labels, manufacturer, series_uid, version)
+    equipment = hd.ContributingEquipment(
+        manufacturer=manufacturer,
+        purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+        manufacturer_model_name=f"{labels.model} ({labels.backend})"[:64],
+        software_versions=software_version,
+        contribution_description=f"segmentation model {labels.model} {labels.model_version}"[:64],
+    )
+    seg = hd.seg.Segmentation(
+        source_images=source_images,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=uids.series_uid(series_uid, version, "seg"),
+        series_number=series_number,
+        sop_instance_uid=uids.instance_uid(series_uid, version, "seg", 0),
+        instance_number=1,
+        manufacturer=manufacturer,
+        manufacturer_model_name="dicomnode",
+        software_versions=software_version,
+        device_serial_number=device_serial_number,
+        content_description=content_description(labels),
+        content_label="ICH_SEG",
+        omit_empty_frames=omit_empty_frames,
+        contributing_equipment=[equipment],
+        series_description=series_description("SEG", labels),
+        specific_character_set=specific_character_set(source_images[0]),
+    )
+    log.info("SEG %s: %d segment(s), %d frame(s)", seg.SOPInstanceUID, len(descriptions),
+             int(seg.NumberOfFrames), extra={"series_uid": series_uid})
+    return seg
+
+
+def _segment_planes(volume: CTVolume, labels: LabelMap, numbers: Mapping[int, int]) -> np.ndarray:
+    """Segment numbers on the source planes (n_slices, rows, columns), in slice order.
+
+    Raises ValueError for a label value in the map that ``labels.labels`` does not declare.
+    """
     planes = _label_planes(volume, labels)
     lut = np.zeros(256, dtype=np.uint8)
     for value, number in numbers.items():
@@ -159,21 +201,31 @@ def build_seg(
     if undeclared:
         raise ValueError(f"label values {undeclared} are in the label map but not in LabelMap.labels "
                          f"{sorted(numbers)}")
-    pixel_array = lut[planes]
+    return lut[planes]
 
+
+def _source_frames(source_datasets: Sequence[Dataset], volume: CTVolume,
+                   pixel_array: np.ndarray) -> tuple[list[Dataset], np.ndarray]:
+    """The source images and the segment planes in their frame order.
+
+    Single-frame sources: one image per plane (:func:`source_order`). One multi-frame source:
+    that image, with the planes placed at their frame numbers (frames without a plane empty).
+    """
     multi = [s for s in volume.slices if s.frame_number is not None]
-    if multi:
-        if len(multi) != len(volume.slices) or len({s.sop_instance_uid for s in multi}) != 1:
-            raise ValueError("mixed single-frame and multi-frame source planes are not supported")
-        source = next(ds for ds in source_datasets if ds.SOPInstanceUID == multi[0].sop_instance_uid)
-        frames = np.zeros((int(source.NumberOfFrames), volume.rows, volume.columns), dtype=np.uint8)
-        for i, s in enumerate(volume.slices):
-            frames[int(s.frame_number) - 1] = pixel_array[i]  # type: ignore[arg-type]
-        source_images, pixel_array = [source], frames
-    else:
-        source_images = source_order(source_datasets, volume)
+    if not multi:
+        return source_order(source_datasets, volume), pixel_array
+    if len(multi) != len(volume.slices) or len({s.sop_instance_uid for s in multi}) != 1:
+        raise ValueError("mixed single-frame and multi-frame source planes are not supported")
+    source = next(ds for ds in source_datasets if ds.SOPInstanceUID == multi[0].sop_instance_uid)
+    frames = np.zeros((int(source.NumberOfFrames), volume.rows, volume.columns), dtype=np.uint8)
+    for i, s in enumerate(volume.slices):
+        frames[int(s.frame_number) - 1] = pixel_array[i]  # type: ignore[arg-type]
+    return [source], frames
 
-    series_uid = volume.series_instance_uid
+
+def _segment_descriptions(numbers: Mapping[int, int], labels: LabelMap, manufacturer: str,
+                          series_uid: str, version: int) -> list[hd.seg.SegmentDescription]:
+    """One description per segment: its codes, colour, algorithm and Tracking UID."""
     algorithm = hd.AlgorithmIdentificationSequence(
         name=labels.model,
         family=codes.ALGORITHM_FAMILY,
@@ -198,39 +250,13 @@ def build_seg(
                 display_color=concept.cielab,
             )
         )
-    equipment = hd.ContributingEquipment(
-        manufacturer=manufacturer,
-        purpose_of_reference=codes.PROCESSING_EQUIPMENT,
-        manufacturer_model_name=f"{labels.model} ({labels.backend})"[:64],
-        software_versions=software_version,
-        contribution_description=f"segmentation model {labels.model} {labels.model_version}"[:64],
-    )
-    first = source_images[0]
-    charset = first.get("SpecificCharacterSet")
-    seg = hd.seg.Segmentation(
-        source_images=source_images,
-        pixel_array=pixel_array,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=uids.series_uid(series_uid, version, "seg"),
-        series_number=series_number,
-        sop_instance_uid=uids.instance_uid(series_uid, version, "seg", 0),
-        instance_number=1,
-        manufacturer=manufacturer,
-        manufacturer_model_name="dicomnode",
-        software_versions=software_version,
-        device_serial_number=device_serial_number,
-        content_description=content_description(labels),
-        content_label="ICH_SEG",
-        omit_empty_frames=omit_empty_frames,
-        contributing_equipment=[equipment],
-        series_description=series_description("SEG", labels),
-        specific_character_set=list(charset) if charset is not None and not isinstance(charset, str)
-        else charset,
-    )
-    log.info("SEG %s: %d segment(s), %d frame(s)", seg.SOPInstanceUID, len(descriptions),
-             int(seg.NumberOfFrames), extra={"series_uid": series_uid})
-    return seg
+    return descriptions
+
+
+def specific_character_set(ds: Dataset) -> str | list[str] | None:
+    """``ds``'s Specific Character Set as highdicom takes it (a list when multi-valued)."""
+    charset = ds.get("SpecificCharacterSet")
+    return list(charset) if charset is not None and not isinstance(charset, str) else charset
 
 
 def _label_name(segment: Dataset) -> str:

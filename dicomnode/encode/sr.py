@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import highdicom as hd
@@ -49,7 +50,7 @@ from pydicom.uid import generate_uid
 from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, LABELS, OEDEMA, LabelMap, Measurements, Prediction
 
 from . import codes, uids
-from .seg import SYNTHETIC_STATEMENT, segment_numbers_by_label, series_description
+from .seg import SYNTHETIC_STATEMENT, segment_numbers_by_label, series_description, specific_character_set
 from .sr_planar import planar_groups
 
 __all__ = ["build_sr"]
@@ -202,22 +203,71 @@ def build_sr(
     ValueError
         No source datasets, or a SEG of another series.
     """
+    source_series = _source_series(source_datasets, seg)
+    numbers = segment_numbers_by_label(seg)
+    sources = _segment_sources(seg)
+    tracking = _tracker(numbers, _tracking_uids(seg), source_series, version)
+    volumes = {ICH: measurements.ich_volume_ml, IVH: measurements.ivh_volume_ml,
+               OEDEMA: measurements.oedema_volume_ml, EXTRA_AXIAL: measurements.extra_axial_volume_ml}
+    seg_algorithm = _algorithm(labels.model, labels.model_version, synthetic=labels.synthetic_training,
+                               extra=[f"backend={labels.backend}"])
+    finding = _FindingContext(seg, source_series, sources, measurements, labels, prediction, seg_algorithm,
+                              tracking)
+    groups: list[Any] = []
+    grouped: dict[int, int] = {}  # label value -> segment number, for the planar groups
+    for value, volume_ml in volumes.items():
+        name = LABELS[value]
+        if name not in numbers or (value != ICH and not volume_ml > 0.0):
+            continue
+        grouped[value] = numbers[name]
+        groups.append(finding.volumetric_group(value, numbers[name], volume_ml))
+
+    # Outlines and ABC/2 lines with image coordinates: what viewers draw (sr_planar). First:
+    # OHIF merges groups with one Tracking UID in document order and shows the first five
+    # numbers, so the outline's Area comes before the volume, ABC/2 and the markers.
+    groups = planar_groups(seg, grouped, tracking, seg_algorithm, volumes) + groups
+    report = _report(groups, volumes, warnings, manufacturer, labels)
+    sr = Comprehensive3DSR(
+        evidence=[*source_datasets, seg],
+        content=report,
+        series_instance_uid=uids.series_uid(source_series, version, "sr"),
+        series_number=series_number,
+        sop_instance_uid=uids.instance_uid(source_series, version, "sr", 0),
+        instance_number=1,
+        manufacturer=manufacturer,
+        is_complete=True,
+        record_evidence=False,
+        contributing_equipment=[_equipment(manufacturer, labels, software_version)],
+        series_description=series_description("SR", labels),
+        coding_schemes=codes.coding_schemes(),
+        manufacturer_model_name="dicomnode",
+        software_versions=software_version,
+        specific_character_set=specific_character_set(source_datasets[0]),
+    )
+    log.info("SR %s: %d group(s) referencing SEG %s", sr.SOPInstanceUID, len(groups), seg.SOPInstanceUID,
+             extra={"series_uid": source_series})
+    return sr
+
+
+def _source_series(source_datasets: Sequence[Dataset], seg: hd.seg.Segmentation) -> str:
+    """The source series UID; raises ValueError without sources or for a SEG of another series."""
     if not source_datasets:
         raise ValueError("no source datasets")
     source_series = str(source_datasets[0].SeriesInstanceUID)
     seg_sources = {str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence}
     if seg_sources != {source_series}:
         raise ValueError(f"SEG references series {sorted(seg_sources)}, not {source_series}")
+    return source_series
 
-    numbers = segment_numbers_by_label(seg)
-    sources = _segment_sources(seg)
-    tracking = _tracking_uids(seg)
-    volumes = {ICH: measurements.ich_volume_ml, IVH: measurements.ivh_volume_ml,
-               OEDEMA: measurements.oedema_volume_ml, EXTRA_AXIAL: measurements.extra_axial_volume_ml}
-    seg_algorithm = _algorithm(labels.model, labels.model_version, synthetic=labels.synthetic_training,
-                               extra=[f"backend={labels.backend}"])
 
-    def _tracking(value: int, part: str) -> TrackingIdentifier:
+def _tracker(numbers: Mapping[str, int], tracking: Mapping[int, str], source_series: str,
+             version: int) -> Callable[[int, str], TrackingIdentifier]:
+    """Tracking identifier of a finding (label value), or of one of its planar parts.
+
+    A finding's UID is its SEG segment's Tracking UID (else derived like the SEG's); a part
+    ("outline", "abc2-a", ...) gets a UID of its own and its letter in the identifier.
+    """
+    def identify(value: int, part: str) -> TrackingIdentifier:
         label = codes.segment_concept(value).label
         if part:
             letter = part.rsplit("-", 1)[-1].upper()
@@ -227,58 +277,77 @@ def build_sr(
         uid = tracking.get(number) or uids.tracking_uid(source_series, version, value)
         return TrackingIdentifier(uid=uid, identifier=f"{label} v{version}"[:64])
 
-    groups: list[Any] = []
-    grouped: dict[int, int] = {}  # label value -> segment number, for the planar groups
-    for value, volume_ml in volumes.items():
-        name = LABELS[value]
-        if name not in numbers or (value != ICH and not volume_ml > 0.0):
-            continue
-        number = numbers[name]
-        grouped[value] = number
+    return identify
+
+
+@dataclass(frozen=True)
+class _FindingContext:
+    """What every finding's TID 1411 group shares: the SEG, the model and the measurements."""
+
+    seg: hd.seg.Segmentation
+    source_series: str
+    sources: Mapping[int, list[tuple[str, str]]]  # segment number -> source images (_segment_sources)
+    measurements: Measurements
+    labels: LabelMap
+    prediction: Prediction | None
+    algorithm: AlgorithmIdentification
+    tracking: Callable[[int, str], TrackingIdentifier]
+
+    def volumetric_group(self, value: int, number: int,
+                         volume_ml: float) -> VolumetricROIMeasurementsAndQualitativeEvaluations:
+        """The finding's volume (and, for ICH, its details) on its SEG segment."""
         concept = codes.segment_concept(value)
-        refs = sources.get(number, [])
-        referenced = ReferencedSegment(
-            sop_class_uid=seg.SOPClassUID,
-            sop_instance_uid=seg.SOPInstanceUID,
-            segment_number=number,
-            source_images=[SourceImageForSegmentation(c, i) for c, i in refs] or None,
-            source_series=None if refs else SourceSeriesForSegmentation(source_series),
-        )
         items = [_volume(volume_ml)]
         evaluations: list[QualitativeEvaluation] = []
         if value == ICH:
-            items.append(Measurement(name=codes.ABC2_VOLUME, value=float(measurements.abc2_volume_ml),
-                                     unit=codes.UNIT_ML))
-            if measurements.site in codes.SITES:
-                evaluations.append(QualitativeEvaluation(codes.HAEMORRHAGE_SITE,
-                                                         codes.SITES[measurements.site]))
-            evaluations.append(QualitativeEvaluation(
-                codes.CORTICAL_INVOLVEMENT, codes.YES if measurements.cortical_involvement else codes.NO))
-            marker_items, marker_evaluations = _marker_items(measurements.markers)
-            items += marker_items
-            evaluations += marker_evaluations
-            if prediction is not None:
-                items += _prediction_items(prediction)
-        if labels.synthetic_training:
+            ich_items, evaluations = _ich_items(self.measurements, self.prediction)
+            items += ich_items
+        if self.labels.synthetic_training:
             evaluations.append(QualitativeEvaluation(codes.TRAINING_DATA, codes.SYNTHETIC_DATA))
-        groups.append(
-            VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(value, ""),
-                referenced_segment=referenced,
-                finding_type=concept.property_type,
-                finding_category=concept.category,
-                finding_sites=[FindingSite(concept.anatomic_region)],
-                algorithm_id=seg_algorithm,
-                measurements=items,
-                qualitative_evaluations=evaluations or None,
-            )
+        return VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=self.tracking(value, ""),
+            referenced_segment=self.referenced_segment(number),
+            finding_type=concept.property_type,
+            finding_category=concept.category,
+            finding_sites=[FindingSite(concept.anatomic_region)],
+            algorithm_id=self.algorithm,
+            measurements=items,
+            qualitative_evaluations=evaluations or None,
         )
 
-    # Outlines and ABC/2 lines with image coordinates: what viewers draw (sr_planar). First:
-    # OHIF merges groups with one Tracking UID in document order and shows the first five
-    # numbers, so the outline's Area comes before the volume, ABC/2 and the markers.
-    groups = planar_groups(seg, grouped, _tracking, seg_algorithm, volumes) + groups
+    def referenced_segment(self, number: int) -> ReferencedSegment:
+        """The SEG segment, with the source images of its frames (else the source series)."""
+        refs = self.sources.get(number, [])
+        return ReferencedSegment(
+            sop_class_uid=self.seg.SOPClassUID,
+            sop_instance_uid=self.seg.SOPInstanceUID,
+            segment_number=number,
+            source_images=[SourceImageForSegmentation(c, i) for c, i in refs] or None,
+            source_series=None if refs else SourceSeriesForSegmentation(self.source_series),
+        )
 
+
+def _ich_items(measurements: Measurements,
+               prediction: Prediction | None) -> tuple[list[Measurement], list[QualitativeEvaluation]]:
+    """ICH's items after its volume: ABC/2, site, cortical involvement, markers, predictions."""
+    items = [Measurement(name=codes.ABC2_VOLUME, value=float(measurements.abc2_volume_ml),
+                         unit=codes.UNIT_ML)]
+    evaluations: list[QualitativeEvaluation] = []
+    if measurements.site in codes.SITES:
+        evaluations.append(QualitativeEvaluation(codes.HAEMORRHAGE_SITE, codes.SITES[measurements.site]))
+    evaluations.append(QualitativeEvaluation(
+        codes.CORTICAL_INVOLVEMENT, codes.YES if measurements.cortical_involvement else codes.NO))
+    marker_items, marker_evaluations = _marker_items(measurements.markers)
+    items += marker_items
+    evaluations += marker_evaluations
+    if prediction is not None:
+        items += _prediction_items(prediction)
+    return items, evaluations
+
+
+def _report(groups: list[Any], volumes: Mapping[int, float], warnings: Sequence[str],
+            manufacturer: str, labels: LabelMap) -> MeasurementReport:
+    """TID 1500 with a device observer, the groups, the overall evaluation and the QA warnings."""
     observer = ObserverContext(
         observer_type=pydicom_codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
@@ -297,32 +366,14 @@ def build_sr(
     for text in warnings:  # QA warnings: one TEXT item each, read first by the radiologist
         report[0].ContentSequence.append(hd.sr.TextContentItem(
             name=codes.QA_WARNING, value=text[:1024], relationship_type="CONTAINS"))
-    charset = source_datasets[0].get("SpecificCharacterSet")
-    equipment = hd.ContributingEquipment(
+    return report
+
+
+def _equipment(manufacturer: str, labels: LabelMap, software_version: str | None) -> hd.ContributingEquipment:
+    return hd.ContributingEquipment(
         manufacturer=manufacturer,
         purpose_of_reference=codes.PROCESSING_EQUIPMENT,
         manufacturer_model_name=f"{labels.model} ({labels.backend})"[:64],
         software_versions=software_version,
         contribution_description=f"measurements of segmentation model {labels.model}"[:64],
     )
-    sr = Comprehensive3DSR(
-        evidence=[*source_datasets, seg],
-        content=report,
-        series_instance_uid=uids.series_uid(source_series, version, "sr"),
-        series_number=series_number,
-        sop_instance_uid=uids.instance_uid(source_series, version, "sr", 0),
-        instance_number=1,
-        manufacturer=manufacturer,
-        is_complete=True,
-        record_evidence=False,
-        contributing_equipment=[equipment],
-        series_description=series_description("SR", labels),
-        coding_schemes=codes.coding_schemes(),
-        manufacturer_model_name="dicomnode",
-        software_versions=software_version,
-        specific_character_set=list(charset) if charset is not None and not isinstance(charset, str)
-        else charset,
-    )
-    log.info("SR %s: %d group(s) referencing SEG %s", sr.SOPInstanceUID, len(groups), seg.SOPInstanceUID,
-             extra={"series_uid": source_series})
-    return sr
