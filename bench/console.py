@@ -80,7 +80,7 @@ def run_once(files_dir: Path, n: int, work: Path, console: bool) -> tuple[float,
                     _get(f"http://127.0.0.1:{web_port}/metrics")
 
             threading.Thread(target=scrape, daemon=True).start()
-        seconds = send([files_dir], port, run)
+        seconds = send([files_dir], port, run).seconds
         verify_node(folder, n)
         if console:
             rss = _children_rss_mib(proc.pid, "dicomnode.runtime.console")
