@@ -31,6 +31,9 @@ from dicomnode.config.settings import (
 )
 from dicomnode.errors import ConfigError
 
+#: The checkout (or install prefix) that holds models/ beside the package: defaults point there.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no controls
 
 
@@ -245,7 +248,7 @@ class Validator:
         s = "segmentation"
         d = SegmentationSettings()
         # Keys left out default to the repository's own folders (models/, ../shared/models/).
-        repo = Path(__file__).resolve().parents[1]
+        repo = REPO_ROOT
         backend = self._get(t, s, "backend", d.backend,
                             lambda x: x in ("unet", "blast_ct", "nnunet", "threshold"),
                             "unet, blast_ct, nnunet or threshold")
@@ -310,7 +313,7 @@ class Validator:
     def _prediction(self, raw: Mapping[str, Any]) -> PredictionSettings:
         t = self._table(raw, "prediction", set(PredictionSettings.__dataclass_fields__))
         s = "prediction"
-        repo = Path(__file__).resolve().parents[1]
+        repo = REPO_ROOT
         # Keys left out: the reference models shipped in models/, when present.
         defaults = {"he_model": ("he-hybrid-kbest-svm", "he-multitask-he"),
                     "pse_model": ("pse-psenet",)}

@@ -104,3 +104,14 @@ def test_every_section_of_the_shipped_file_is_read(tmp_path: Path) -> None:
     shipped = tomllib.loads((REPO / "config" / "dicomnode.toml").read_text())
     for section in shipped:
         assert hasattr(s, section), section
+
+
+def test_left_out_model_keys_default_to_the_shipped_models(tmp_path: Path) -> None:
+    """Keys left out point at the repository's own models/ (and ../shared for BLAST-CT)."""
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    s = load_settings(empty)
+    assert s.prediction.he_model == REPO / "models" / "he-multitask-he"
+    assert s.prediction.pse_model == REPO / "models" / "pse-psenet"
+    assert s.segmentation.unet_model == REPO / "models" / "ich-unet-synth"
+    assert s.segmentation.blast_ct_model == REPO.parent / "shared" / "models" / "blast-ct-v1"
