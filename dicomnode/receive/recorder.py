@@ -1,10 +1,15 @@
 """Group commit of instance rows: one writer thread, one transaction per batch.
 
-Handlers of concurrent associations hand their (already fsynced and renamed) file's row to the
-writer and wait. The writer fsyncs each touched folder once, writes every waiting row in one
-transaction (one WAL fsync) and only then releases the handlers, which acknowledge. So the order
-file fsync -> rename -> folder fsync -> commit -> Success holds for every instance, while
-associations no longer queue on the database lock one by one.
+Handlers of concurrent associations hand the row of a file they have just written and linked
+into place to the writer, and wait. The writer fsyncs each touched folder once and, at the same
+time, writes every waiting row in one transaction (one WAL fsync), each with a *pending* mark;
+the handler's own pool thread fsyncs the file meanwhile. A handler acknowledges only when its
+file fsync, its folder fsync and the commit are all done, so every acknowledged instance is
+durable on disk and in the database. The three fsyncs overlap instead of following one another
+(one disk flush of waiting per image instead of three); the price is that a crash can leave a
+committed row whose file is not complete, which is what the pending mark is for: it is deleted
+(``confirm``, batched into a later transaction) once the file is known durable, and start-up
+reconciliation checks the file of every mark left behind (receive/reconcile.py).
 """
 
 from __future__ import annotations
@@ -18,13 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, case, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, case, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from dicomnode.db.models import Base, Instance, Series, SeriesState, Study, utcnow
+from dicomnode.db.models import (
+    Base,
+    Instance,
+    PendingInstance,
+    Series,
+    SeriesState,
+    Study,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 _MAX_BATCH = 256
+# Pending marks of acknowledged instances go with the next batch, or after this long idle.
+CONFIRM_IDLE_S = 0.2
+_WAKE = "wake"
 
 
 @dataclass
@@ -46,6 +62,8 @@ class Record:
     accession_number: str | None
     # True when a file was already at the final path: the row may exist (a re-send).
     maybe_known: bool = False
+    # False when the file is durable already (reconciliation): no pending mark.
+    pending: bool = True
     result: Future[bool] = field(default_factory=Future)  # True: new row; False: already there
 
 
@@ -78,7 +96,8 @@ class Recorder:
     def __init__(self, engine: Engine, *, fsync_dir: Callable[[Path], None] | None) -> None:
         self.engine = engine
         self.fsync_dir = fsync_dir
-        self._queue: queue.Queue[Record | None] = queue.Queue()
+        # Records to write; None stops the thread; _WAKE only starts the idle timer of confirm().
+        self._queue: queue.Queue[Record | str | None] = queue.Queue()
         self._study_ids: dict[str, int] = {}
         self._series_ids: dict[str, int] = {}
         self._versions: dict[str, int] = {}
@@ -97,6 +116,10 @@ class Recorder:
             last_received_at=bindparam("now"), updated_at=bindparam("now"),
         ).returning(Series.version)
         self._insert_instances = insert(_table(Instance))
+        self._delete_pending = delete(PendingInstance).where(
+            PendingInstance.sop_instance_uid.in_(bindparam("uids", expanding=True)))
+        self._confirmed: list[str] = []
+        self._confirm_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dicomnode-dirsync")
         self._thread = threading.Thread(target=self._run, name="dicomnode-recorder", daemon=True)
         self._thread.start()
@@ -108,7 +131,16 @@ class Recorder:
         self._queue.put(record)
         return record.result.result()
 
+    def confirm(self, sop_uid: str) -> None:
+        """The file of an acknowledged instance is durable: drop its pending mark (batched)."""
+        with self._confirm_lock:
+            self._confirmed.append(sop_uid)
+            first = len(self._confirmed) == 1
+        if first:
+            self._queue.put(_WAKE)  # the writer may be waiting without a timeout
+
     def close(self) -> None:
+        """Write the last pending marks' confirmations and stop the writer thread."""
         self._queue.put(None)
         self._thread.join(timeout=30)
         self._pool.shutdown(wait=True)
@@ -116,9 +148,17 @@ class Recorder:
     # -- writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=CONFIRM_IDLE_S if self._confirmed else None)
+            except queue.Empty:
+                self._flush([])  # idle: only the confirmations
+                continue
             if first is None:
+                if self._confirmed:
+                    self._flush([])
                 return
+            if isinstance(first, str):
+                continue
             batch = [first]
             stop = False
             while len(batch) < _MAX_BATCH:
@@ -129,23 +169,28 @@ class Recorder:
                 if item is None:
                     stop = True
                     break
-                batch.append(item)
+                if not isinstance(item, str):
+                    batch.append(item)
             self._flush(batch)
             if stop:
                 return
 
     def _flush(self, batch: list[Record]) -> None:
+        with self._confirm_lock:
+            confirmed, self._confirmed = self._confirmed, []
         try:
             try:
-                outcomes = self._transaction(batch)
+                outcomes = self._transaction(batch, confirmed)
             except IntegrityError:
                 # The same new instance arrived on two associations at once: check every row.
                 self._forget()
                 for r in batch:
                     r.maybe_known = True
-                outcomes = self._transaction(batch)
+                outcomes = self._transaction(batch, confirmed)
         except Exception as exc:  # noqa: BLE001 - every waiting handler must get the error
             self._forget()
+            with self._confirm_lock:  # a mark left behind is only checked again at start-up
+                self._confirmed[:0] = confirmed
             log.exception("recording %d instances failed", len(batch))
             for r in batch:
                 r.result.set_exception(exc)
@@ -153,13 +198,17 @@ class Recorder:
         for r, new in zip(batch, outcomes, strict=True):
             r.result.set_result(new)
 
-    def _transaction(self, batch: list[Record]) -> list[bool]:
-        """Folder fsyncs run while the statements execute; both finish before COMMIT."""
+    def _transaction(self, batch: list[Record], confirmed: list[str]) -> list[bool]:
+        """Folder fsyncs run while the statements execute and commit; both end before return."""
         syncs = []
         if self.fsync_dir is not None:
             syncs = [self._pool.submit(self.fsync_dir, f) for f in {r.folder for r in batch}]
-        with self.engine.begin() as conn:
-            outcomes = self._write(conn, batch)
+        try:
+            with self.engine.begin() as conn:
+                if confirmed:
+                    conn.execute(self._delete_pending, {"uids": confirmed})
+                outcomes = self._write(conn, batch)
+        finally:
             for done in syncs:
                 done.result()
         return outcomes
@@ -201,6 +250,9 @@ class Recorder:
                              "series_version": version})
         if rows:
             conn.execute(self._insert_instances, rows)
+        marks = [{"sop_instance_uid": r.sop_uid} for r in fresh.values() if r.pending]
+        if marks:
+            _insert_ignore(conn, _table(PendingInstance), marks, "sop_instance_uid")
         return [r.sop_uid in fresh and fresh[r.sop_uid] is r for r in batch]
 
     def _study_id(self, conn: Connection, r: Record, now: Any) -> int:
