@@ -1,11 +1,12 @@
 """Received files on their way to disk: written and fsynced in a pool thread, then given a name.
 
 A ``Write`` starts as soon as a C-STORE's bytes are in memory, while the handler decodes and
-checks the data set. It reports twice: *written* (complete in the page cache, with its SHA-256)
-and *durable* (fsynced). A CT instance is linked into its final place once it is written, so
-its folder fsync and database commit can run while the file's own fsync does
-(receive/recorder.py); ``os.link`` never replaces a file that another association put there
-first. Other kept classes have no row and are renamed into place only once durable.
+checks the data set; its SHA-256 is computed at the same time in another pool thread (both
+release the GIL). It reports *written* (complete in the page cache) and *durable* (fsynced). A
+CT instance is linked into its final place once it is written, so that its folder fsync and
+database commit run while the file's own fsync does (receive/recorder.py); ``os.link`` never
+replaces a file that another association put there first. Other kept classes have no row and
+are renamed into place only once durable.
 """
 
 from __future__ import annotations
@@ -35,15 +36,19 @@ def fsync_file(path: Path) -> None:
 
 
 class Write:
-    """One temporary file: ``written()`` gives its path and SHA-256, ``durable()`` waits for
-    its fsync. Both raise InstanceRejected when the disk refuses."""
+    """One temporary file: ``written()`` gives its path, ``digest()`` the SHA-256 of its
+    content, ``durable()`` waits for its fsync. Raise InstanceRejected when the disk refuses."""
 
-    def __init__(self) -> None:
-        self._written: Future[tuple[Path, str]] = Future()
+    def __init__(self, digest: Future[str]) -> None:
+        self._written: Future[Path] = Future()
         self._durable: Future[None] | None = None
+        self._digest = digest
 
-    def written(self) -> tuple[Path, str]:
+    def written(self) -> Path:
         return self._written.result()
+
+    def digest(self) -> str:
+        return self._digest.result()
 
     def durable(self) -> None:
         if self._durable is not None:
@@ -54,7 +59,14 @@ class Write:
         with contextlib.suppress(InstanceRejected, OSError):
             self.durable()
         with contextlib.suppress(InstanceRejected, OSError):
-            self.written()[0].unlink(missing_ok=True)
+            self.written().unlink(missing_ok=True)
+
+
+def _sha256(parts: Sequence[Buffer]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
 
 
 class FileWriter:
@@ -62,27 +74,25 @@ class FileWriter:
 
     def __init__(self, root: Path, tmp: Path, *, fsync: bool) -> None:
         self.root, self.tmp, self.fsync = root, tmp, fsync
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dicomnode-write")
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dicomnode-write")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
     def start(self, parts: Sequence[Buffer]) -> Write:
         """Write ``parts`` to a temporary file in a pool thread, then fsync it."""
-        write = Write()
+        write = Write(self._pool.submit(_sha256, parts))
         write._durable = self._pool.submit(self._write, parts, write._written)
         return write
 
-    def _write(self, parts: Sequence[Buffer], written: Future[tuple[Path, str]]) -> None:
+    def _write(self, parts: Sequence[Buffer], written: Future[Path]) -> None:
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
-        digest = hashlib.sha256()
         try:
             with open(tmp, "wb") as fh:
                 for part in parts:
                     fh.write(part)
-                    digest.update(part)
                 fh.flush()
-                written.set_result((tmp, digest.hexdigest()))
+                written.set_result(tmp)
                 if self.fsync:
                     os.fsync(fh.fileno())
         except OSError as exc:
@@ -92,22 +102,22 @@ class FileWriter:
                 written.set_exception(refused)
             raise refused from exc
 
-    def link(self, write: Write, final: Path) -> str | None:
-        """Give the written file its final name; its SHA-256, or None if the name is taken."""
-        tmp, digest = write.written()
+    def link(self, write: Write, final: Path) -> bool:
+        """Give the written file its final name; False if the name is taken."""
+        tmp = write.written()
         try:
             self.make_dirs(final.parent)
             os.link(tmp, final)
         except FileExistsError:
-            return None
+            return False
         except OSError as exc:
             raise InstanceRejected(status.OUT_OF_RESOURCES, f"cannot write instance: {exc}") from exc
-        return digest
+        return True
 
     def replace(self, write: Write, final: Path) -> None:
         """Rename a durable file into place and make the name durable (no database row)."""
         write.durable()
-        tmp, _digest = write.written()
+        tmp = write.written()
         try:
             self.make_dirs(final.parent)
             os.replace(tmp, final)

@@ -7,8 +7,10 @@ import logging
 from typing import cast
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 
 from dicomnode.config import AccessSettings
@@ -36,6 +38,17 @@ def _file_parts(event: Event, request: C_STORE) -> tuple[bytes, memoryview]:
     return head, request.DataSet.getbuffer()  # type: ignore[union-attr]
 
 
+def _decode(request: C_STORE, transfer_syntax: UID) -> Dataset:
+    """The received data set, decoded straight from its buffer.
+
+    ``event.dataset`` would first copy the buffer (``getvalue()``) only to see if it is empty.
+    """
+    if request.DataSet is None:
+        return Dataset()
+    return decode(request.DataSet, transfer_syntax.is_implicit_VR,
+                  transfer_syntax.is_little_endian, transfer_syntax.is_deflated)
+
+
 def handle_echo(event: Event) -> int:
     """C-ECHO: always success once the association is accepted."""
     return status.SUCCESS
@@ -49,13 +62,13 @@ def handle_store(event: Event, store: InstanceStore) -> int:
     try:
         series_uid = ""
 
-        def decode() -> Dataset:
+        def decoded() -> Dataset:
             nonlocal series_uid
-            ds = event.dataset
+            ds = _decode(request, event.context.transfer_syntax)
             series_uid = str(ds.get("SeriesInstanceUID", ""))[:64]
             return ds
 
-        outcome = store.store(_file_parts(event, request), decode,
+        outcome = store.store(_file_parts(event, request), decoded,
                               sop_class_uid=str(request.AffectedSOPClassUID),
                               sop_instance_uid=sop_instance_uid,
                               transfer_syntax=str(event.context.transfer_syntax))

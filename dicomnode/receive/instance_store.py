@@ -135,15 +135,14 @@ class InstanceStore:
         # Like Orthanc's default: the first copy of an instance wins; a re-send is a no-op.
         if existed and self._durable_duplicate(sop_uid, final):
             return StoreOutcome("duplicate", series_uid, final)
-        digest = self._link(write, final, sop_uid)
-        if digest is None:
+        if not self._link(write, final, sop_uid):
             return StoreOutcome("duplicate", series_uid, final)
         try:
             new = self.recorder.submit(Record(
                 study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
                 sop_class_uid=sop_class_uid, transfer_syntax=transfer_syntax,
                 rel_path=rel.as_posix(), folder=final.parent,
-                size_bytes=sum(len(p) for p in parts), sha256=digest,
+                size_bytes=sum(len(p) for p in parts), sha256=write.digest(),
                 series_attrs=series_attrs, geometry=geometry,
                 patient_id=str(ds.get("PatientID", ""))[:64] or None,
                 accession_number=str(ds.get("AccessionNumber", ""))[:16] or None,
@@ -160,20 +159,18 @@ class InstanceStore:
         self.recorder.confirm(sop_uid)
         return StoreOutcome("stored" if new else "duplicate", series_uid, final)
 
-    def _link(self, write: Write, final: Path, sop_uid: str) -> str | None:
-        """Link the written file into place; None when another association stored it first."""
+    def _link(self, write: Write, final: Path, sop_uid: str) -> bool:
+        """Link the written file into place; False when another association stored it first."""
         deadline = time.monotonic() + _SAME_INSTANCE_WAIT_S
-        while True:
-            digest = self.files.link(write, final)
-            if digest is not None:
-                return digest
+        while not self.files.link(write, final):
             # Linked by another association, perhaps not yet recorded: wait for its row.
             if self._durable_duplicate(sop_uid, final):
-                return None
+                return False
             if time.monotonic() > deadline:
                 raise InstanceRejected(status.PROCESSING_FAILURE, "the same instance is being "
                                        "stored by another association; send it again")
             time.sleep(0.01)
+        return True
 
     def record_existing(self, path: Path, ds: Dataset, *, encoded_size: int, digest: str) -> None:
         """Record a durable file already in its final place (start-up reconciliation)."""

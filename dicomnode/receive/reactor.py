@@ -25,12 +25,12 @@ missed wake-up costs at most that long, never a hang. Only the acceptor side (ou
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import queue
 import select
 import ssl
 import threading
-from copy import deepcopy
 from datetime import datetime
 from typing import Any, cast
 
@@ -40,8 +40,10 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
+from pynetdicom.pdu_items import PresentationDataValueItem
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from dicomnode.receive.wire import store_response_bytes
@@ -138,6 +140,35 @@ class _EventDUL(DULServiceProvider):
     def kill_dul(self) -> None:
         super().kill_dul()
         self._wake()
+
+    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
+        """P-DATA-TF without copies: its fragments are views of the received buffer.
+
+        pynetdicom copies every received PDU three times before DIMSE appends its fragments to
+        the message (``bytes()``, the PDU slice, the item slice). Other PDUs, or a bound
+        ``EVT_DATA_RECV`` handler (which needs bytes), take pynetdicom's path. A malformed item
+        raises, which the caller turns into Evt19 as pynetdicom does.
+        """
+        if bytestream[:1] != b"\x04" or self.assoc.get_handlers(evt.EVT_DATA_RECV):
+            return super()._decode_pdu(bytestream)
+        view = memoryview(bytestream)
+        items = []
+        offset, end = 6, len(view)
+        while offset < end:
+            if offset + 5 > end:
+                raise ValueError("P-DATA-TF ends inside an item header")
+            length = int.from_bytes(view[offset:offset + 4], "big")
+            if length < 1 or offset + 4 + length > end:
+                raise ValueError(f"P-DATA-TF item length {length} does not fit the PDU")
+            item = PresentationDataValueItem()
+            item.presentation_context_id = view[offset + 4]
+            item.presentation_data_value = view[offset + 5:offset + 4 + length]  # type: ignore[assignment]
+            items.append(item)
+            offset += 4 + length
+        pdu = P_DATA_TF()
+        pdu.presentation_data_value_items = items
+        evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
+        return pdu, "Evt10"
 
     def stop_dul(self) -> bool:
         if self.state_machine.current_state == "Sta1":
@@ -331,10 +362,22 @@ class _EventAssociation(Association):
         return max(0.0, min(_MAX_WAIT_S, timer.remaining))
 
 
+def _copy_context(cx: PresentationContext) -> PresentationContext:
+    """A copy that negotiation may change: its only mutable part is the transfer syntax list.
+
+    pynetdicom deep-copies the ~130 storage contexts of every new association (about 30 ms of
+    CPU each, under the GIL); the UIDs in them are immutable.
+    """
+    new = copy.copy(cx)
+    new._transfer_syntax = list(cx._transfer_syntax)
+    return new
+
+
 class EventRequestHandler(RequestHandler):
     """pynetdicom's request handler, creating event-driven associations.
 
-    ``_create_association`` is pynetdicom 3.0's, with our association and socket classes.
+    ``_create_association`` is pynetdicom 3.0's, with our association and socket classes and
+    cheaper copies of the presentation contexts.
     """
 
     def _create_association(self) -> Association:
@@ -348,7 +391,7 @@ class EventRequestHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(server.contexts)
+        assoc.acceptor.supported_contexts = [_copy_context(cx) for cx in server.contexts]
         assoc.requestor.address_info = self.remote
         for event, handlers in server._handlers.items():
             # Intervention events hold one (handler, args); notification events a list of them.

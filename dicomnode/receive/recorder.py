@@ -14,7 +14,10 @@ reconciliation checks the file of every mark left behind (receive/reconcile.py).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -23,7 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, case, delete, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    Table,
+    bindparam,
+    case,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from dicomnode.db.models import (
@@ -67,19 +81,22 @@ class Record:
     result: Future[bool] = field(default_factory=Future)  # True: new row; False: already there
 
 
-def _insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]],
-                   key: str) -> None:
+def _insert_ignore_statement(dialect: str, table: Table, key: str) -> Executable:
     """INSERT ... ON CONFLICT (key) DO NOTHING, on SQLite and PostgreSQL."""
-    if conn.dialect.name == "postgresql":
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        conn.execute(pg_insert(table).on_conflict_do_nothing(index_elements=[key]), rows)
-    elif conn.dialect.name == "sqlite":
+        return pg_insert(table).on_conflict_do_nothing(index_elements=[key])
+    if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        conn.execute(sqlite_insert(table).on_conflict_do_nothing(index_elements=[key]), rows)
-    else:  # pragma: no cover - other databases: plain insert, conflicts raise
-        conn.execute(insert(table), rows)
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=[key])
+    return insert(table)  # pragma: no cover - other databases: plain insert, conflicts raise
+
+
+def _insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]],
+                   key: str) -> None:
+    conn.execute(_insert_ignore_statement(conn.dialect.name, table, key), rows)
 
 
 def _table(model: type[Base]) -> Table:
@@ -88,6 +105,31 @@ def _table(model: type[Base]) -> Table:
     if not isinstance(table, Table):
         raise TypeError(f"{model.__name__} is not mapped to a table")
     return table
+
+
+class _FileLock:
+    """An exclusive flock held around each transaction (blocking; wakes as soon as released)."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def _writer_lock(engine: Engine) -> contextlib.AbstractContextManager[Any]:
+    """Receiving processes sharing one SQLite file take turns through a file lock.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10 ms ... between retries, which left a second
+    receiving process waiting longer than the commit it waited for.
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return contextlib.nullcontext()
+    return _FileLock(f"{database}-writer.lock")
 
 
 class Recorder:
@@ -116,10 +158,14 @@ class Recorder:
             last_received_at=bindparam("now"), updated_at=bindparam("now"),
         ).returning(Series.version)
         self._insert_instances = insert(_table(Instance))
+        self._insert_pending = _insert_ignore_statement(engine.dialect.name,
+                                                        _table(PendingInstance),
+                                                        "sop_instance_uid")
         self._delete_pending = delete(PendingInstance).where(
             PendingInstance.sop_instance_uid.in_(bindparam("uids", expanding=True)))
         self._confirmed: list[str] = []
         self._confirm_lock = threading.Lock()
+        self._writer_lock = _writer_lock(engine)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dicomnode-dirsync")
         self._thread = threading.Thread(target=self._run, name="dicomnode-recorder", daemon=True)
         self._thread.start()
@@ -204,7 +250,7 @@ class Recorder:
         if self.fsync_dir is not None:
             syncs = [self._pool.submit(self.fsync_dir, f) for f in {r.folder for r in batch}]
         try:
-            with self.engine.begin() as conn:
+            with self._writer_lock, self.engine.begin() as conn:
                 if confirmed:
                     conn.execute(self._delete_pending, {"uids": confirmed})
                 outcomes = self._write(conn, batch)
@@ -252,7 +298,7 @@ class Recorder:
             conn.execute(self._insert_instances, rows)
         marks = [{"sop_instance_uid": r.sop_uid} for r in fresh.values() if r.pending]
         if marks:
-            _insert_ignore(conn, _table(PendingInstance), marks, "sop_instance_uid")
+            conn.execute(self._insert_pending, marks)
         return [r.sop_uid in fresh and fresh[r.sop_uid] is r for r in batch]
 
     def _study_id(self, conn: Connection, r: Record, now: Any) -> int:

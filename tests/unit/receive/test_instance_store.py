@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import os
 import threading
@@ -92,7 +94,28 @@ def test_returns_only_once_file_name_and_row_are_durable(
     assert outcome.path == store.root / ds.StudyInstanceUID / ds.SeriesInstanceUID / \
         f"{ds.SOPInstanceUID}.dcm"
     assert outcome.path.read_bytes() == encode(ds)
+    with store.sessions() as s:  # hashed in another thread while the file was written
+        assert s.scalar(select(Instance.sha256)) == hashlib.sha256(encode(ds)).hexdigest()
     assert list(store.tmp.iterdir()) == []
+
+
+def test_receiving_processes_take_turns_through_a_file_lock(store: InstanceStore,
+                                                            ct_template: Dataset) -> None:
+    ds = make_series(ct_template, 1)[0]
+    database = store.sessions.kw["bind"].url.database
+    other = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT)  # another process
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        done: list[str] = []
+        sender = threading.Thread(target=lambda: done.append(put(store, ds).action))
+        sender.start()
+        sender.join(1.0)
+        assert sender.is_alive() and not done  # waits for its turn, not in SQLite's busy sleeps
+        fcntl.flock(other, fcntl.LOCK_UN)
+        sender.join(10)
+        assert done == ["stored"]
+    finally:
+        os.close(other)
 
 
 def test_same_instance_on_two_associations_at_once(store: InstanceStore,

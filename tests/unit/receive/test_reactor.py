@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicomnode.receive import reactor
+from dicomnode.receive.scp import GIL_SWITCH_INTERVAL_S
 from dicomnode.runtime.service import Node
 from tests.conftest import make_settings
 from tests.ct_series import make_series
@@ -156,3 +158,40 @@ def test_ready_works_above_descriptor_1023() -> None:
     finally:
         high.close()
         b.close()
+
+
+def _pdata(*items: tuple[int, bytes]) -> bytearray:
+    """A P-DATA-TF PDU; each item is (context ID, message control header + fragment)."""
+    body = b"".join((len(data) + 1).to_bytes(4, "big") + bytes([cx]) + data for cx, data in items)
+    return bytearray(b"\x04\x00" + len(body).to_bytes(4, "big") + body)
+
+
+def test_p_data_decodes_as_pynetdicom_does_without_copies() -> None:
+    dul = reactor._EventAssociation(AE(), "acceptor").dul
+    try:
+        raw = _pdata((1, b"\x03" + b"c" * 40), (3, b"\x00" + os.urandom(5000)))
+        ours, event = dul._decode_pdu(raw)
+        theirs, their_event = reactor.DULServiceProvider._decode_pdu(dul, bytearray(raw))
+        assert event == their_event == "Evt10"
+        assert [(cx, bytes(v)) for cx, v in ours.to_primitive().presentation_data_value_list] \
+            == theirs.to_primitive().presentation_data_value_list
+        assert isinstance(ours.presentation_data_value_items[1].presentation_data_value,
+                          memoryview)  # a view of the received buffer, not a copy
+        empty_item = bytearray(b"\x04\x00\x00\x00\x00\x05\x00\x00\x00\x00\x01")
+        for bad in (raw[:-3], raw + b"\x00\x00", empty_item):
+            with pytest.raises(ValueError):
+                dul._decode_pdu(bad)
+    finally:
+        dul._close_wake()
+
+
+def test_presentation_contexts_are_copied_for_each_association(node: Node) -> None:
+    assert node.server is not None
+    original = node.server.contexts[-1]
+    before = list(original.transfer_syntax)
+    copied = reactor._copy_context(original)
+    copied.add_transfer_syntax("1.2.840.10008.1.2.4.201")  # changes the list in place
+    assert original.transfer_syntax == before
+    assert copied.abstract_syntax == original.abstract_syntax
+    assert copied.transfer_syntax == [*before, "1.2.840.10008.1.2.4.201"]
+    assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S  # set by start_scp
