@@ -99,8 +99,11 @@ def test_returns_only_once_file_name_and_row_are_durable(
     assert list(store.tmp.iterdir()) == []
 
 
-def test_receiving_processes_take_turns_through_a_file_lock(store: InstanceStore,
+def test_receiving_processes_take_turns_through_a_file_lock(tmp_path: Path,
                                                             ct_template: Dataset) -> None:
+    # SQLite only: PostgreSQL serialises writers itself, the file lock is SQLite's single writer.
+    store = InstanceStore(tmp_path / "storage",
+                          make_sessions(f"sqlite:///{tmp_path / 'dicomnode.db'}"))
     ds = make_series(ct_template, 1)[0]
     database = store.sessions.kw["bind"].url.database
     other = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT)  # another process
