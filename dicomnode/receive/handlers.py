@@ -7,9 +7,10 @@ import logging
 from typing import cast
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 
 from dicomnode.config import AccessSettings
@@ -19,6 +20,7 @@ from dicomnode.errors import InstanceRejected
 from dicomnode.logs import log_context
 from dicomnode.receive import status
 from dicomnode.receive.instance_store import InstanceStore
+from dicomnode.receive.wire import file_meta_bytes
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,23 @@ def _peer(event: Event) -> tuple[str, str]:
     return str(req.ae_title or "").strip(), f"{req.address}:{req.port}"
 
 
-def _file_parts(event: Event) -> tuple[bytes, memoryview]:
+def _file_parts(event: Event, request: C_STORE) -> tuple[bytes, memoryview]:
     """The DICOM file as received: preamble and meta, then the data set buffer (not copied)."""
-    head = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
-    return head, event.request.DataSet.getbuffer()  # type: ignore[union-attr]
+    head = file_meta_bytes(str(request.AffectedSOPClassUID or ""),
+                           str(request.AffectedSOPInstanceUID or ""),
+                           str(event.context.transfer_syntax))
+    return head, request.DataSet.getbuffer()  # type: ignore[union-attr]
+
+
+def _decode(request: C_STORE, transfer_syntax: UID) -> Dataset:
+    """The received data set, decoded straight from its buffer.
+
+    ``event.dataset`` would first copy the buffer (``getvalue()``) only to see if it is empty.
+    """
+    if request.DataSet is None:
+        return Dataset()
+    return decode(request.DataSet, transfer_syntax.is_implicit_VR,
+                  transfer_syntax.is_little_endian, transfer_syntax.is_deflated)
 
 
 def handle_echo(event: Event) -> int:
@@ -47,14 +62,13 @@ def handle_store(event: Event, store: InstanceStore) -> int:
     try:
         series_uid = ""
 
-        def decode() -> Dataset:
+        def decoded() -> Dataset:
             nonlocal series_uid
-            ds = event.dataset
-            ds.file_meta = event.file_meta
+            ds = _decode(request, event.context.transfer_syntax)
             series_uid = str(ds.get("SeriesInstanceUID", ""))[:64]
             return ds
 
-        outcome = store.store(_file_parts(event), decode,
+        outcome = store.store(_file_parts(event, request), decoded,
                               sop_class_uid=str(request.AffectedSOPClassUID),
                               sop_instance_uid=sop_instance_uid,
                               transfer_syntax=str(event.context.transfer_syntax))

@@ -33,3 +33,16 @@ def test_0004_console_keeps_rows_and_adds_its_tables(tmp_path: Path) -> None:
                                       {**BASELINE_ROWS, "nodes": [node]})
     for table in ("audit_log", "destination_pauses"):
         assert after[table] == []
+
+
+def test_0005_pending_marks_keep_rows_and_start_empty(tmp_path: Path) -> None:
+    t = datetime(2025, 3, 14, 9, 26, 53, 589793)
+    rows = {**BASELINE_ROWS,
+            "nodes": [{"name": "site-a:11112", "role": "serve", "run_token": "b" * 32,
+                       "host": "site-a", "pid": 7, "version": "0.1.0", "started_at": t,
+                       "seen_at": t}],
+            "audit_log": [{"id": 1, "at": t, "user": "admin", "action": "resend",
+                           "target": "job 1", "detail": "Ä", "peer_address": "127.0.0.1"}],
+            "destination_pauses": [{"destination": "pacs", "paused_at": t, "paused_by": "admin"}]}
+    after = assert_upgrade_keeps_rows(tmp_path / "db.sqlite", "0004", rows)
+    assert after["pending_instances"] == []
