@@ -19,6 +19,7 @@ from dicomnode.db.session import SessionFactory
 from dicomnode.errors import InstanceRejected
 from dicomnode.logs import log_context
 from dicomnode.receive import status
+from dicomnode.receive.header import Header, read_plain_header
 from dicomnode.receive.instance_store import InstanceStore
 from dicomnode.receive.wire import file_meta_bytes
 
@@ -38,13 +39,17 @@ def _file_parts(event: Event, request: C_STORE) -> tuple[bytes, memoryview]:
     return head, request.DataSet.getbuffer()  # type: ignore[union-attr]
 
 
-def _decode(request: C_STORE, transfer_syntax: UID) -> Dataset:
-    """The received data set, decoded straight from its buffer.
+def _decode(request: C_STORE, transfer_syntax: UID) -> Dataset | Header:
+    """The plain header of the received data set, or the data set decoded by pydicom.
 
-    ``event.dataset`` would first copy the buffer (``getvalue()``) only to see if it is empty.
+    Decoded straight from its buffer: ``event.dataset`` would first copy it (``getvalue()``)
+    only to see if it is empty.
     """
     if request.DataSet is None:
         return Dataset()
+    header = read_plain_header(request.DataSet.getbuffer(), str(transfer_syntax))
+    if header is not None:
+        return header
     return decode(request.DataSet, transfer_syntax.is_implicit_VR,
                   transfer_syntax.is_little_endian, transfer_syntax.is_deflated)
 
@@ -62,7 +67,7 @@ def handle_store(event: Event, store: InstanceStore) -> int:
     try:
         series_uid = ""
 
-        def decoded() -> Dataset:
+        def decoded() -> Dataset | Header:
             nonlocal series_uid
             ds = _decode(request, event.context.transfer_syntax)
             series_uid = str(ds.get("SeriesInstanceUID", ""))[:64]

@@ -37,10 +37,12 @@ from dicomnode.receive.checks import (
     read_header,
 )
 from dicomnode.receive.files import Buffer, FileWriter, Write, fsync_file
+from dicomnode.receive.header import Header
 from dicomnode.receive.recorder import Record, Recorder
 from dicomnode.storage import TMP_DIR, fsync_dir, instance_relpath
 
 log = logging.getLogger(__name__)
+Decoded = Dataset | Header
 # How long a handler waits for another association that is storing the same instance.
 _SAME_INSTANCE_WAIT_S = 10.0
 
@@ -77,15 +79,15 @@ class InstanceStore:
         self.files.close()
 
     # -- public -------------------------------------------------------------------------
-    def store(self, encoded: bytes | Sequence[Buffer], ds: Dataset | Callable[[], Dataset],
+    def store(self, encoded: bytes | Sequence[Buffer], ds: Decoded | Callable[[], Decoded],
               *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> StoreOutcome:
         """Validate, write durably and record one instance. Raises InstanceRejected.
 
         ``encoded`` is the file as bytes, or its parts (preamble and meta, then the data set)
         so the received buffer is written without another copy. ``ds`` may be a callable that
-        decodes the data set: the file is then written and fsynced while it is decoded and
-        checked (the fsync waits on the disk, not on the interpreter). Returns only once the
-        file, its name and its row are durable.
+        decodes the data set (or reads its plain header, receive/header.py): the file is then
+        written and fsynced while it is decoded and checked (the fsync waits on the disk, not on
+        the interpreter). Returns only once the file, its name and its row are durable.
         """
         parts = [encoded] if isinstance(encoded, bytes | bytearray | memoryview) else encoded
         self._check_disk()
@@ -98,7 +100,7 @@ class InstanceStore:
             if write is not None:
                 write.discard()  # the temporary name (the final one is a second link)
 
-    def _store(self, parts: Sequence[Buffer], ds: Dataset | Callable[[], Dataset],
+    def _store(self, parts: Sequence[Buffer], ds: Decoded | Callable[[], Decoded],
                write: Write | None, sop_class_uid: str,
                sop_instance_uid: str, transfer_syntax: str) -> StoreOutcome:
         if callable(ds):
@@ -107,7 +109,8 @@ class InstanceStore:
             except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
                 raise InstanceRejected(status.CANNOT_UNDERSTAND, f"dataset cannot be decoded: "
                                        f"{type(exc).__name__}: {exc}") from exc
-            check_encoding(ds, transfer_syntax)
+            if isinstance(ds, Dataset):  # a Header was read only if it is encoded as it says
+                check_encoding(ds, transfer_syntax)
         ds_class = str(ds.get("SOPClassUID", ""))
         ds_instance = str(ds.get("SOPInstanceUID", ""))
         if ds_class and ds_class != sop_class_uid:
