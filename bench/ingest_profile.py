@@ -84,7 +84,7 @@ def stage_timers(timer: StageTimer) -> Iterator[None]:
         e(patched(storage, "read_header", timer.wrap("    read_header", storage.read_header)))
         e(patched(files, "_sha256", timer.wrap("    sha256 (pool thread)", files._sha256)))
         e(patched(files.FileWriter, "_write",
-                  timer.wrap("    write + fsync (pool thread)", files.FileWriter._write)))
+                  timer.wrap("    write (pool thread)", files.FileWriter._write)))
         e(patched(files.Write, "written",
                   timer.wrap("    wait until written", files.Write.written)))
         e(patched(storage.InstanceStore, "_link",
@@ -98,8 +98,8 @@ def stage_timers(timer: StageTimer) -> Iterator[None]:
                              recorder.Recorder._transaction)))
         e(patched(recorder.Recorder, "_write",
                   timer.wrap("      writer SQL statements", recorder.Recorder._write)))
-        e(patched(files.Write, "durable",
-                  timer.wrap("    wait until durable (file fsync)", files.Write.durable)))
+        e(patched(files.Write, "sync",
+                  timer.wrap("    file fsync (handler, after the link)", files.Write.sync)))
         e(patched(os, "fsync", timer.wrap("    os.fsync (all: file+dir)", real_fsync)))
         e(patched(DefaultDialect, "do_commit",
                   timer.wrap("      sqlite COMMIT (WAL fsync)", DefaultDialect.do_commit)))

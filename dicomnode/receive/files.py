@@ -1,12 +1,13 @@
-"""Received files on their way to disk: written and fsynced in a pool thread, then given a name.
+"""Received files on their way to disk: written in a pool thread, named, then fsynced.
 
 A ``Write`` starts as soon as a C-STORE's bytes are in memory, while the handler decodes and
 checks the data set; its SHA-256 is computed at the same time in another pool thread (both
-release the GIL). It reports *written* (complete in the page cache) and *durable* (fsynced). A
-CT instance is linked into its final place once it is written, so that its folder fsync and
-database commit run while the file's own fsync does (receive/recorder.py); ``os.link`` never
-replaces a file that another association put there first. Other kept classes have no row and
-are renamed into place only once durable.
+release the GIL). A CT instance is linked into its final place once it is written, and only then
+fsynced, by the handler, while the recorder fsyncs the folder and commits the row
+(receive/recorder.py): the link is then already in the journal transaction that the file's fsync
+commits, so the three fsyncs share one journal commit instead of waiting for a second one.
+``os.link`` never replaces a file that another association put there first. Other kept classes
+have no row and are renamed into place only once durable.
 """
 
 from __future__ import annotations
@@ -36,30 +37,44 @@ def fsync_file(path: Path) -> None:
 
 
 class Write:
-    """One temporary file: ``written()`` gives its path, ``digest()`` the SHA-256 of its
-    content, ``durable()`` waits for its fsync. Raise InstanceRejected when the disk refuses."""
+    """One temporary file, kept open: ``written()`` gives its path once its content is in the
+    page cache, ``digest()`` the SHA-256 of that content, ``sync()`` fsyncs it (in the calling
+    thread) and ``discard()`` closes it and removes the temporary name. Raise InstanceRejected
+    when the disk refuses."""
 
-    def __init__(self, digest: Future[str]) -> None:
-        self._written: Future[Path] = Future()
-        self._durable: Future[None] | None = None
+    def __init__(self, digest: Future[str], *, fsync: bool) -> None:
+        self._written: Future[tuple[Path, int]] = Future()
+        self._done: Future[None] | None = None
         self._digest = digest
+        self._fsync = fsync
 
     def written(self) -> Path:
-        return self._written.result()
+        return self._written.result()[0]
 
     def digest(self) -> str:
         return self._digest.result()
 
-    def durable(self) -> None:
-        if self._durable is not None:
-            self._durable.result()
+    def sync(self) -> None:
+        """Make the content durable (after the file was linked: one journal commit for both)."""
+        _path, fd = self._written.result()
+        if not self._fsync:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise InstanceRejected(status.OUT_OF_RESOURCES, f"cannot write instance: {exc}") from exc
 
     def discard(self) -> None:
-        """Wait for the pool thread to finish with the file, then remove its temporary name."""
+        """Wait for the pool thread, close the file and remove its temporary name."""
         with contextlib.suppress(InstanceRejected, OSError):
-            self.durable()
+            if self._done is not None:
+                self._done.result()
         with contextlib.suppress(InstanceRejected, OSError):
-            self.written().unlink(missing_ok=True)
+            self._digest.result()  # the hash reads the buffer: let it finish first
+        with contextlib.suppress(InstanceRejected, OSError):
+            path, fd = self._written.result()
+            os.close(fd)
+            path.unlink(missing_ok=True)
 
 
 def _sha256(parts: Sequence[Buffer]) -> str:
@@ -80,27 +95,32 @@ class FileWriter:
         self._pool.shutdown(wait=True)
 
     def start(self, parts: Sequence[Buffer]) -> Write:
-        """Write ``parts`` to a temporary file in a pool thread, then fsync it."""
-        write = Write(self._pool.submit(_sha256, parts))
-        write._durable = self._pool.submit(self._write, parts, write._written)
+        """Write ``parts`` to a temporary file and hash them, each in a pool thread."""
+        write = Write(self._pool.submit(_sha256, parts), fsync=self.fsync)
+        write._done = self._pool.submit(self._write, parts, write._written)
         return write
 
-    def _write(self, parts: Sequence[Buffer], written: Future[Path]) -> None:
+    def _write(self, parts: Sequence[Buffer], written: Future[tuple[Path, int]]) -> None:
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
         try:
-            with open(tmp, "wb") as fh:
-                for part in parts:
-                    fh.write(part)
-                fh.flush()
-                written.set_result(tmp)
-                if self.fsync:
-                    os.fsync(fh.fileno())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
-            refused = InstanceRejected(status.OUT_OF_RESOURCES, f"cannot write instance: {exc}")
-            if not written.done():
-                tmp.unlink(missing_ok=True)
-                written.set_exception(refused)
-            raise refused from exc
+            written.set_exception(InstanceRejected(status.OUT_OF_RESOURCES,
+                                                   f"cannot write instance: {exc}"))
+            return
+        try:
+            for part in parts:
+                with memoryview(part) as view:
+                    done = 0
+                    while done < len(view):
+                        done += os.write(fd, view[done:])
+        except OSError as exc:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            written.set_exception(InstanceRejected(status.OUT_OF_RESOURCES,
+                                                   f"cannot write instance: {exc}"))
+            return
+        written.set_result((tmp, fd))
 
     def link(self, write: Write, final: Path) -> bool:
         """Give the written file its final name; False if the name is taken."""
@@ -116,7 +136,7 @@ class FileWriter:
 
     def replace(self, write: Write, final: Path) -> None:
         """Rename a durable file into place and make the name durable (no database row)."""
-        write.durable()
+        write.sync()
         tmp = write.written()
         try:
             self.make_dirs(final.parent)

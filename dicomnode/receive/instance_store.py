@@ -7,6 +7,7 @@ Side effects: creates folders, reopens a completed series when a late instance a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -86,8 +87,9 @@ class InstanceStore:
         ``encoded`` is the file as bytes, or its parts (preamble and meta, then the data set)
         so the received buffer is written without another copy. ``ds`` may be a callable that
         decodes the data set (or reads its plain header, receive/header.py): the file is then
-        written and fsynced while it is decoded and checked (the fsync waits on the disk, not on
-        the interpreter). Returns only once the file, its name and its row are durable.
+        written and hashed while it is decoded and checked, and fsynced once it has its name
+        while the row is committed (receive/files.py). Returns only once the file, its name and
+        its row are durable.
         """
         parts = [encoded] if isinstance(encoded, bytes | bytearray | memoryview) else encoded
         self._check_disk()
@@ -140,24 +142,28 @@ class InstanceStore:
             return StoreOutcome("duplicate", series_uid, final)
         if not self._link(write, final, sop_uid):
             return StoreOutcome("duplicate", series_uid, final)
+        committed = self.recorder.submit_nowait(Record(
+            study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
+            sop_class_uid=sop_class_uid, transfer_syntax=transfer_syntax,
+            rel_path=rel.as_posix(), folder=final.parent,
+            size_bytes=sum(len(p) for p in parts), sha256=write.digest(),
+            series_attrs=series_attrs, geometry=geometry,
+            patient_id=str(ds.get("PatientID", ""))[:64] or None,
+            accession_number=str(ds.get("AccessionNumber", ""))[:16] or None,
+            maybe_known=existed))
+        # The file's fsync, here, while the recorder fsyncs the folder and commits the row.
         try:
-            new = self.recorder.submit(Record(
-                study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
-                sop_class_uid=sop_class_uid, transfer_syntax=transfer_syntax,
-                rel_path=rel.as_posix(), folder=final.parent,
-                size_bytes=sum(len(p) for p in parts), sha256=write.digest(),
-                series_attrs=series_attrs, geometry=geometry,
-                patient_id=str(ds.get("PatientID", ""))[:64] or None,
-                accession_number=str(ds.get("AccessionNumber", ""))[:16] or None,
-                maybe_known=existed))
+            write.sync()
+        except InstanceRejected:
+            with contextlib.suppress(Exception):
+                committed.result()
+            self._undo(sop_uid, final)
+            raise
+        try:
+            new = committed.result()
         except Exception:
             if self._row_state(sop_uid) is None:
                 final.unlink(missing_ok=True)  # nothing records it: a re-send must find no file
-            raise
-        try:
-            write.durable()
-        except InstanceRejected:
-            self._undo(sop_uid, final)
             raise
         self.recorder.confirm(sop_uid)
         return StoreOutcome("stored" if new else "duplicate", series_uid, final)

@@ -174,10 +174,14 @@ class Recorder:
 
     def submit(self, record: Record) -> bool:
         """Queue a row and wait until it is committed; True if new, False if already recorded."""
+        return self.submit_nowait(record).result()
+
+    def submit_nowait(self, record: Record) -> Future[bool]:
+        """Queue a row; the future is set once it is committed (True if new)."""
         if not self._thread.is_alive():
             raise RuntimeError("recorder stopped")
         self._queue.put(record)
-        return record.result.result()
+        return record.result
 
     def confirm(self, sop_uid: str) -> None:
         """The file of an acknowledged instance is durable: drop its pending mark (batched)."""

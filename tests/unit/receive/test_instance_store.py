@@ -89,6 +89,7 @@ def test_returns_only_once_file_name_and_row_are_durable(
     done = calls[:calls.index("return")]
     assert {"fsync-file", f"fsync-dir:{outcome.path.parent}", "commit", "link"} <= set(done)
     assert done.index("link") < done.index(f"fsync-dir:{outcome.path.parent}")
+    assert done.index("link") < done.index("fsync-file")  # one journal commit for both
     # The row was committed with a pending mark, dropped later in a batch of its own.
     _wait_confirmed(store)
     assert outcome.path == store.root / ds.StudyInstanceUID / ds.SeriesInstanceUID / \
