@@ -10,7 +10,6 @@ import logging
 import select
 import socket
 import ssl
-import sys
 import threading
 import time
 from typing import Any
@@ -27,8 +26,6 @@ from dicomnode.receive.instance_store import InstanceStore
 from dicomnode.receive.reactor import EventRequestHandler
 
 log = logging.getLogger(__name__)
-# 0.5 ms instead of Python's 5 ms: measured +9 % images/s with 4 associations (docs/benchmarks.md).
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 # Transfer syntaxes we accept, each decodable later by pydicom with the installed plugins
 # (pylibjpeg-openjpeg, pyjpegls, python-gdcm; RLE and Deflate natively). JPEG Extended
@@ -172,13 +169,8 @@ def start_scp(settings: Settings, store: InstanceStore, sessions: SessionFactory
     """Start listening in background threads; returns the server (``server_address`` has the port).
 
     With ``reuse_port`` the kernel spreads new associations over every process bound to the port.
-    Side effect: the process's GIL switch interval becomes ``GIL_SWITCH_INTERVAL_S``.
     """
     ae = build_ae(settings)
-    # A thread back from a socket read, an fsync or a commit needs the GIL for a few
-    # microseconds to hand the result on; with the default 5 ms interval it could wait that long
-    # behind a thread decoding a data set, once per handoff (several per image).
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     ctx = tls_context(settings)
     server = ae.make_server(
         (settings.node.bind_address, settings.node.port),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import queue
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicomnode.receive import reactor
-from dicomnode.receive.scp import GIL_SWITCH_INTERVAL_S
 from dicomnode.runtime.service import Node
 from tests.conftest import make_settings
 from tests.ct_series import make_series
@@ -194,4 +192,3 @@ def test_presentation_contexts_are_copied_for_each_association(node: Node) -> No
     assert original.transfer_syntax == before
     assert copied.abstract_syntax == original.abstract_syntax
     assert copied.transfer_syntax == [*before, "1.2.840.10008.1.2.4.201"]
-    assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S  # set by start_scp
