@@ -91,8 +91,8 @@ class FileWriter:
         self.root, self.tmp, self.fsync = root, tmp, fsync
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dicomnode-write")
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    def close(self, *, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait)
 
     def start(self, parts: Sequence[Buffer]) -> Write:
         """Write ``parts`` to a temporary file and hash them, each in a pool thread."""

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +74,12 @@ class InstanceStore:
         self.recorder = Recorder(sessions.kw["bind"], fsync_dir=fsync_dir if fsync else None)
         self._disk_checked_at = -1.0
         self._disk_ok = True
+        # A store dropped without close() still stops its threads: they never outlive it.
+        self._abandon = weakref.finalize(self, _stop_threads, self.recorder, self.files)
 
     def close(self) -> None:
-        """Stop the writer threads (after the SCP has stopped)."""
+        """Stop the writer threads (after the SCP has stopped), waiting for them; idempotent."""
+        self._abandon.detach()
         self.recorder.close()
         self.files.close()
 
@@ -277,3 +281,9 @@ class InstanceStore:
             except IntegrityError:
                 if attempt == 2:
                     raise
+
+
+def _stop_threads(recorder: Recorder, files: FileWriter) -> None:
+    """Tell the threads of a store that was dropped without close() to stop (no waiting)."""
+    recorder.close(wait=False)
+    files.close(wait=False)

@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 _MAX_BATCH = 256
 # Pending marks of acknowledged instances go with the next batch, or after this long idle.
 CONFIRM_IDLE_S = 0.2
+# After a failed transaction, confirmations alone are retried at doubling intervals up to this
+# (a database that is down is not hammered, nor its error logged, five times a second).
+_RETRY_MAX_S = 30.0
+_CLOSE_WAIT_S = 30.0
 _WAKE = "wake"
 
 
@@ -167,6 +171,7 @@ class Recorder:
         self.node = ""
         self._confirmed: list[str] = []
         self._confirm_lock = threading.Lock()
+        self._idle_s = CONFIRM_IDLE_S
         self._writer_lock = _writer_lock(engine)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dicomnode-dirsync")
         self._thread = threading.Thread(target=self._run, name="dicomnode-recorder", daemon=True)
@@ -191,17 +196,24 @@ class Recorder:
         if first:
             self._queue.put(_WAKE)  # the writer may be waiting without a timeout
 
-    def close(self) -> None:
-        """Write the last pending marks' confirmations and stop the writer thread."""
+    def close(self, *, wait: bool = True) -> None:
+        """Write the last pending marks' confirmations and stop the writer thread.
+
+        With ``wait=False`` (a store dropped without ``close``) the thread is only told to
+        stop: it ends after its current batch, without being waited for.
+        """
         self._queue.put(None)
-        self._thread.join(timeout=30)
-        self._pool.shutdown(wait=True)
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join(timeout=_CLOSE_WAIT_S)
+            if self._thread.is_alive():
+                log.warning("recorder thread still busy %.0f s after close", _CLOSE_WAIT_S)
+        self._pool.shutdown(wait=wait)
 
     # -- writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             try:
-                first = self._queue.get(timeout=CONFIRM_IDLE_S if self._confirmed else None)
+                first = self._queue.get(timeout=self._idle_s if self._confirmed else None)
             except queue.Empty:
                 self._flush([])  # idle: only the confirmations
                 continue
@@ -244,9 +256,11 @@ class Recorder:
             with self._confirm_lock:  # a mark left behind is only checked again at start-up
                 self._confirmed[:0] = confirmed
             log.exception("recording %d instances failed", len(batch))
+            self._idle_s = min(self._idle_s * 2, _RETRY_MAX_S)
             for r in batch:
                 r.result.set_exception(exc)
             return
+        self._idle_s = CONFIRM_IDLE_S
         for r, new in zip(batch, outcomes, strict=True):
             r.result.set_result(new)
 

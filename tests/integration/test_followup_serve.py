@@ -29,6 +29,7 @@ def test_worker_defers_then_compares_followup(tmp_path: Path) -> None:
     for truth in (follow, base):  # the follow-up arrives first: its job is claimed first
         for path in sorted(truth.dicom_dir.glob("*.dcm")):
             put(store, pydicom.dcmread(path))
+    store.close()  # received; what follows needs only its database and folder
     sweep(store.sessions, AssemblySettings(settle_s=0), EligibilitySettings(),
           now=utcnow() + timedelta(seconds=1))
     config = tmp_path / "c.toml"

@@ -8,6 +8,7 @@ import io
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -16,7 +17,6 @@ from pydicom.dataset import Dataset
 from sqlalchemy import event, func, select
 
 from dicomnode.db.models import DiscardedClass, Instance, PendingInstance, Series
-from dicomnode.db.session import make_sessions
 from dicomnode.errors import InstanceRejected
 from dicomnode.receive import instance_store as storage
 from dicomnode.receive import status
@@ -24,6 +24,7 @@ from dicomnode.receive.checks import CT_IMAGE_STORAGE, check_uid
 from dicomnode.receive.instance_store import InstanceStore
 from dicomnode.receive.reconcile import reconcile
 from tests.ct_series import make_series
+from tests.stores import open_store
 
 
 def encode(ds: Dataset) -> bytes:
@@ -39,9 +40,9 @@ def put(store: InstanceStore, ds: Dataset) -> storage.StoreOutcome:
 
 
 @pytest.fixture
-def store(tmp_path: Path, db_url: str) -> InstanceStore:
-    sessions = make_sessions(db_url)
-    return InstanceStore(tmp_path / "storage", sessions)
+def store(tmp_path: Path, db_url: str) -> Iterator[InstanceStore]:
+    with open_store(tmp_path / "storage", db_url) as opened:
+        yield opened
 
 
 def _pending_marks(store: InstanceStore) -> set[str]:
@@ -103,9 +104,11 @@ def test_returns_only_once_file_name_and_row_are_durable(
 def test_receiving_processes_take_turns_through_a_file_lock(tmp_path: Path,
                                                             ct_template: Dataset) -> None:
     # SQLite only: PostgreSQL serialises writers itself, the file lock is SQLite's single writer.
-    store = InstanceStore(tmp_path / "storage",
-                          make_sessions(f"sqlite:///{tmp_path / 'dicomnode.db'}"))
-    ds = make_series(ct_template, 1)[0]
+    with open_store(tmp_path / "storage", f"sqlite:///{tmp_path / 'dicomnode.db'}") as store:
+        _wait_for_the_lock(store, make_series(ct_template, 1)[0])
+
+
+def _wait_for_the_lock(store: InstanceStore, ds: Dataset) -> None:
     database = store.sessions.kw["bind"].url.database
     other = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT)  # another process
     try:
