@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import io
 import os
@@ -17,6 +18,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import event, func, select
 
 from dicomnode.db.models import DiscardedClass, Instance, PendingInstance, Series
+from dicomnode.db.session import make_sessions
 from dicomnode.errors import InstanceRejected
 from dicomnode.receive import instance_store as storage
 from dicomnode.receive import status
@@ -248,3 +250,24 @@ def test_reconcile_removes_temp_adopts_orphans_drops_missing(store: InstanceStor
         assert uids == {a.SOPInstanceUID, c.SOPInstanceUID}
         assert s.scalar(select(Series.instance_count)) == 2
     assert reconcile(store) == type(report)()
+
+
+def test_a_store_dropped_without_close_stops_its_threads(tmp_path: Path) -> None:
+    sessions = make_sessions(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = InstanceStore(tmp_path / "storage", sessions)
+    recorder = store.recorder._thread
+    assert recorder.is_alive()
+    del store
+    gc.collect()
+    recorder.join(5)
+    sessions.kw["bind"].dispose()
+    assert not recorder.is_alive()
+
+
+def test_a_closed_store_has_stopped_its_threads(tmp_path: Path) -> None:
+    with open_store(tmp_path / "storage", f"sqlite:///{tmp_path / 'db.sqlite'}") as store:
+        recorder = store.recorder._thread
+    assert not recorder.is_alive()
+    store.close()  # a second close is harmless
+    with pytest.raises(RuntimeError, match="recorder stopped"):
+        store.recorder.submit_nowait(None)  # type: ignore[arg-type]
