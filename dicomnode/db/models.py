@@ -178,6 +178,22 @@ class AssociationEvent(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
 
 
+class AssociationCount(Base):
+    """Associations by result, per node: one counter row each, incremented in place.
+
+    Accepted (and aborted) associations are only counted, not recorded one by one as the
+    rejected ones are (``association_events``): the receiver's recorder adds them to its next
+    transaction (receive/recorder.py), so counting costs no transaction of its own.
+    """
+
+    __tablename__ = "association_counts"
+
+    node: Mapped[str] = mapped_column(String(128), primary_key=True)
+    result: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OutboxState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"

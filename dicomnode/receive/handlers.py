@@ -137,6 +137,11 @@ def handle_requested(event: Event, access: AccessSettings, sessions: SessionFact
     event.assoc.kill()
 
 
+def handle_accepted(event: Event, store: InstanceStore) -> None:
+    """Count the association (in the recorder's next transaction: no wait here)."""
+    store.recorder.count_association("accepted")
+
+
 def handle_rejected(event: Event, sessions: SessionFactory) -> None:
     """Record associations pynetdicom rejected (unknown calling AE, wrong called AE, limits)."""
     req = event.assoc.requestor
@@ -168,4 +173,5 @@ def bindings(store: InstanceStore, access: AccessSettings,
         (evt.EVT_C_STORE, handle_store, [store]),
         (evt.EVT_REQUESTED, handle_requested, [access, sessions]),
         (evt.EVT_REJECTED, handle_rejected, [sessions]),
+        (evt.EVT_ACCEPTED, handle_accepted, [store]),
     ]

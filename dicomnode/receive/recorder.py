@@ -41,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from dicomnode.db.models import (
+    AssociationCount,
     Base,
     Instance,
     PendingInstance,
@@ -96,6 +97,20 @@ def _insert_ignore_statement(dialect: str, table: Table, key: str) -> Executable
 
         return sqlite_insert(table).on_conflict_do_nothing(index_elements=[key])
     return insert(table)  # pragma: no cover - other databases: plain insert, conflicts raise
+
+
+def _add_counts_statement(dialect: str) -> Executable:
+    """INSERT a counter row, or add to its count when it exists (SQLite and PostgreSQL)."""
+    table = _table(AssociationCount)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+    stmt = upsert(table)
+    return stmt.on_conflict_do_update(
+        index_elements=["node", "result"],
+        set_={"count": table.c.count + stmt.excluded.count,
+              "updated_at": stmt.excluded.updated_at})
 
 
 def _insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]],
@@ -170,7 +185,9 @@ class Recorder:
         #: The node name on this process's pending marks (receive.reconcile.use_node_tmp sets it).
         self.node = ""
         self._confirmed: list[str] = []
+        self._counts: dict[str, int] = {}  # associations by result, not yet committed
         self._confirm_lock = threading.Lock()
+        self._add_counts = _add_counts_statement(engine.dialect.name)
         self._idle_s = CONFIRM_IDLE_S
         self._writer_lock = _writer_lock(engine)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dicomnode-dirsync")
@@ -191,10 +208,21 @@ class Recorder:
     def confirm(self, sop_uid: str) -> None:
         """The file of an acknowledged instance is durable: drop its pending mark (batched)."""
         with self._confirm_lock:
+            first = not self._confirmed and not self._counts
             self._confirmed.append(sop_uid)
-            first = len(self._confirmed) == 1
         if first:
             self._queue.put(_WAKE)  # the writer may be waiting without a timeout
+
+    def count_association(self, result: str) -> None:
+        """Count one association (``accepted``, ``aborted``) in the next transaction."""
+        with self._confirm_lock:
+            first = not self._confirmed and not self._counts
+            self._counts[result] = self._counts.get(result, 0) + 1
+        if first:
+            self._queue.put(_WAKE)
+
+    def _unwritten(self) -> bool:
+        return bool(self._confirmed or self._counts)
 
     def close(self, *, wait: bool = True) -> None:
         """Write the last pending marks' confirmations and stop the writer thread.
@@ -213,12 +241,12 @@ class Recorder:
     def _run(self) -> None:
         while True:
             try:
-                first = self._queue.get(timeout=self._idle_s if self._confirmed else None)
+                first = self._queue.get(timeout=self._idle_s if self._unwritten() else None)
             except queue.Empty:
                 self._flush([])  # idle: only the confirmations
                 continue
             if first is None:
-                if self._confirmed:
+                if self._unwritten():
                     self._flush([])
                 return
             if isinstance(first, str):
@@ -242,19 +270,22 @@ class Recorder:
     def _flush(self, batch: list[Record]) -> None:
         with self._confirm_lock:
             confirmed, self._confirmed = self._confirmed, []
+            counts, self._counts = self._counts, {}
         try:
             try:
-                outcomes = self._transaction(batch, confirmed)
+                outcomes = self._transaction(batch, confirmed, counts)
             except IntegrityError:
                 # The same new instance arrived on two associations at once: check every row.
                 self._forget()
                 for r in batch:
                     r.maybe_known = True
-                outcomes = self._transaction(batch, confirmed)
+                outcomes = self._transaction(batch, confirmed, counts)
         except Exception as exc:  # noqa: BLE001 - every waiting handler must get the error
             self._forget()
             with self._confirm_lock:  # a mark left behind is only checked again at start-up
                 self._confirmed[:0] = confirmed
+                for result, n in counts.items():
+                    self._counts[result] = self._counts.get(result, 0) + n
             log.exception("recording %d instances failed", len(batch))
             self._idle_s = min(self._idle_s * 2, _RETRY_MAX_S)
             for r in batch:
@@ -264,7 +295,8 @@ class Recorder:
         for r, new in zip(batch, outcomes, strict=True):
             r.result.set_result(new)
 
-    def _transaction(self, batch: list[Record], confirmed: list[str]) -> list[bool]:
+    def _transaction(self, batch: list[Record], confirmed: list[str],
+                     counts: dict[str, int]) -> list[bool]:
         """Folder fsyncs run while the statements execute and commit; both end before return."""
         syncs = []
         if self.fsync_dir is not None:
@@ -273,6 +305,11 @@ class Recorder:
             with self._writer_lock, self.engine.begin() as conn:
                 if confirmed:
                     conn.execute(self._delete_pending, {"uids": confirmed})
+                if counts:
+                    now = utcnow()
+                    conn.execute(self._add_counts, [
+                        {"node": self.node, "result": result, "count": n, "updated_at": now}
+                        for result, n in sorted(counts.items())])
                 outcomes = self._write(conn, batch)
         finally:
             for done in syncs:

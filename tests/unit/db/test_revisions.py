@@ -46,3 +46,17 @@ def test_0005_pending_marks_keep_rows_and_start_empty(tmp_path: Path) -> None:
             "destination_pauses": [{"destination": "pacs", "paused_at": t, "paused_by": "admin"}]}
     after = assert_upgrade_keeps_rows(tmp_path / "db.sqlite", "0004", rows)
     assert after["pending_instances"] == []
+
+
+def test_0006_association_counts_keep_rows_and_start_empty(tmp_path: Path) -> None:
+    t = datetime(2025, 3, 14, 9, 26, 53, 589793)
+    rows = {**BASELINE_ROWS,
+            "nodes": [{"name": "site-a:11112", "role": "serve", "run_token": "c" * 32,
+                       "host": "site-a", "pid": 7, "version": "0.1.0", "started_at": t,
+                       "seen_at": t}],
+            "audit_log": [{"id": 1, "at": t, "user": "admin", "action": "pause",
+                           "target": "destination pacs", "detail": "", "peer_address": "::1"}],
+            "destination_pauses": [{"destination": "pacs", "paused_at": t, "paused_by": "ä"}],
+            "pending_instances": [{"sop_instance_uid": "1.2.3.4", "node": "site-a:11112"}]}
+    after = assert_upgrade_keeps_rows(tmp_path / "db.sqlite", "0005", rows)
+    assert after["association_counts"] == []
