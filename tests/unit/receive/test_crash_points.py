@@ -38,8 +38,8 @@ CHILD = textwrap.dedent("""
     if point == "after_commit":
         real = recorder.Recorder._transaction
 
-        def transaction(self, batch, confirmed):
-            real(self, batch, confirmed)
+        def transaction(self, *args):
+            real(self, *args)
             os.kill(os.getpid(), signal.SIGKILL)
 
         recorder.Recorder._transaction = transaction
