@@ -86,12 +86,38 @@ class Measurement:
     assocs: int
     seconds: list[float] = field(default_factory=list)
     last_ack_ms: list[float] = field(default_factory=list)  # one per association and repeat
+    cpu_s: list[float] = field(default_factory=list)  # receiver's processes, user + system
 
 
 @dataclass
 class Sent:
     seconds: float
     last_ack_ms: list[float]  # per association: last instance sent -> its response
+    cpu_s: float = 0.0
+
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (and reaped children)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command: state, ppid, ..., utime (12th), stime, cutime, cstime.
+        ticks = sum(int(v) for v in fields[11:15])
+        stats[int(entry.name)] = (int(fields[1]), ticks * _TICK_S)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo.extend(child for child, (ppid, _) in stats.items() if ppid == p)
+    return total
 
 
 def _stamp(token: str) -> float:
@@ -150,7 +176,9 @@ def measure_once(key: str, assocs: int, parts: list[Path], n: int, work: Path) -
     proc = None
     try:
         proc = start_receiver(key, folder, port, assocs)
+        cpu0 = tree_cpu_s(proc.pid)
         sent = send(parts, port, run_dir)
+        sent.cpu_s = tree_cpu_s(proc.pid) - cpu0
         if proc.poll() is not None:
             raise BenchError(f"{key} receiver died during the run:\n"
                              f"{tail(run_dir / 'recv.log')}")
@@ -243,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
                     sent = measure_once(key, assocs, parts[assocs], args.n, work)
                     m.seconds.append(sent.seconds)
                     m.last_ack_ms.extend(sent.last_ack_ms)
+                    m.cpu_s.append(sent.cpu_s)
                     console.print(f"  repeat {rep + 1}: {key:<13} x{assocs}: {sent.seconds:6.2f} s "
                                   f"{args.n / sent.seconds:7.1f} img/s, last ack "
-                                  f"{median(sent.last_ack_ms):.1f} ms", highlight=False)
+                                  f"{median(sent.last_ack_ms):.1f} ms, receiver CPU "
+                                  f"{sent.cpu_s / args.n * 1000:.2f} ms/img", highlight=False)
         console.print(f"load average at end: {_load()}")
         report(console, results, keys, assoc_counts, args.n, size, args.repeats)
         return 0
@@ -264,7 +294,7 @@ def report(console: Any, results: dict[tuple[str, int], Measurement], keys: list
 
     table = Table(title=f"ingest, {n} x 512x512 CT over loopback (median of {repeats})")
     for col in ("receiver", "durability", "assocs", "images/s", "MB/s", "min-max img/s",
-                "last ack ms", "node / this"):
+                "last ack ms", "CPU ms/img", "node / this"):
         table.add_column(col, justify="left" if col in ("receiver", "durability") else "right")
     for assocs in assoc_counts:
         node = rate("node", assocs)
@@ -275,7 +305,8 @@ def report(console: Any, results: dict[tuple[str, int], Measurement], keys: list
             ratio = f"{node / r:.2f}x" if node and key != "node" else ""
             table.add_row(RECEIVERS[key].name, RECEIVERS[key].note, str(assocs), f"{r:.1f}",
                           f"{r * size / n / 1e6:.1f}", f"{min(rates):.0f}-{max(rates):.0f}",
-                          f"{median(m.last_ack_ms):.1f}", ratio)
+                          f"{median(m.last_ack_ms):.1f}", f"{median(m.cpu_s) / n * 1000:.2f}",
+                          ratio)
     console.print(table)
     for assocs in assoc_counts:
         node, orthanc, scp = rate("node", assocs), rate("orthanc", assocs), rate("storescp", assocs)

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -62,40 +61,36 @@ def patched(obj: object, attr: str, value: object) -> Iterator[None]:
 @contextlib.contextmanager
 def stage_timers(timer: StageTimer) -> Iterator[None]:
     """Wrap the node's handler stages (in this process only) with wall-clock timers."""
-    import hashlib
-    import types
-
-    import pynetdicom.events as events
     from sqlalchemy.engine.default import DefaultDialect
 
+    import dicomnode.receive.files as files
     import dicomnode.receive.handlers as handlers
     import dicomnode.receive.instance_store as storage
     import dicomnode.receive.recorder as recorder
 
-    ds_prop = cast(property, events.Event.dataset)  # a property on the class, typed as its getter
-    if ds_prop.fget is None:
-        raise TypeError("pynetdicom's Event.dataset is not a readable property")
-    fake_hashlib = types.SimpleNamespace(
-        sha256=timer.wrap("  sha256", hashlib.sha256))
     real_fsync = os.fsync
     with contextlib.ExitStack() as stack:
         e = stack.enter_context
         e(patched(handlers, "handle_store", timer.wrap("handler total", handlers.handle_store)))
         e(patched(handlers, "_file_parts", timer.wrap("  file meta + buffer", handlers._file_parts)))
-        e(patched(events.Event, "dataset",
-                  property(timer.wrap("  event.dataset (pydicom decode)", ds_prop.fget))))
+        e(patched(handlers, "_decode", timer.wrap("  decode (pydicom)", handlers._decode)))
         e(patched(storage.InstanceStore, "store",
                   timer.wrap("  store.store total", storage.InstanceStore.store)))
         e(patched(storage.InstanceStore, "_check_disk",
                   timer.wrap("    _check_disk (statvfs, cached)", storage.InstanceStore._check_disk)))
+        e(patched(storage, "check_encoding", timer.wrap("    check_encoding",
+                                                        storage.check_encoding)))
         e(patched(storage, "check_image", timer.wrap("    check_image", storage.check_image)))
         e(patched(storage, "read_header", timer.wrap("    read_header", storage.read_header)))
-        e(patched(storage, "hashlib", fake_hashlib))
-        e(patched(storage.InstanceStore, "_write_tmp",
-                  timer.wrap("    _write_tmp (write+fsync, pool thread)",
-                             storage.InstanceStore._write_tmp)))
-        e(patched(storage.InstanceStore, "_place",
-                  timer.wrap("    _place (wait write, rename)", storage.InstanceStore._place)))
+        e(patched(files, "_sha256", timer.wrap("    sha256 (pool thread)", files._sha256)))
+        e(patched(files.FileWriter, "_write",
+                  timer.wrap("    write (pool thread)", files.FileWriter._write)))
+        e(patched(files.Write, "written",
+                  timer.wrap("    wait until written", files.Write.written)))
+        e(patched(storage.InstanceStore, "_link",
+                  timer.wrap("    link into place", storage.InstanceStore._link)))
+        e(patched(storage.InstanceStore, "_row_state",
+                  timer.wrap("    duplicate check (SELECT)", storage.InstanceStore._row_state)))
         e(patched(recorder.Recorder, "submit",
                   timer.wrap("    recorder.submit (wait for commit)", recorder.Recorder.submit)))
         e(patched(recorder.Recorder, "_transaction",
@@ -103,6 +98,8 @@ def stage_timers(timer: StageTimer) -> Iterator[None]:
                              recorder.Recorder._transaction)))
         e(patched(recorder.Recorder, "_write",
                   timer.wrap("      writer SQL statements", recorder.Recorder._write)))
+        e(patched(files.Write, "sync",
+                  timer.wrap("    file fsync (handler, after the link)", files.Write.sync)))
         e(patched(os, "fsync", timer.wrap("    os.fsync (all: file+dir)", real_fsync)))
         e(patched(DefaultDialect, "do_commit",
                   timer.wrap("      sqlite COMMIT (WAL fsync)", DefaultDialect.do_commit)))

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import shutil
 import socket
+import threading
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +29,57 @@ EMPTY_CONFIG = REPO / "tests" / "data" / "empty.toml"
 #: Every test that takes ``db_url`` or ``empty_db_url`` runs once on each.
 DATABASES = ("sqlite", "postgresql")
 _HEAD_TEMPLATE = "dicomnode_head"
+
+
+#: Threads the node names (receive: recorder, dirsync, write, scp): none may outlive its test.
+_NODE_THREAD_PREFIXES = ("dicomnode-",)
+_THREAD_GRACE_S = 3.0
+
+
+class LeakedThreadWarning(UserWarning):
+    """A test left a non-daemon thread running that is not one of the node's own."""
+
+
+def _new_threads(before: set[int | None]) -> list[threading.Thread]:
+    """Threads started since ``before`` that are still alive after a short grace period."""
+    deadline = time.monotonic() + _THREAD_GRACE_S
+    while True:
+        extra = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()
+                 and (t.name.startswith(_NODE_THREAD_PREFIXES) or not t.daemon)]
+        if not extra or time.monotonic() > deadline:
+            return extra
+        time.sleep(0.05)
+
+
+def _check_threads(before: set[int | None], where: str) -> None:
+    """Fail when the node's threads outlived ``where``; warn about other non-daemon threads.
+
+    A recorder left running once kept confirming pending marks against a dropped PostgreSQL
+    test database and logged to closed streams until pytest itself failed (an internal error).
+    """
+    extra = _new_threads(before)
+    ours = sorted(t.name for t in extra if t.name.startswith(_NODE_THREAD_PREFIXES))
+    others = sorted(t.name for t in extra if not t.name.startswith(_NODE_THREAD_PREFIXES))
+    if others:
+        warnings.warn(f"{where} left non-daemon threads running: {others}", LeakedThreadWarning,
+                      stacklevel=1)
+    if ours:
+        pytest.fail(f"{where} left the node's threads running (close the store, SCP or node "
+                    f"it started): {ours}", pytrace=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_threads_stopped(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    _check_threads(before, f"module {request.module.__name__}")
+
+
+@pytest.fixture(autouse=True)
+def _test_threads_stopped(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    _check_threads(before, request.node.nodeid)
 
 
 def requires(tool: str) -> pytest.MarkDecorator:

@@ -2,9 +2,10 @@
 
 Studies contain series, series contain instances; a job is one processing run of one version of
 a series. Enough state is kept to resume after a crash: instance rows are committed before a
-C-STORE is acknowledged, series states move forward in single transactions, and jobs and outbox
-items are claimed with leases (a token and an expiry, :mod:`dicomnode.jobs.leases`): a lease that
-expires (its holder died) is taken over, and a node that restarts releases its own at once.
+C-STORE is acknowledged (marked pending until their file is known durable), series states move
+forward in single transactions, and jobs and outbox items are claimed with leases (a token and an
+expiry, :mod:`dicomnode.jobs.leases`): a lease that expires (its holder died) is taken over, and a
+node that restarts releases its own at once.
 """
 
 from __future__ import annotations
@@ -110,6 +111,23 @@ class Instance(Base):
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
+class PendingInstance(Base):
+    """An instance row committed while its file's fsync may still be running.
+
+    The receiver commits the row and fsyncs the file and its folder at the same time, and
+    acknowledges when all three are done (receive/recorder.py); the mark is deleted in a later
+    transaction. Start-up reconciliation checks the file of every mark left by a crash against
+    the row's size and SHA-256, and removes the instance (never acknowledged) when it differs.
+    """
+
+    __tablename__ = "pending_instances"
+
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The node whose receiver wrote it: a node's start-up checks only its own marks, never the
+    # in-flight ones of a live peer sharing the database and the storage folder.
+    node: Mapped[str] = mapped_column(String(128), default="", index=True)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (UniqueConstraint("series_id", "version"),)
@@ -168,6 +186,22 @@ class AssociationEvent(Base):
     peer_address: Mapped[str] = mapped_column(String(64), default="")
     outcome: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class AssociationCount(Base):
+    """Associations by result, per node: one counter row each, incremented in place.
+
+    Accepted (and aborted) associations are only counted, not recorded one by one as the
+    rejected ones are (``association_events``): the receiver's recorder adds them to its next
+    transaction (receive/recorder.py), so counting costs no transaction of its own.
+    """
+
+    __tablename__ = "association_counts"
+
+    node: Mapped[str] = mapped_column(String(128), primary_key=True)
+    result: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class OutboxState(enum.StrEnum):

@@ -14,8 +14,8 @@ from pydicom.uid import UID
 from dicomnode.errors import InstanceRejected
 from dicomnode.geometry.planes import functional_group
 from dicomnode.receive import status
+from dicomnode.receive.header import CT_IMAGE_STORAGE, Header
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
 STORED_CLASSES = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE,
@@ -65,7 +65,7 @@ def _floats(value: Any, n: int) -> list[float] | None:
     return out if len(out) == n and all(map(math.isfinite, out)) else None
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _text(ds: Dataset | Header, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
@@ -74,7 +74,7 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value)
 
 
-def _number(ds: Dataset, keyword: str) -> float | None:
+def _number(ds: Dataset | Header, keyword: str) -> float | None:
     try:
         value = ds.get(keyword)
         number = None if value is None or value == "" else float(value)
@@ -96,9 +96,11 @@ def _enhanced_frames(ds: Dataset) -> list[dict[str, Any]]:
     return frames
 
 
-def _contrast_administered(ds: Dataset) -> str:
+def _contrast_administered(ds: Dataset | Header) -> str:
     """Enhanced CT: "YES" when any Contrast/Bolus Usage item (PS3.3 C.7.6.16.2.12) says so."""
-    if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
+    if not isinstance(ds, Dataset) or (  # a Header declines functional groups
+            "PerFrameFunctionalGroupsSequence" not in ds
+            and "SharedFunctionalGroupsSequence" not in ds):
         return ""
     item = functional_group(ds, 0, "ContrastBolusUsageSequence")
     if item is None:
@@ -106,8 +108,8 @@ def _contrast_administered(ds: Dataset) -> str:
     return "YES" if str(item.get("ContrastBolusAgentAdministered", "")).upper() == "YES" else "NO"
 
 
-def read_header(ds: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return (series attributes, instance geometry) from a dataset.
+def read_header(ds: Dataset | Header) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (series attributes, instance geometry) from a dataset (or its plain header).
 
     Raises
     ------
@@ -164,8 +166,8 @@ def read_header(ds: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
         "matrix": [series["rows"], series["columns"]],
         "pixel_spacing_mm": spacing,
     }
-    if series["sop_class_uid"] != CT_IMAGE_STORAGE:
-        geometry["frames"] = _enhanced_frames(ds)
+    if series["sop_class_uid"] != CT_IMAGE_STORAGE and isinstance(ds, Dataset):
+        geometry["frames"] = _enhanced_frames(ds)  # a Header is always CT Image Storage
     return series, geometry
 
 
@@ -192,12 +194,12 @@ def check_encoding(ds: Dataset, transfer_syntax: str) -> None:
                                    f"{len(elem.value)} of {elem.length} bytes")
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: Dataset | Header, keyword: str) -> int | None:
     value = ds.get(keyword)
     return value if isinstance(value, int) else None
 
 
-def check_image(ds: Dataset, transfer_syntax: str) -> None:
+def check_image(ds: Dataset | Header, transfer_syntax: str) -> None:
     """Refuse CT instances that can never be loaded, or whose pixel module contradicts itself.
 
     PS3.3 C.7.6.3 (Image Pixel) and C.8.2.1 (CT Image): one sample, MONOCHROME1/2, Bits Stored
@@ -212,7 +214,7 @@ def check_image(ds: Dataset, transfer_syntax: str) -> None:
         value = ds.get(keyword)
         if not isinstance(value, int) or value <= 0:
             raise refuse(f"{keyword} missing or invalid ({value!r})")
-    bits = ds.BitsAllocated
+    bits = ds.get("BitsAllocated")
     if bits not in (8, 16, 32):
         raise refuse(f"BitsAllocated {bits} not valid for CT")
     stored = _int(ds, "BitsStored")
@@ -223,22 +225,24 @@ def check_image(ds: Dataset, transfer_syntax: str) -> None:
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise refuse(f"SamplesPerPixel {samples}, {photometric}: CT is one greyscale sample")
     if _int(ds, "PixelRepresentation") not in (None, 0, 1):
-        raise refuse(f"PixelRepresentation {ds.PixelRepresentation} is neither 0 nor 1")
+        raise refuse(f"PixelRepresentation {ds.get('PixelRepresentation')} is neither 0 nor 1")
     if "PixelData" not in ds:
         raise refuse("no Pixel Data")
-    encapsulated = ds["PixelData"].is_undefined_length
+    # A Header reads only native Pixel Data of defined length; anything else is a Dataset.
+    encapsulated = isinstance(ds, Dataset) and ds["PixelData"].is_undefined_length
     if UID(transfer_syntax).is_compressed:
         if not encapsulated:
             raise refuse(f"Pixel Data not encapsulated, but transfer syntax {transfer_syntax} "
                          "is compressed")
-        _check_first_fragment(ds.PixelData, transfer_syntax)
+        if isinstance(ds, Dataset):
+            _check_first_fragment(ds.PixelData, transfer_syntax)
         return
     if encapsulated:
         raise refuse("encapsulated Pixel Data in a native transfer syntax")
     frames = int(_number(ds, "NumberOfFrames") or 1)
-    row_bytes = ds.Columns * samples * (bits // 8)
-    expected = ds.Rows * row_bytes * frames
-    actual = len(ds.PixelData)
+    row_bytes = ds.get("Columns") * samples * (bits // 8)
+    expected = ds.get("Rows") * row_bytes * frames
+    actual = ds.pixel_length if isinstance(ds, Header) else len(ds.PixelData)
     # A byte of padding to even length is normal; a whole row more means the header lies.
     if actual < expected or actual - expected >= row_bytes:
         raise refuse(f"Pixel Data has {actual} bytes, {expected} expected from Rows, Columns, "

@@ -7,9 +7,10 @@ import logging
 from typing import cast
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 
 from dicomnode.config import AccessSettings
@@ -18,7 +19,9 @@ from dicomnode.db.session import SessionFactory
 from dicomnode.errors import InstanceRejected
 from dicomnode.logs import log_context
 from dicomnode.receive import status
+from dicomnode.receive.header import Header, read_plain_header
 from dicomnode.receive.instance_store import InstanceStore
+from dicomnode.receive.wire import file_meta_bytes
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +31,27 @@ def _peer(event: Event) -> tuple[str, str]:
     return str(req.ae_title or "").strip(), f"{req.address}:{req.port}"
 
 
-def _file_parts(event: Event) -> tuple[bytes, memoryview]:
+def _file_parts(event: Event, request: C_STORE) -> tuple[bytes, memoryview]:
     """The DICOM file as received: preamble and meta, then the data set buffer (not copied)."""
-    head = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
-    return head, event.request.DataSet.getbuffer()  # type: ignore[union-attr]
+    head = file_meta_bytes(str(request.AffectedSOPClassUID or ""),
+                           str(request.AffectedSOPInstanceUID or ""),
+                           str(event.context.transfer_syntax))
+    return head, request.DataSet.getbuffer()  # type: ignore[union-attr]
+
+
+def _decode(request: C_STORE, transfer_syntax: UID) -> Dataset | Header:
+    """The plain header of the received data set, or the data set decoded by pydicom.
+
+    Decoded straight from its buffer: ``event.dataset`` would first copy it (``getvalue()``)
+    only to see if it is empty.
+    """
+    if request.DataSet is None:
+        return Dataset()
+    header = read_plain_header(request.DataSet.getbuffer(), str(transfer_syntax))
+    if header is not None:
+        return header
+    return decode(request.DataSet, transfer_syntax.is_implicit_VR,
+                  transfer_syntax.is_little_endian, transfer_syntax.is_deflated)
 
 
 def handle_echo(event: Event) -> int:
@@ -47,14 +67,13 @@ def handle_store(event: Event, store: InstanceStore) -> int:
     try:
         series_uid = ""
 
-        def decode() -> Dataset:
+        def decoded() -> Dataset | Header:
             nonlocal series_uid
-            ds = event.dataset
-            ds.file_meta = event.file_meta
+            ds = _decode(request, event.context.transfer_syntax)
             series_uid = str(ds.get("SeriesInstanceUID", ""))[:64]
             return ds
 
-        outcome = store.store(_file_parts(event), decode,
+        outcome = store.store(_file_parts(event, request), decoded,
                               sop_class_uid=str(request.AffectedSOPClassUID),
                               sop_instance_uid=sop_instance_uid,
                               transfer_syntax=str(event.context.transfer_syntax))
@@ -118,6 +137,11 @@ def handle_requested(event: Event, access: AccessSettings, sessions: SessionFact
     event.assoc.kill()
 
 
+def handle_accepted(event: Event, store: InstanceStore) -> None:
+    """Count the association (in the recorder's next transaction: no wait here)."""
+    store.recorder.count_association("accepted")
+
+
 def handle_rejected(event: Event, sessions: SessionFactory) -> None:
     """Record associations pynetdicom rejected (unknown calling AE, wrong called AE, limits)."""
     req = event.assoc.requestor
@@ -149,4 +173,5 @@ def bindings(store: InstanceStore, access: AccessSettings,
         (evt.EVT_C_STORE, handle_store, [store]),
         (evt.EVT_REQUESTED, handle_requested, [access, sessions]),
         (evt.EVT_REJECTED, handle_rejected, [sessions]),
+        (evt.EVT_ACCEPTED, handle_accepted, [store]),
     ]

@@ -8,25 +8,24 @@ Side effects: creates folders, reopens a completed series when a late instance a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import shutil
 import time
-import uuid
+import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from dicomnode.db.models import (
     DiscardedClass,
     Instance,
+    PendingInstance,
     ReceiveError,
+    Series,
     utcnow,
 )
 from dicomnode.db.session import SessionFactory
@@ -39,10 +38,15 @@ from dicomnode.receive.checks import (
     check_uid,
     read_header,
 )
+from dicomnode.receive.files import Buffer, FileWriter, Write, fsync_file
+from dicomnode.receive.header import Header
 from dicomnode.receive.recorder import Record, Recorder
 from dicomnode.storage import TMP_DIR, fsync_dir, instance_relpath
 
 log = logging.getLogger(__name__)
+Decoded = Dataset | Header
+# How long a handler waits for another association that is storing the same instance.
+_SAME_INSTANCE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,43 +70,44 @@ class InstanceStore:
         self.fsync = fsync
         self.tmp = self.root / TMP_DIR
         self.tmp.mkdir(parents=True, exist_ok=True)
-        # Writes files while the handler thread decodes and checks the data set.
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dicomnode-write")
+        self.files = FileWriter(self.root, self.tmp, fsync=fsync)
         self.recorder = Recorder(sessions.kw["bind"], fsync_dir=fsync_dir if fsync else None)
         self._disk_checked_at = -1.0
         self._disk_ok = True
+        # A store dropped without close() still stops its threads: they never outlive it.
+        self._abandon = weakref.finalize(self, _stop_threads, self.recorder, self.files)
 
     def close(self) -> None:
-        """Stop the writer threads (after the SCP has stopped)."""
+        """Stop the writer threads (after the SCP has stopped), waiting for them; idempotent."""
+        self._abandon.detach()
         self.recorder.close()
-        self._pool.shutdown(wait=True)
+        self.files.close()
 
     # -- public -------------------------------------------------------------------------
-    def store(self, encoded: bytes | Sequence[bytes | memoryview], ds: Dataset | Callable[[], Dataset],
+    def store(self, encoded: bytes | Sequence[Buffer], ds: Decoded | Callable[[], Decoded],
               *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> StoreOutcome:
         """Validate, write durably and record one instance. Raises InstanceRejected.
 
         ``encoded`` is the file as bytes, or its parts (preamble and meta, then the data set)
         so the received buffer is written without another copy. ``ds`` may be a callable that
-        decodes the data set: the file is then written and fsynced while it is decoded and
-        checked (the fsync waits on the disk, not on the interpreter).
+        decodes the data set (or reads its plain header, receive/header.py): the file is then
+        written and hashed while it is decoded and checked, and fsynced once it has its name
+        while the row is committed (receive/files.py). Returns only once the file, its name and
+        its row are durable.
         """
         parts = [encoded] if isinstance(encoded, bytes | bytearray | memoryview) else encoded
         self._check_disk()
         keep = sop_class_uid in STORED_CLASSES or self.keep_non_ct
-        pending = self._pool.submit(self._write_tmp, parts) if keep else None
+        write = self.files.start(parts) if keep else None
         try:
-            outcome = self._store(parts, ds, pending, sop_class_uid, sop_instance_uid,
-                                  transfer_syntax)
+            return self._store(parts, ds, write, sop_class_uid, sop_instance_uid,
+                               transfer_syntax)
         finally:
-            if pending is not None:
-                # Whatever was not renamed into place is removed (rejected or duplicate).
-                with contextlib.suppress(InstanceRejected, OSError):
-                    pending.result()[0].unlink(missing_ok=True)
-        return outcome
+            if write is not None:
+                write.discard()  # the temporary name (the final one is a second link)
 
-    def _store(self, parts: Sequence[bytes | memoryview], ds: Dataset | Callable[[], Dataset],
-               pending: Future[tuple[Path, str]] | None, sop_class_uid: str,
+    def _store(self, parts: Sequence[Buffer], ds: Decoded | Callable[[], Decoded],
+               write: Write | None, sop_class_uid: str,
                sop_instance_uid: str, transfer_syntax: str) -> StoreOutcome:
         if callable(ds):
             try:
@@ -110,7 +115,8 @@ class InstanceStore:
             except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt input
                 raise InstanceRejected(status.CANNOT_UNDERSTAND, f"dataset cannot be decoded: "
                                        f"{type(exc).__name__}: {exc}") from exc
-            check_encoding(ds, transfer_syntax)
+            if isinstance(ds, Dataset):  # a Header was read only if it is encoded as it says
+                check_encoding(ds, transfer_syntax)
         ds_class = str(ds.get("SOPClassUID", ""))
         ds_instance = str(ds.get("SOPInstanceUID", ""))
         if ds_class and ds_class != sop_class_uid:
@@ -120,39 +126,67 @@ class InstanceStore:
             raise InstanceRejected(status.CANNOT_UNDERSTAND,
                                    "SOP Instance UID in dataset differs from request")
         sop_uid = check_uid(sop_instance_uid, "SOPInstanceUID")
-        if pending is None:
+        if write is None:
             self._count_discarded(sop_class_uid)
             return StoreOutcome("discarded")
         study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
         series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         if sop_class_uid not in STORED_CLASSES:
-            rel = instance_relpath(study_uid, series_uid, sop_uid, other=True)
-            self._place(pending, rel)
-            if self.fsync:
-                fsync_dir((self.root / rel).parent)
+            final = self.root / instance_relpath(study_uid, series_uid, sop_uid, other=True)
+            self.files.replace(write, final)
             self._count_discarded(sop_class_uid)
-            return StoreOutcome("discarded", series_uid, self.root / rel)
+            return StoreOutcome("discarded", series_uid, final)
         check_image(ds, transfer_syntax)
         series_attrs, geometry = read_header(ds)
         rel = instance_relpath(study_uid, series_uid, sop_uid)
         final = self.root / rel
         existed = final.exists()
-        if existed and self._known(sop_uid):
-            # Like Orthanc's default: the first copy of an instance wins; a re-send is a no-op.
+        # Like Orthanc's default: the first copy of an instance wins; a re-send is a no-op.
+        if existed and self._durable_duplicate(sop_uid, final):
             return StoreOutcome("duplicate", series_uid, final)
-        digest = self._place(pending, rel)
-        new = self.recorder.submit(Record(
+        if not self._link(write, final, sop_uid):
+            return StoreOutcome("duplicate", series_uid, final)
+        committed = self.recorder.submit_nowait(Record(
             study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
             sop_class_uid=sop_class_uid, transfer_syntax=transfer_syntax,
-            rel_path=rel.as_posix(), folder=final.parent, size_bytes=sum(len(p) for p in parts),
-            sha256=digest, series_attrs=series_attrs, geometry=geometry,
+            rel_path=rel.as_posix(), folder=final.parent,
+            size_bytes=sum(len(p) for p in parts), sha256=write.digest(),
+            series_attrs=series_attrs, geometry=geometry,
             patient_id=str(ds.get("PatientID", ""))[:64] or None,
             accession_number=str(ds.get("AccessionNumber", ""))[:16] or None,
             maybe_known=existed))
+        # The file's fsync, here, while the recorder fsyncs the folder and commits the row.
+        try:
+            write.sync()
+        except InstanceRejected:
+            with contextlib.suppress(Exception):
+                committed.result()
+            self._undo(sop_uid, final)
+            raise
+        try:
+            new = committed.result()
+        except Exception:
+            if self._row_state(sop_uid) is None:
+                final.unlink(missing_ok=True)  # nothing records it: a re-send must find no file
+            raise
+        self.recorder.confirm(sop_uid)
         return StoreOutcome("stored" if new else "duplicate", series_uid, final)
 
+    def _link(self, write: Write, final: Path, sop_uid: str) -> bool:
+        """Link the written file into place; False when another association stored it first."""
+        deadline = time.monotonic() + _SAME_INSTANCE_WAIT_S
+        while not self.files.link(write, final):
+            # Linked by another association, perhaps not yet recorded: wait for its row.
+            if self._durable_duplicate(sop_uid, final):
+                return False
+            if time.monotonic() > deadline:
+                raise InstanceRejected(status.PROCESSING_FAILURE, "the same instance is being "
+                                       "stored by another association; send it again")
+            time.sleep(0.01)
+        return True
+
     def record_existing(self, path: Path, ds: Dataset, *, encoded_size: int, digest: str) -> None:
-        """Record a file already in its final place (start-up reconciliation)."""
+        """Record a durable file already in its final place (start-up reconciliation)."""
         study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
         series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
@@ -164,7 +198,8 @@ class InstanceStore:
             rel_path=path.relative_to(self.root).as_posix(), folder=path.parent,
             size_bytes=encoded_size, sha256=digest, series_attrs=series_attrs,
             geometry=geometry, patient_id=str(ds.get("PatientID", ""))[:64] or None,
-            accession_number=str(ds.get("AccessionNumber", ""))[:16] or None, maybe_known=True))
+            accession_number=str(ds.get("AccessionNumber", ""))[:16] or None, maybe_known=True,
+            pending=False))
 
     def record_error(self, *, status_code: int, reason: str, calling_ae: str = "",
                      peer: str = "", sop_instance_uid: str = "") -> None:
@@ -193,55 +228,44 @@ class InstanceStore:
                                    f"free disk {self._free_mb:.0f} MB below watermark "
                                    f"{self.min_free_disk_mb} MB")
 
-    def _known(self, sop_uid: str) -> bool:
+    def _row_state(self, sop_uid: str) -> str | None:
+        """``"durable"`` or ``"pending"`` when the instance has a row, else None."""
         with self.sessions() as session:
-            return session.scalar(select(Instance.id).where(
-                Instance.sop_instance_uid == sop_uid)) is not None
+            row = session.execute(
+                select(Instance.id, PendingInstance.sop_instance_uid)
+                .outerjoin(PendingInstance,
+                           PendingInstance.sop_instance_uid == Instance.sop_instance_uid)
+                .where(Instance.sop_instance_uid == sop_uid)).first()
+        if row is None:
+            return None
+        return "durable" if row[1] is None else "pending"
 
-    def _write_tmp(self, parts: Sequence[bytes | bytearray | memoryview]) -> tuple[Path, str]:
-        """Write and fsync a temporary file; returns its path and the SHA-256 of the content."""
-        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
-        digest = hashlib.sha256()
+    def _durable_duplicate(self, sop_uid: str, final: Path) -> bool:
+        """True when the instance is recorded and its file is durable (made so if pending)."""
+        state = self._row_state(sop_uid)
+        if state is None or not final.exists():
+            return False
+        if state == "pending" and self.fsync:
+            # Its own store may still be running: make file and name durable here, as it will.
+            fsync_file(final)
+            fsync_dir(final.parent)
+        return True
+
+    def _undo(self, sop_uid: str, final: Path) -> None:
+        """Remove a recorded instance whose file could not be made durable (never acknowledged)."""
         try:
-            with open(tmp, "wb") as fh:
-                for part in parts:
-                    fh.write(part)
-                    digest.update(part)
-                fh.flush()
-                if self.fsync:
-                    os.fsync(fh.fileno())
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise InstanceRejected(status.OUT_OF_RESOURCES, f"cannot write instance: {exc}") from exc
-        return tmp, digest.hexdigest()
-
-    def _place(self, pending: Future[tuple[Path, str]], rel: Path) -> str:
-        """Rename the fsynced temporary file into place; returns its SHA-256.
-
-        The folder fsync that makes the rename durable is done by the recorder, once per batch,
-        before the rows are committed (or by the caller for files without rows).
-        """
-        tmp, digest = pending.result()
-        final = self.root / rel
-        try:
-            self._make_dirs(final.parent)
-            os.replace(tmp, final)
-        except OSError as exc:
-            raise InstanceRejected(status.OUT_OF_RESOURCES, f"cannot write instance: {exc}") from exc
-        return digest
-
-    def _make_dirs(self, folder: Path) -> None:
-        if folder.is_dir():
-            return
-        missing = []
-        p = folder
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.fsync:
-            for created in reversed(missing):
-                fsync_dir(created.parent)
+            with self.sessions.begin() as session:
+                inst = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
+                if inst is not None:
+                    series = session.get(Series, inst.series_id)
+                    if series is not None:
+                        series.instance_count = max(0, series.instance_count - 1)
+                    session.delete(inst)
+                session.execute(delete(PendingInstance).where(
+                    PendingInstance.sop_instance_uid == sop_uid))
+            final.unlink(missing_ok=True)
+        except Exception:  # noqa: BLE001 - start-up reconciliation checks the pending mark
+            log.exception("could not remove an instance whose file is not durable")
 
     def _count_discarded(self, sop_class_uid: str) -> None:
         for attempt in range(3):
@@ -257,3 +281,9 @@ class InstanceStore:
             except IntegrityError:
                 if attempt == 2:
                     raise
+
+
+def _stop_threads(recorder: Recorder, files: FileWriter) -> None:
+    """Tell the threads of a store that was dropped without close() to stop (no waiting)."""
+    recorder.close(wait=False)
+    files.close(wait=False)

@@ -23,6 +23,7 @@ from dicomnode.config import Settings
 from dicomnode.db.session import SessionFactory
 from dicomnode.receive.handlers import bindings
 from dicomnode.receive.instance_store import InstanceStore
+from dicomnode.receive.reactor import EventRequestHandler
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ def build_ae(settings: Settings) -> AE:
     """Create the AE with our title, timeouts, limits and accepted contexts."""
     # Private or unknown storage classes are still acknowledged (and counted), never refused.
     _config.UNRESTRICTED_STORAGE_SERVICE = True
+    # pynetdicom's standard log handlers format every PDU and DIMSE message (and copy each
+    # received data set to see whether it is empty) even when its logger drops the lines: bind
+    # them only when that logger would print them (logs.setup_logging: DEBUG only).
+    verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
+    _config.LOG_HANDLER_LEVEL = "standard" if verbose else "none"
     node = settings.node
     ae = AE(ae_title=node.ae_title)
     ae.acse_timeout = node.acse_timeout_s
@@ -100,6 +106,7 @@ class _Server(ThreadedAssociationServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._closing = threading.Event()
+        kwargs.setdefault("request_handler", EventRequestHandler)  # no 1 ms polling
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:

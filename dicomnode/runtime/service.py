@@ -42,6 +42,7 @@ class Node:
         settings.storage.path.mkdir(parents=True, exist_ok=True)
         check_sharing(settings)  # SQLite on a shared folder is refused
         # Refuses (SchemaError) a database at another schema revision unless auto_upgrade.
+        self._own_engine = sessions is None  # disposed by stop()
         self.sessions = sessions or open_sessions(settings)
         self.store = InstanceStore(settings.storage.path, self.sessions,
                                    min_free_disk_mb=settings.storage.min_free_disk_mb,
@@ -68,7 +69,18 @@ class Node:
         return int(self.server.server_address[1])
 
     def start(self) -> Node:
-        """Reconcile storage, release our previous run's claims, then listen and schedule."""
+        """Reconcile storage, release our previous run's claims, then listen and schedule.
+
+        A start that fails stops what it had started (threads, children) before raising.
+        """
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         if self.settings.node.port == 0 and not self.settings.node.name:
             # Port 0 resolves only when listening: name the node after the port it gets.
             self.name = f"{self.settings.node_name}-{id(self):x}"
@@ -100,7 +112,6 @@ class Node:
         self.scheduler.add_job(heartbeat, "interval", args=[self.sessions, self.name], seconds=10,
                                id="heartbeat", max_instances=1, coalesce=True)
         self.scheduler.start()
-        return self
 
     @property
     def receivers(self) -> list[subprocess.Popen[bytes]]:
@@ -135,6 +146,8 @@ class Node:
             self.server.shutdown()
             self.server = None
         self.store.close()
+        if self._own_engine:
+            self.sessions.kw["bind"].dispose()
         self._stopped.set()
 
     def run_forever(self) -> int:

@@ -25,6 +25,7 @@ from sqlalchemy import case, func, select
 
 from dicomnode.config import Settings
 from dicomnode.db.models import (
+    AssociationCount,
     AssociationEvent,
     DiscardedClass,
     Instance,
@@ -42,7 +43,7 @@ STAGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 
 LATENCY_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 REFUSAL_REASONS = {0xA700: "out_of_resources", 0xA900: "dataset_mismatch",
                    0x0110: "processing_failure"}
-ASSOCIATION_RESULTS = ("rejected", "aborted")
+ASSOCIATION_RESULTS = ("accepted", "rejected", "aborted")
 _LOOKBACK = timedelta(minutes=10)  # rows finishing out of order still get counted once
 
 
@@ -131,8 +132,11 @@ class DatabaseCollector(Collector):
                 session.scalar(select(func.sum(DiscardedClass.count))) or 0)
             refused = session.execute(select(ReceiveError.status, func.count())
                                       .group_by(ReceiveError.status)).all()
-            associations = session.execute(select(AssociationEvent.outcome, func.count())
-                                           .group_by(AssociationEvent.outcome)).all()
+            associations = [*session.execute(select(AssociationEvent.outcome, func.count())
+                                             .group_by(AssociationEvent.outcome)),
+                            *session.execute(  # counted, not recorded one by one
+                                select(AssociationCount.result, func.sum(AssociationCount.count))
+                                .group_by(AssociationCount.result))]
             series = session.execute(select(Series.state, func.count())
                                      .group_by(Series.state)).all()
             jobs = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
@@ -161,7 +165,7 @@ class DatabaseCollector(Collector):
             key = outcome if outcome in by_result else "rejected"
             by_result[key] += n
         m = CounterMetricFamily("dicomnode_associations",
-                                "Associations recorded (refused by access control or limits)",
+                                "Associations: accepted, and refused by access control or limits",
                                 labels=["result"])
         for result, n in by_result.items():
             m.add_metric([result], n)

@@ -45,6 +45,7 @@ def _defer_then_compare(tmp_path: Path, root: Path, store: InstanceStore, base: 
     for truth in (follow, base):  # the follow-up arrives first: its job is claimed first
         for path in sorted(truth.dicom_dir.glob("*.dcm")):
             put(store, pydicom.dcmread(path))
+    store.close()  # received; what follows needs only its database and folder
     sweep(store.sessions, AssemblySettings(settle_s=0), EligibilitySettings(),
           now=utcnow() + timedelta(seconds=1))
     config = tmp_path / "c.toml"

@@ -23,6 +23,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification, XRayRadiationDose
 from sqlalchemy import func, select
 
 from dicomnode.db.models import (
+    AssociationCount,
     DiscardedClass,
     Instance,
     Series,
@@ -154,3 +155,9 @@ def test_several_receiving_processes_share_the_port(tmp_path: Path, ct_template:
     finally:
         node.stop()
     assert node.receivers[0].poll() is not None
+    # Both processes count under the node's name (written at the latest when each stops).
+    with node.sessions() as s:
+        counts = s.execute(select(AssociationCount.node, AssociationCount.result,
+                                  AssociationCount.count)).all()
+    assert {(n, r) for n, r, _ in counts} == {(node.name, "accepted")}
+    assert sum(c for _, _, c in counts) == 8

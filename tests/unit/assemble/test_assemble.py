@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,11 +17,11 @@ from dicomnode.assemble.series import sweep
 from dicomnode.assemble.stack_summary import series_geometry
 from dicomnode.config import AssemblySettings, EligibilitySettings
 from dicomnode.db.models import Job, Series, utcnow
-from dicomnode.db.session import make_sessions
 from dicomnode.receive.checks import read_header
 from dicomnode.receive.instance_store import InstanceStore
 from tests.conftest import GE_DIR
 from tests.ct_series import make_series
+from tests.stores import open_store
 from tests.unit.receive.test_instance_store import put
 
 RULES = EligibilitySettings()
@@ -116,8 +117,9 @@ def test_too_few_instances() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path, db_url: str) -> InstanceStore:
-    return InstanceStore(tmp_path / "s", make_sessions(db_url))
+def store(tmp_path: Path, db_url: str) -> Iterator[InstanceStore]:
+    with open_store(tmp_path / "s", db_url) as opened:
+        yield opened
 
 
 def test_completion_waits_for_settle_then_queues_exactly_once(store: InstanceStore,

@@ -37,7 +37,34 @@ def test_0004_console_keeps_rows_and_adds_its_tables(tmp_path: Path) -> None:
         assert after[table] == []
 
 
-def test_0006_prior_retrievals_keeps_rows_and_records_a_retrieval(empty_db_url: str) -> None:
+def test_0005_pending_marks_keep_rows_and_start_empty(tmp_path: Path) -> None:
+    t = datetime(2025, 3, 14, 9, 26, 53, 589793)
+    rows = {**BASELINE_ROWS,
+            "nodes": [{"name": "site-a:11112", "role": "serve", "run_token": "b" * 32,
+                       "host": "site-a", "pid": 7, "version": "0.1.0", "started_at": t,
+                       "seen_at": t}],
+            "audit_log": [{"id": 1, "at": t, "user": "admin", "action": "resend",
+                           "target": "job 1", "detail": "Ä", "peer_address": "127.0.0.1"}],
+            "destination_pauses": [{"destination": "pacs", "paused_at": t, "paused_by": "admin"}]}
+    after = assert_upgrade_keeps_rows(tmp_path / "db.sqlite", "0004", rows)
+    assert after["pending_instances"] == []
+
+
+def test_0006_association_counts_keep_rows_and_start_empty(tmp_path: Path) -> None:
+    t = datetime(2025, 3, 14, 9, 26, 53, 589793)
+    rows = {**BASELINE_ROWS,
+            "nodes": [{"name": "site-a:11112", "role": "serve", "run_token": "c" * 32,
+                       "host": "site-a", "pid": 7, "version": "0.1.0", "started_at": t,
+                       "seen_at": t}],
+            "audit_log": [{"id": 1, "at": t, "user": "admin", "action": "pause",
+                           "target": "destination pacs", "detail": "", "peer_address": "::1"}],
+            "destination_pauses": [{"destination": "pacs", "paused_at": t, "paused_by": "ä"}],
+            "pending_instances": [{"sop_instance_uid": "1.2.3.4", "node": "site-a:11112"}]}
+    after = assert_upgrade_keeps_rows(tmp_path / "db.sqlite", "0005", rows)
+    assert after["association_counts"] == []
+
+
+def test_0007_prior_retrievals_keeps_rows_and_records_a_retrieval(empty_db_url: str) -> None:
     at = datetime(2025, 3, 14, 9, 30, 0, 250000)
     rows = {**BASELINE_ROWS,
             "nodes": [{"name": "site-a:11112", "role": "serve", "run_token": "b" * 32,
@@ -45,8 +72,11 @@ def test_0006_prior_retrievals_keeps_rows_and_records_a_retrieval(empty_db_url: 
                        "seen_at": at}],
             "audit_log": [{"id": 1, "at": at, "user": "it", "action": "pause",
                            "target": "destination pacs", "detail": "", "peer_address": "::1"}],
-            "destination_pauses": [{"destination": "pacs", "paused_at": at, "paused_by": "it"}]}
-    after = assert_upgrade_keeps_rows(empty_db_url, "0004", rows)
+            "destination_pauses": [{"destination": "pacs", "paused_at": at, "paused_by": "it"}],
+            "pending_instances": [{"sop_instance_uid": "1.2.3.4", "node": "site-a:11112"}],
+            "association_counts": [{"node": "site-a:11112", "result": "accepted", "count": 12,
+                                    "updated_at": at}]}
+    after = assert_upgrade_keeps_rows(empty_db_url, "0006", rows)
     assert after["prior_retrievals"] == []
     engine = create_engine(empty_db_url)
     try:
@@ -65,7 +95,7 @@ def test_0006_prior_retrievals_keeps_rows_and_records_a_retrieval(empty_db_url: 
         engine.dispose()
 
 
-def test_0007_outcomes_keeps_rows_and_adds_its_tables(empty_db_url: str) -> None:
+def test_0008_outcomes_keeps_rows_and_adds_its_tables(empty_db_url: str) -> None:
     t = datetime(2025, 3, 14, 9, 26, 53, 589793)
     rows = {**BASELINE_ROWS,
             "nodes": [{"name": "site-a:11112", "role": "serve", "run_token": "a" * 32,
@@ -78,7 +108,10 @@ def test_0007_outcomes_keeps_rows_and_adds_its_tables(empty_db_url: str) -> None
                                   "peer": "PACS@10.0.0.9:104", "outcome": "retrieved",
                                   "started_at": t, "finished_at": t, "matches": 32,
                                   "study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.4",
-                                  "completed": 32, "failed": 0, "warning": 0, "detail": ""}]}
-    after = assert_upgrade_keeps_rows(empty_db_url, "0006", rows)
+                                  "completed": 32, "failed": 0, "warning": 0, "detail": ""}],
+            "pending_instances": [{"sop_instance_uid": "1.2.3.4", "node": "site-a:11112"}],
+            "association_counts": [{"node": "site-a:11112", "result": "accepted", "count": 12,
+                                    "updated_at": t}]}
+    after = assert_upgrade_keeps_rows(empty_db_url, "0007", rows)
     for table in ("series_predictions", "expansion_outcomes", "clinical_outcomes"):
         assert after[table] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,19 +20,20 @@ from dicomnode.jobs.leases import LeaseKeeper, cluster_lock, release_own, renew
 from dicomnode.jobs.queue import claim_next, finish, requeue, requeue_stale
 from dicomnode.receive.instance_store import InstanceStore
 from tests.ct_series import make_series
+from tests.stores import open_store
 from tests.unit.receive.test_instance_store import put
 
 
 @pytest.fixture
-def queued(tmp_path: Path, ct_template: Dataset, db_url: str) -> InstanceStore:
+def queued(tmp_path: Path, ct_template: Dataset, db_url: str) -> Iterator[InstanceStore]:
     """Two series received and completed: two queued jobs."""
-    store = InstanceStore(tmp_path / "s", make_sessions(db_url))
-    for _ in range(2):
-        for ds in make_series(ct_template, 10):
-            put(store, ds)
-    sweep(store.sessions, AssemblySettings(settle_s=0), EligibilitySettings(),
-          now=utcnow() + timedelta(seconds=1))
-    return store
+    with open_store(tmp_path / "s", db_url) as store:
+        for _ in range(2):
+            for ds in make_series(ct_template, 10):
+                put(store, ds)
+        sweep(store.sessions, AssemblySettings(settle_s=0), EligibilitySettings(),
+              now=utcnow() + timedelta(seconds=1))
+        yield store
 
 
 def expire(store: InstanceStore, job_id: int) -> None:

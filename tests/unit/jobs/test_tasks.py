@@ -22,6 +22,7 @@ def test_retention_removes_only_old_finished_series(tmp_path: Path, ct_template:
     old, recent, busy = (make_series(ct_template, 2) for _ in range(3))
     for ds in old + recent + busy:
         put(store, ds)
+    store.close()  # received; what follows needs only its database and folder
     long_ago = utcnow() - timedelta(days=40)
     with store.sessions.begin() as s:
         s.execute(update(Series).values(state="done"))

@@ -1,6 +1,6 @@
 """Priors from PACS: every query and retrieval made for a follow-up's prior (prior_retrievals).
 
-Revision 0006. Forward only: to go back, restore the backup taken before
+Revision 0007, after 0006. Forward only: to go back, restore the backup taken before
 `dicomnode db upgrade`. Tested in tests/unit/db/test_revisions.py (rows written at the previous
 revision survive the upgrade). Only a new table: no existing row is touched.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0004"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

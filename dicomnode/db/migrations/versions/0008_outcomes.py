@@ -1,6 +1,6 @@
 """The learning loop: what each analysed series was scored on, and the outcomes that came later.
 
-Revision 0007, after 0006. Forward
+Revision 0008, after 0007. Forward
 only: to go back, restore the backup taken before `dicomnode db upgrade`. Tested in
 tests/unit/db/test_revisions.py (rows written at the previous revision survive the upgrade).
 Only new tables: no existing row is touched.
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
