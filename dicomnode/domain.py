@@ -6,6 +6,7 @@ values maps them on the way out.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -330,3 +331,13 @@ class QAReport:
         return {"status": self.status,
                 "checks": [{"name": c.name, "value": c.value, "limit": c.limit,
                             "outcome": c.outcome, "message": c.message} for c in self.checks]}
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a finite float, or None (not a number, NaN, infinite): what JSON and the SR
+    can hold for an optional number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None

@@ -75,7 +75,7 @@ from dicomnode.receive.checks import STORED_CLASSES, check_uid, read_header
 from dicomnode.segment.base import SegmentationBackend
 from dicomnode.segment.registry import build_backend, build_second_reader
 from dicomnode.send.outbox import enqueue_in
-from dicomnode.storage import fsync_dir, results_dir, write_dataset_durably
+from dicomnode.storage import fsync_path, results_dir, write_dataset_durably
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ def encode_outputs(analysis: Analysis, paths: Sequence[Path], out_dir: Path, *,
         objects.append(EncodedObject(kind=kind, path=path, sop_class_uid=str(ds.SOPClassUID),
                                      sop_instance_uid=str(ds.SOPInstanceUID)))
     for folder in {out_dir, out_dir / "overlay"}:
-        fsync_dir(folder)
+        fsync_path(folder)
     write_previews(out_dir / "previews", volume, labels, m, prediction=prediction,
                    warnings=warnings)
     if key_image is not None:
@@ -431,7 +431,7 @@ def encode_not_analysed(result: NotAnalysed, paths: Sequence[Path], out_dir: Pat
         write_dataset_durably(ds, path)
         objects.append(EncodedObject(kind=kind, path=path, sop_class_uid=str(ds.SOPClassUID),
                                      sop_instance_uid=str(ds.SOPInstanceUID)))
-    fsync_dir(out_dir)
+    fsync_path(out_dir)
     return objects
 
 

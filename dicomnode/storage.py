@@ -43,8 +43,11 @@ def results_dir(root: Path, series_uid: str, version: int) -> Path:
     return Path(root) / RESULTS_DIR / series_uid / f"v{version}"
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
+def fsync_path(path: Path) -> None:
+    """Make ``path`` durable: a file's content, or a folder's entries (a rename, a new name).
+
+    Both take an fsync of a read-only descriptor on Linux (fsync(2)).
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -99,5 +102,5 @@ def pseudonym_key(path: Path) -> bytes:
         f.write(key + "\n")
         f.flush()
         os.fsync(f.fileno())
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     return key.encode("ascii")

@@ -28,16 +28,7 @@ from dicomnode.db.models import (
     utcnow,
 )
 from dicomnode.db.session import SessionFactory
-from dicomnode.domain import Comparison, Prediction
-
-
-def _finite(value: Any) -> float | None:
-    """A feature value as JSON can hold it: a finite float, or null."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+from dicomnode.domain import Comparison, Prediction, finite_or_none
 
 
 def _series_id(session: Session, series_uid: str) -> int | None:
@@ -57,7 +48,7 @@ def record_analysis(session: Session, series_uid: str, version: int,
     if prediction is not None:
         row = session.get(SeriesPrediction, series_id) or SeriesPrediction(series_id=series_id)
         row.version, row.recorded_at = version, utcnow()
-        row.features = {k: _finite(v) for k, v in prediction.features.items()}
+        row.features = {k: finite_or_none(v) for k, v in prediction.features.items()}
         for key, risk in (("he", prediction.expansion), ("pse", prediction.epilepsy)):
             setattr(row, f"{key}_probability", risk.probability if risk else None)
             setattr(row, f"{key}_model", risk.model if risk else "")

@@ -21,7 +21,6 @@ cortical involvement, the density and shape markers (mapping in
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +46,17 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
 from pydicom.uid import generate_uid
 
-from dicomnode.domain import EXTRA_AXIAL, ICH, IVH, LABELS, OEDEMA, LabelMap, Measurements, Prediction
+from dicomnode.domain import (
+    EXTRA_AXIAL,
+    ICH,
+    IVH,
+    LABELS,
+    OEDEMA,
+    LabelMap,
+    Measurements,
+    Prediction,
+    finite_or_none,
+)
 
 from . import codes, uids
 from .seg import SYNTHETIC_STATEMENT, segment_numbers_by_label, series_description, specific_character_set
@@ -85,13 +94,6 @@ def _tracking_uids(seg: Dataset) -> dict[int, str]:
     return {int(s.SegmentNumber): str(s.TrackingUID) for s in seg.SegmentSequence if "TrackingUID" in s}
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
 
 def _algorithm(
     name: str, version: str, *, synthetic: bool, extra: Sequence[str] = ()
@@ -114,7 +116,7 @@ def _marker_items(markers: Mapping[str, Any]) -> tuple[list[Measurement], list[Q
         if concept.kind == "flag":
             evaluations.append(QualitativeEvaluation(concept.name, codes.YES if markers[key] else codes.NO))
             continue
-        value = _finite(markers[key])
+        value = finite_or_none(markers[key])
         if value is None:
             log.debug("marker %s is not a finite number (%r): left out", key, markers[key])
             continue

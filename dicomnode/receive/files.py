@@ -22,18 +22,9 @@ from pathlib import Path
 
 from dicomnode.errors import InstanceRejected
 from dicomnode.receive import status
-from dicomnode.storage import fsync_dir
+from dicomnode.storage import fsync_path
 
 Buffer = bytes | bytearray | memoryview
-
-
-def fsync_file(path: Path) -> None:
-    """Make a file's content durable (a file another writer wrote)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Write:
@@ -142,7 +133,7 @@ class FileWriter:
             self.make_dirs(final.parent)
             os.replace(tmp, final)
             if self.fsync:
-                fsync_dir(final.parent)
+                fsync_path(final.parent)
         except OSError as exc:
             raise InstanceRejected(status.OUT_OF_RESOURCES, f"cannot write instance: {exc}") from exc
 
@@ -158,4 +149,4 @@ class FileWriter:
         folder.mkdir(parents=True, exist_ok=True)
         if self.fsync:
             for created in reversed(missing):
-                fsync_dir(created.parent)
+                fsync_path(created.parent)

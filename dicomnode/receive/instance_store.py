@@ -38,10 +38,10 @@ from dicomnode.receive.checks import (
     check_uid,
     read_header,
 )
-from dicomnode.receive.files import Buffer, FileWriter, Write, fsync_file
+from dicomnode.receive.files import Buffer, FileWriter, Write
 from dicomnode.receive.header import Header
 from dicomnode.receive.recorder import Record, Recorder
-from dicomnode.storage import TMP_DIR, fsync_dir, instance_relpath
+from dicomnode.storage import TMP_DIR, fsync_path, instance_relpath
 
 log = logging.getLogger(__name__)
 Decoded = Dataset | Header
@@ -71,7 +71,7 @@ class InstanceStore:
         self.tmp = self.root / TMP_DIR
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.files = FileWriter(self.root, self.tmp, fsync=fsync)
-        self.recorder = Recorder(sessions.kw["bind"], fsync_dir=fsync_dir if fsync else None)
+        self.recorder = Recorder(sessions.kw["bind"], fsync_dir=fsync_path if fsync else None)
         self._disk_checked_at = -1.0
         self._disk_ok = True
         # A store dropped without close() still stops its threads: they never outlive it.
@@ -247,8 +247,8 @@ class InstanceStore:
             return False
         if state == "pending" and self.fsync:
             # Its own store may still be running: make file and name durable here, as it will.
-            fsync_file(final)
-            fsync_dir(final.parent)
+            fsync_path(final)
+            fsync_path(final.parent)
         return True
 
     def _undo(self, sop_uid: str, final: Path) -> None:

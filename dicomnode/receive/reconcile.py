@@ -32,9 +32,8 @@ from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Instance, PendingInstance, Series
 from dicomnode.receive.checks import STORED_CLASSES, check_encoding, check_image
-from dicomnode.receive.files import fsync_file
 from dicomnode.receive.instance_store import InstanceStore
-from dicomnode.storage import RESERVED_DIRS, TMP_DIR, fsync_dir
+from dicomnode.storage import RESERVED_DIRS, TMP_DIR, fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +130,8 @@ def _check_pending(store: InstanceStore) -> tuple[int, int]:
             path = store.root / inst.path
             if _complete(path, inst.size_bytes, inst.sha256):
                 if store.fsync:
-                    fsync_file(path)
-                    fsync_dir(path.parent)
+                    fsync_path(path)
+                    fsync_path(path.parent)
                 kept += 1
                 continue
             _remove_row(session, inst)
@@ -166,7 +165,7 @@ def _adopt(store: InstanceStore, path: Path) -> None:
     if str(ds.SOPClassUID) in STORED_CLASSES:
         check_image(ds, syntax)
     if store.fsync:
-        fsync_file(path)
-        fsync_dir(path.parent)
+        fsync_path(path)
+        fsync_path(path.parent)
     store.record_existing(path, ds, encoded_size=len(encoded),
                           digest=hashlib.sha256(encoded).hexdigest())

@@ -25,6 +25,8 @@ from dicomnode.lab.orthanc import Orthanc
 from dicomnode.lab.synth import make_study
 from tests import qa_cases
 from tests.conftest import free_port, requires
+from tests.dciodvfy import dciodvfy
+from tests.e2e.serve_orthanc import node_config, storescu
 from tests.reliability.harness import EMPTY_CONFIG, ServeProcess, status_json
 
 pytestmark = [pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc absent"),
@@ -35,23 +37,8 @@ SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 FINAL = ("done", "not_analysed", "failed", "rejected")
 
 
-def _config(tmp_path: Path, pacs: Orthanc) -> Path:
-    config = tmp_path / "node.toml"
-    config.write_text(
-        "[segmentation]\nbackend = \"threshold\"\n"
-        "[prediction]\nenabled = false\n"
-        "[assembly]\nsweep_interval_s = 0.3\n"
-        "[delivery]\ninterval_s = 0.5\nretry_base_s = 0.5\nretry_max_s = 2\n"
-        "[storage]\nmin_free_disk_mb = 0\n"
-        f"[[destinations]]\nname = \"orthanc\"\nae_title = \"ORTHANC\"\nhost = \"127.0.0.1\"\n"
-        f"port = {pacs.dicom_port}\n")
-    return config
 
 
-def _send(series_dir: Path, port: int) -> None:
-    subprocess.run(["storescu", "-R", "+sd", "+sp", "*.dcm", "-aec", "DICOMNODE", "127.0.0.1",
-                    str(port), f"{series_dir}/"], env={**os.environ, "TCP_NODELAY": "1"},
-                   check=True, capture_output=True, timeout=120)
 
 
 def _series_uid(folder: Path) -> str:
@@ -100,8 +87,7 @@ def _items(items) -> list[pydicom.Dataset]:  # type: ignore[no-untyped-def]
 
 def _dciodvfy_errors(data: bytes, path: Path) -> list[str]:
     path.write_bytes(data)
-    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if "Error" in ln]
+    return dciodvfy(path)[0]
 
 
 @requires("dciodvfy")
@@ -116,10 +102,11 @@ def test_not_analysed_and_warned_series_reach_orthanc(tmp_path: Path) -> None:
                        for p in folder.glob("*.dcm")}
     storage = tmp_path / "storage"
     with Orthanc(tmp_path / "orthanc") as pacs:
-        node = ServeProcess(storage, free_port(), settle_s=1.0, config=_config(tmp_path, pacs))
+        config = node_config(tmp_path, pacs, predict=False)
+        node = ServeProcess(storage, free_port(), settle_s=1.0, config=config)
         try:
-            _send(zeroed, node.port)
-            _send(metal, node.port)
+            storescu(zeroed, node.port)
+            storescu(metal, node.port)
             try:
                 rows = _wait(lambda: _all_delivered(storage, 2), what="both series delivered")
             except AssertionError as exc:

@@ -9,9 +9,7 @@ minute on this machine, and the same outage on SQLite is tests/reliability/test_
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import SimpleITK as sitk
 from dicomnode.lab.orthanc import Orthanc
 from dicomnode.lab.synth import make_study
 from tests.conftest import free_port
+from tests.e2e.serve_orthanc import node_config, storescu
 from tests.reliability.harness import ServeProcess, status_json
 
 pytestmark = [pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc absent"),
@@ -32,23 +31,8 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def _config(tmp_path: Path, pacs: Orthanc, db_url: str = "") -> Path:
-    config = tmp_path / "node.toml"
-    database = f'[database]\nurl = "{db_url}"\n' if db_url else ""
-    config.write_text(database +
-        "[segmentation]\nbackend = \"threshold\"\n"
-        "[assembly]\nsweep_interval_s = 0.3\n"
-        "[delivery]\ninterval_s = 0.5\nretry_base_s = 0.5\nretry_max_s = 2\n"
-        "[storage]\nmin_free_disk_mb = 0\n"
-        f"[[destinations]]\nname = \"orthanc\"\nae_title = \"ORTHANC\"\nhost = \"127.0.0.1\"\n"
-        f"port = {pacs.dicom_port}\n")
-    return config
 
 
-def _send(study_dir: Path, port: int) -> None:
-    subprocess.run(["storescu", "-R", "+sd", "+sp", "*.dcm", "-aec", "DICOMNODE", "127.0.0.1",
-                    str(port), f"{study_dir}/"], env={**os.environ, "TCP_NODELAY": "1"},
-                   check=True, capture_output=True, timeout=120)
 
 
 def _wait(pred, timeout_s: float = 180, what: str = "condition"):  # type: ignore[no-untyped-def]
@@ -75,10 +59,10 @@ def test_results_arrive_in_orthanc_with_references_and_a_correct_mask(tmp_path: 
     truth = make_study(tmp_path / "study", seed=11, hemorrhage_ml=25.0, site="lobar",
                        matrix=128, thickness_mm=5.0)
     with Orthanc(tmp_path / "orthanc") as pacs:
-        config = _config(tmp_path, pacs)
+        config = node_config(tmp_path, pacs)
         node = ServeProcess(tmp_path / "storage", free_port(), settle_s=1.0, config=config)
         try:
-            _send(truth.dicom_dir, node.port)
+            storescu(truth.dicom_dir, node.port)
             row = _wait(lambda: _delivered(tmp_path / "storage", config), what="delivery")
         finally:
             node.stop()
@@ -133,10 +117,10 @@ def test_pacs_down_then_up_every_result_arrives_exactly_once(tmp_path: Path, db_
     truth = make_study(tmp_path / "study", seed=12, hemorrhage_ml=15.0, site="basal_ganglia",
                        matrix=64, thickness_mm=5.0)
     pacs = Orthanc(tmp_path / "orthanc")  # not started: the PACS is down
-    config = _config(tmp_path, pacs, db_url)
+    config = node_config(tmp_path, pacs, db_url=db_url)
     node = ServeProcess(tmp_path / "storage", free_port(), settle_s=1.0, config=config)
     try:
-        _send(truth.dicom_dir, node.port)
+        storescu(truth.dicom_dir, node.port)
 
         def retried() -> dict | None:
             rows = status_json(tmp_path / "storage", config)

@@ -16,27 +16,17 @@ import pytest
 from dicomnode.lab.orthanc import Orthanc
 from dicomnode.storage import results_dir
 from tests.conftest import free_port
-from tests.e2e.test_orthanc_e2e import SEG_CLASS, _send, _wait
+from tests.e2e.serve_orthanc import node_config, storescu
+from tests.e2e.test_orthanc_e2e import SEG_CLASS, _wait
 from tests.followup_cases import followup_pair
 from tests.reliability.harness import ServeProcess, status_json
 
 pytestmark = [pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc absent"),
               pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK absent")]
 CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+FOLLOWUP = "[followup]\nwait_s = 1.0\nquery_pacs = \"orthanc\"\n"
 
 
-def _config(tmp_path: Path, pacs: Orthanc) -> Path:
-    config = tmp_path / "node.toml"
-    config.write_text(
-        "[segmentation]\nbackend = \"threshold\"\n"
-        "[prediction]\nenabled = false\n"
-        "[assembly]\nsweep_interval_s = 0.3\n"
-        "[delivery]\ninterval_s = 0.5\nretry_base_s = 0.5\nretry_max_s = 2\n"
-        "[storage]\nmin_free_disk_mb = 0\n"
-        "[followup]\nwait_s = 1.0\nquery_pacs = \"orthanc\"\n"
-        f"[[destinations]]\nname = \"orthanc\"\nae_title = \"ORTHANC\"\nhost = \"127.0.0.1\"\n"
-        f"port = {pacs.dicom_port}\n")
-    return config
 
 
 def _both_delivered(storage: Path) -> list[dict] | None:
@@ -61,9 +51,10 @@ def test_followup_fetches_its_prior_from_orthanc_and_is_compared(tmp_path: Path)
     node_modality = {"dicomnode": ("DICOMNODE", "127.0.0.1", port)}
     with Orthanc(tmp_path / "orthanc", modalities=node_modality) as pacs:
         pacs.upload(sorted(base.dicom_dir.glob("*.dcm")))
-        node = ServeProcess(storage, port, settle_s=1.0, config=_config(tmp_path, pacs))
+        config = node_config(tmp_path, pacs, predict=False, extra=FOLLOWUP)
+        node = ServeProcess(storage, port, settle_s=1.0, config=config)
         try:
-            _send(follow.dicom_dir, port)  # only the follow-up reaches the node
+            storescu(follow.dicom_dir, port)  # only the follow-up reaches the node
             _wait(lambda: _both_delivered(storage), timeout_s=300, what="both series delivered")
         finally:
             node.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from dicomnode.config import load_settings
 from dicomnode.pipeline import process_folder
+from tests.dciodvfy import dciodvfy
 from tests.followup_cases import followup_findings, followup_pair, later_scan
 
 
@@ -85,21 +85,12 @@ def test_run_1mm_followup(tmp_path: Path, growth_ml: float, expanded: bool) -> N
     assert c["expansion"] is expanded and c["registration"]["trusted"] is True
     assert c["interval_h"] == 24.0
     for name in ("sr.dcm", "comparison.dcm"):
-        errors, warnings = _dciodvfy(out / follow.series_instance_uid / name)
+        errors, warnings = dciodvfy(out / follow.series_instance_uid / name)
         assert errors == [], "\n".join(errors)
         assert all("99DCMNODE" in w for w in warnings), "\n".join(warnings)
     assert followup_findings(pydicom.dcmread(out / follow.series_instance_uid / "sr.dcm"))[
         "HE_OBSERVED"] == ("Yes" if expanded else "No")
 
-
-def _dciodvfy(path: Path) -> tuple[list[str], list[str]]:
-    """(errors, warnings) of dciodvfy for ``path``; skips without dciodvfy."""
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.skip("dciodvfy not installed")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    return [ln for ln in lines if "Error" in ln], [ln for ln in lines if "Warning" in ln]
 
 
 def _same_identity(src: Path, dst: Path, hours_later: float) -> None:

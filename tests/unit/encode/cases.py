@@ -7,21 +7,21 @@ several conftest.py folders on sys.path, and a bare ``import conftest`` may find
 from __future__ import annotations
 
 import copy
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
-import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from dicomnode.domain import ICH, IVH, LABELS, OEDEMA, CTVolume, LabelMap, Measurements
 from dicomnode.lab.synth import StudyTruth
 from dicomnode.load.volume import load_series
+from tests.dciodvfy import dciodvfy
+
+__all__ = ["Case", "dciodvfy"]  # dciodvfy: shared by every encode test
 
 
 @dataclass(frozen=True)
@@ -105,12 +105,3 @@ def _case(study: StudyTruth, *, tilted: bool) -> Case:
                       labels=present, synthetic_training=True)
     return Case(study, datasets, volume, labels, truth, hand_measurements(study))
 
-
-def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
-    """(errors, warnings) that dciodvfy reports for ``path``; skips the test without dciodvfy."""
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.skip("dciodvfy not installed")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    return [ln for ln in lines if "Error" in ln], [ln for ln in lines if "Warning" in ln]
