@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from dicomnode.assemble.selection import Sibling, query_reason
 from dicomnode.compare import patient_key, same_patient, scan_datetime
@@ -23,6 +24,7 @@ from dicomnode.db.retrievals import (
     RetrievalState,
     followup_facts,
     holds_series,
+    job_retrievals,
     record_operations,
     retrieval_state,
 )
@@ -77,6 +79,15 @@ def pacs_prior_wait(ref: SeriesRef, settings: Settings, sessions: SessionFactory
     moved = [op.series_instance_uid for op in operations
              if op.operation == "move" and op.outcome in MOVED]
     return moved[:1]
+
+
+def prior_search(sessions: SessionFactory, job_id: int) -> list[dict[str, Any]]:
+    """What the job asked the PACS for its prior, for ``result.json`` (``prior_search``): one
+    entry per C-FIND or C-MOVE, so a follow-up without a comparison says why. No patient
+    identifiers: the rows hold UIDs, counts and the PACS's status, never the query keys."""
+    keys = ("operation", "peer", "outcome", "matches", "completed", "failed", "detail")
+    return [{k: row[k] for k in keys} | {"series_instance_uid": row["series_instance_uid"]}
+            for row in job_retrievals(sessions, job_id)]
 
 
 def series_reason(series: SeriesMatch, study: Sequence[SeriesMatch],

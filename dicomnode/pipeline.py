@@ -68,7 +68,7 @@ from dicomnode.jobs.queue import defer, finish
 from dicomnode.load.volume import load_series
 from dicomnode.logs import log_context
 from dicomnode.measure import measure
-from dicomnode.pacs_priors import pacs_prior_wait
+from dicomnode.pacs_priors import pacs_prior_wait, prior_search
 from dicomnode.predict.serving import Predictors, prediction_record
 from dicomnode.qa import compare_readers, input_checks, output_checks
 from dicomnode.receive.checks import STORED_CLASSES, check_uid, read_header
@@ -188,8 +188,12 @@ def analyse(paths: Sequence[Path], ctx: Context) -> Analysis | NotAnalysed:
 
 def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Path, *,
                version: int = 1, acquired: datetime | None = None,
-               priors: Sequence[Prior] = ()) -> SeriesRun:
+               priors: Sequence[Prior] = (),
+               prior_searched: Sequence[dict[str, Any]] = ()) -> SeriesRun:
     """Analyse and encode one series into ``out_dir`` (``result.json`` whatever happens).
+
+    ``prior_searched``: the PACS queries made for this series' prior (``prior_search`` in the
+    record when there were any).
 
     Never raises for a stage's failure: the record then has status ``failed`` and the reason
     ``Type: message``, so one bad series cannot block a queue or a folder.
@@ -218,6 +222,8 @@ def run_series(paths: Sequence[Path], series_uid: str, ctx: Context, out_dir: Pa
                                  compared=followup.baseline if followup else None)
         record = result_record(series_uid, analysis=analysis)
         record_comparisons(record, followup)
+        if prior_searched:
+            record["prior_search"] = list(prior_searched)
         if priors:
             record["timings_s"]["compare"] = compare_s
         record["timings_s"]["encode"] = round(time.perf_counter() - encode_start, 3)
@@ -251,8 +257,10 @@ def process_series(ref: SeriesRef, ctx: Context, sessions: SessionFactory) -> di
             defer(sessions, ref.job_id, ref.lease_token, ctx.settings.followup.wait_s)
             return result_record(ref.series_instance_uid, status="deferred",
                                  reason=f"waiting for prior {waiting[0]}")
+        searched = prior_search(sessions, ref.job_id) if ctx.settings.query_peer() else []
         run = run_series(ref.instance_paths, ref.series_instance_uid, ctx, out_dir,
-                         version=ref.version, acquired=acquired, priors=priors)
+                         version=ref.version, acquired=acquired, priors=priors,
+                         prior_searched=searched)
         record = run.record
         if run.failed:
             finish(sessions, ref.job_id, error=record["reason"], timings_s=record["timings_s"],

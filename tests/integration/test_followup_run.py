@@ -69,8 +69,7 @@ def test_run_compares_followup_with_baseline(tmp_path: Path) -> None:
     assert by_uid[follow.series_instance_uid]["comparison"]["new_ivh"] is False
 
 
-@pytest.mark.parametrize(("growth_ml", "expanded"), [
-    (16.0, True), pytest.param(2.0, False, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(("growth_ml", "expanded"), [(16.0, True), (2.0, False)])
 def test_run_1mm_followup(tmp_path: Path, growth_ml: float, expanded: bool) -> None:
     """1 mm slices (128 matrix, 160 slices): growth either side of 6 mL, the SR and the key
     image valid (dciodvfy)."""

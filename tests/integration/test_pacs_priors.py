@@ -5,6 +5,7 @@ without a comparison, never stuck; a retrieved prior is waited for, but not for 
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from dicomnode.lab.synth.study import StudyTruth
 from dicomnode.pacs_priors import pacs_prior_wait
 from dicomnode.pipeline import Context, make_context, process_series
 from dicomnode.receive.instance_store import InstanceStore
+from dicomnode.storage import results_dir
 from tests.conftest import free_port
 from tests.followup_cases import followup_pair
 from tests.unit.receive.test_instance_store import put
@@ -75,6 +77,10 @@ def test_pacs_down_is_recorded_and_the_series_analysed_without_comparison(tmp_pa
         assert [(r["operation"], r["outcome"], r["peer"]) for r in rows] == [
             ("find_studies", "failed", pacs)]
         assert "not established" in rows[0]["detail"]
+        stored = json.loads((results_dir(store.root, ref.series_instance_uid, ref.version)
+                             / "result.json").read_text())
+        assert [(q["operation"], q["outcome"]) for q in stored["prior_search"]] == [
+            ("find_studies", "failed")]  # why there is no comparison, in the result itself
         # Asked once per job: a second look neither waits nor asks again.
         assert pacs_prior_wait(ref, ctx.settings, store.sessions) == []
         assert len(job_retrievals(store.sessions, ref.job_id)) == 1
@@ -108,6 +114,7 @@ def test_nothing_found_and_a_failed_move_never_block_the_followup(tmp_path: Path
             ref, record = records[other.series_instance_uid]
             assert record["status"] == "done" and record["comparison"] is None
             assert _steps(store, ref) == [("find_studies", "none")]
+            assert [q["outcome"] for q in record["prior_search"]] == ["none"]
             assert job_retrievals(store.sessions, ref.job_id)[0]["matches"] == 0
         finally:
             store.sessions.kw["bind"].dispose()
