@@ -54,7 +54,6 @@ def later_scan(out_dir: Path, *, seed: int, baseline_ml: float, growth_ml: float
                       compress="none")
 
 
-
 def followup_findings(sr: Dataset) -> dict[str, Any]:
     """What a follow-up's SR says of the comparison (encode/sr_followup.py): the root
     Qualitative Evaluations (code meanings, text), the follow-up group's numbers and the

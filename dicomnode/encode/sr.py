@@ -94,7 +94,6 @@ def _tracking_uids(seg: Dataset) -> dict[int, str]:
     return {int(s.SegmentNumber): str(s.TrackingUID) for s in seg.SegmentSequence if "TrackingUID" in s}
 
 
-
 def _algorithm(
     name: str, version: str, *, synthetic: bool, extra: Sequence[str] = ()
 ) -> AlgorithmIdentification:

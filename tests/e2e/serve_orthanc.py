@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from dicomnode.lab.orthanc import Orthanc
+
+T = TypeVar("T")
 
 
 def node_config(tmp_path: Path, pacs: Orthanc, *, db_url: str = "", predict: bool = True,
@@ -33,3 +38,14 @@ def storescu(folder: Path, port: int) -> None:
     subprocess.run(["storescu", "-R", "+sd", "+sp", "*.dcm", "-aec", "DICOMNODE", "127.0.0.1",
                     str(port), f"{folder}/"], env={**os.environ, "TCP_NODELAY": "1"},
                    check=True, capture_output=True, timeout=120)
+
+
+def wait_for(pred: Callable[[], T | None], timeout_s: float = 180, what: str = "condition") -> T:
+    """``pred()``'s first truthy value, polled every 0.5 s; AssertionError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pydicom
@@ -26,7 +25,7 @@ from dicomnode.lab.synth import make_study
 from tests import qa_cases
 from tests.conftest import free_port, requires
 from tests.dciodvfy import dciodvfy
-from tests.e2e.serve_orthanc import node_config, storescu
+from tests.e2e.serve_orthanc import node_config, storescu, wait_for
 from tests.reliability.harness import EMPTY_CONFIG, ServeProcess, status_json
 
 pytestmark = [pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc absent"),
@@ -35,10 +34,6 @@ SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 FINAL = ("done", "not_analysed", "failed", "rejected")
-
-
-
-
 
 
 def _series_uid(folder: Path) -> str:
@@ -55,16 +50,6 @@ def _all_delivered(storage: Path, expected: int) -> list[dict] | None:
     if all(r["delivery"] and not r["delivery"]["pending"] for r in rows):
         return rows
     return None
-
-
-def _wait(pred, timeout_s: float = 240, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _source_series(ds: pydicom.Dataset, instance_series: dict[str, str]) -> str:
@@ -108,7 +93,8 @@ def test_not_analysed_and_warned_series_reach_orthanc(tmp_path: Path) -> None:
             storescu(zeroed, node.port)
             storescu(metal, node.port)
             try:
-                rows = _wait(lambda: _all_delivered(storage, 2), what="both series delivered")
+                rows = wait_for(lambda: _all_delivered(storage, 2), timeout_s=240,
+                                what="both series delivered")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}: {status_json(storage)}\n"
                                      f"{node.log.read_text()[-3000:]}") from None

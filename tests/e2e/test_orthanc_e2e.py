@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from dicomnode.lab.orthanc import Orthanc
 from dicomnode.lab.synth import make_study
 from tests.conftest import free_port
-from tests.e2e.serve_orthanc import node_config, storescu
+from tests.e2e.serve_orthanc import node_config, storescu, wait_for
 from tests.reliability.harness import ServeProcess, status_json
 
 pytestmark = [pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc absent"),
@@ -29,20 +29,6 @@ pytestmark = [pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthan
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
-
-
-
-
-
-
-def _wait(pred, timeout_s: float = 180, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _delivered(storage: Path, config: Path) -> dict | None:
@@ -63,7 +49,7 @@ def test_results_arrive_in_orthanc_with_references_and_a_correct_mask(tmp_path: 
         node = ServeProcess(tmp_path / "storage", free_port(), settle_s=1.0, config=config)
         try:
             storescu(truth.dicom_dir, node.port)
-            row = _wait(lambda: _delivered(tmp_path / "storage", config), what="delivery")
+            row = wait_for(lambda: _delivered(tmp_path / "storage", config), what="delivery")
         finally:
             node.stop()
         assert row["delivery"]["failed"] == 0
@@ -127,11 +113,11 @@ def test_pacs_down_then_up_every_result_arrives_exactly_once(tmp_path: Path, db_
             d = rows[0]["delivery"] if rows and rows[0]["state"] == "done" else None
             return rows[0] if d and d["pending"] else None
 
-        row = _wait(retried, what="results waiting for the PACS")
+        row = wait_for(retried, what="results waiting for the PACS")
         pending = row["delivery"]["pending"]
         time.sleep(2)  # a few failed attempts with backoff
         with pacs:
-            row = _wait(lambda: _delivered(tmp_path / "storage", config),
+            row = wait_for(lambda: _delivered(tmp_path / "storage", config),
                         what="delivery after outage")
             time.sleep(2)  # nothing more arrives later
             stored = [i["SOPInstanceUID"] for i in pacs.instances()]

@@ -16,8 +16,8 @@ import pytest
 from dicomnode.lab.orthanc import Orthanc
 from dicomnode.storage import results_dir
 from tests.conftest import free_port
-from tests.e2e.serve_orthanc import node_config, storescu
-from tests.e2e.test_orthanc_e2e import SEG_CLASS, _wait
+from tests.e2e.serve_orthanc import node_config, storescu, wait_for
+from tests.e2e.test_orthanc_e2e import SEG_CLASS
 from tests.followup_cases import followup_pair
 from tests.reliability.harness import ServeProcess, status_json
 
@@ -25,8 +25,6 @@ pytestmark = [pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthan
               pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK absent")]
 CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 FOLLOWUP = "[followup]\nwait_s = 1.0\nquery_pacs = \"orthanc\"\n"
-
-
 
 
 def _both_delivered(storage: Path) -> list[dict] | None:
@@ -55,7 +53,7 @@ def test_followup_fetches_its_prior_from_orthanc_and_is_compared(tmp_path: Path)
         node = ServeProcess(storage, port, settle_s=1.0, config=config)
         try:
             storescu(follow.dicom_dir, port)  # only the follow-up reaches the node
-            _wait(lambda: _both_delivered(storage), timeout_s=300, what="both series delivered")
+            wait_for(lambda: _both_delivered(storage), timeout_s=300, what="both series delivered")
         finally:
             node.stop()
         in_pacs: dict[str, set[str]] = {}

@@ -91,7 +91,6 @@ def test_run_1mm_followup(tmp_path: Path, growth_ml: float, expanded: bool) -> N
         "HE_OBSERVED"] == ("Yes" if expanded else "No")
 
 
-
 def _same_identity(src: Path, dst: Path, hours_later: float) -> None:
     """Give the series in ``dst`` the identity of ``src`` and a time ``hours_later``."""
     ref = pydicom.dcmread(next(src.glob("*.dcm")), stop_before_pixels=True)

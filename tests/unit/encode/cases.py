@@ -7,6 +7,7 @@ several conftest.py folders on sys.path, and a bare ``import conftest`` may find
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +18,12 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from dicomnode.domain import ICH, IVH, LABELS, OEDEMA, CTVolume, LabelMap, Measurements
+from dicomnode.encode import codes
 from dicomnode.lab.synth import StudyTruth
 from dicomnode.load.volume import load_series
 from tests.dciodvfy import dciodvfy
 
-__all__ = ["Case", "dciodvfy"]  # dciodvfy: shared by every encode test
+__all__ = ["Case", "concept_name", "content_items", "dciodvfy"]  # dciodvfy: shared by every encode test
 
 
 @dataclass(frozen=True)
@@ -105,3 +107,14 @@ def _case(study: StudyTruth, *, tilted: bool) -> Case:
                       labels=present, synthetic_training=True)
     return Case(study, datasets, volume, labels, truth, hand_measurements(study))
 
+
+def content_items(ds: Dataset) -> Iterator[Dataset]:
+    """Every SR content item below ``ds``, depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def concept_name(item: Dataset) -> tuple[str, str]:
+    """(code value, scheme) of an SR content item's concept name."""
+    return codes.as_tuple(item.ConceptNameCodeSequence[0])

@@ -4,17 +4,14 @@ no measurement and no number; both objects are dciodvfy-clean and in the source 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import highdicom as hd
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
 
 from dicomnode.domain import QACheck, QAReport
 from dicomnode.encode import codes
 from dicomnode.encode.not_analysed import build_not_analysed_image, build_not_analysed_sr
-from tests.unit.encode.cases import Case, dciodvfy
+from tests.unit.encode.cases import Case, concept_name, content_items, dciodvfy
 
 QA = QAReport((
     QACheck("air_hu", 0.0, "-1100..-900 HU", "fail", "HU calibration: air at 0 HU"),
@@ -22,16 +19,6 @@ QA = QAReport((
     QACheck("metal", 2.0, "<= 1", "warn", "metal: streaks on 2 slices"),
     QACheck("age", 60.0, ">= 18 y", "pass", ""),
 ))
-
-
-def _items(ds: Dataset) -> Iterator[Dataset]:
-    for item in ds.get("ContentSequence", []):
-        yield item
-        yield from _items(item)
-
-
-def _name(item: Dataset) -> tuple[str, str]:
-    return codes.as_tuple(item.ConceptNameCodeSequence[0])
 
 
 def _only_99dcmnode(warnings: list[str]) -> bool:
@@ -54,17 +41,17 @@ def test_sr_is_a_tid1500_report_without_numbers(plain_case: Case, save) -> None:
     evidence = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.SeriesInstanceUID == source.SeriesInstanceUID
     assert len(evidence.ReferencedSOPSequence) == len(plain_case.datasets)
-    items = list(_items(ds))
+    items = list(content_items(ds))
     assert not [i for i in items if i.ValueType == "NUM"]
-    names = {_name(i) for i in items}
+    names = {concept_name(i) for i in items}
     assert ("126010", "DCM") not in names  # no Imaging Measurements container
     assert ("121058", "DCM") in names  # procedure reported
-    (evaluations,) = [i for i in ds.ContentSequence if _name(i) == ("C0034375", "UMLS")]
-    coded = {_name(i): codes.as_tuple(i.ConceptCodeSequence[0])
+    (evaluations,) = [i for i in ds.ContentSequence if concept_name(i) == ("C0034375", "UMLS")]
+    coded = {concept_name(i): codes.as_tuple(i.ConceptCodeSequence[0])
              for i in evaluations.ContentSequence if i.ValueType == "CODE"}
     assert coded == {codes.as_tuple(codes.ANALYSIS_PERFORMED): codes.as_tuple(codes.NO),
                      codes.as_tuple(codes.REASON_NOT_ANALYSED): codes.as_tuple(codes.QA_FAILED)}
-    texts = [(_name(i), i.TextValue) for i in evaluations.ContentSequence if i.ValueType == "TEXT"]
+    texts = [(concept_name(i), i.TextValue) for i in evaluations.ContentSequence if i.ValueType == "TEXT"]
     assert texts[0] == (codes.as_tuple(codes.NOT_ANALYSED), "not analysed: HU calibration: air at 0 HU")
     checks = [t for n, t in texts if n == codes.as_tuple(codes.QA_CHECK)]
     assert [c.split(":")[0] for c in checks] == ["air_hu", "skull", "metal"]  # the pass is left out

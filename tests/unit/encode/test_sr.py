@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pydicom
 import pytest
@@ -11,7 +10,7 @@ from pydicom.dataset import Dataset
 
 from dicomnode.domain import CAVE_MODEL, ICH, IVH, OEDEMA, CaveScore, Prediction, Risk
 from dicomnode.encode import build_seg, build_sr, codes, uids
-from tests.unit.encode.cases import Case, dciodvfy
+from tests.unit.encode.cases import Case, concept_name, content_items, dciodvfy
 
 PREDICTION = Prediction(
     expansion=Risk(probability=0.3100004, model="he-logreg", model_version="1.2", synthetic_training=True),
@@ -32,33 +31,24 @@ def _sr(case: Case, seg=None, version: int = 1, **kw):
                     software_version="0.1.0", **kw)
 
 
-def _items(ds: Dataset) -> Iterator[Dataset]:
-    for item in ds.get("ContentSequence", []):
-        yield item
-        yield from _items(item)
-
-
-def _name(item: Dataset) -> tuple[str, str]:
-    return codes.as_tuple(item.ConceptNameCodeSequence[0])
-
-
 def _groups(sr: Dataset) -> list[Dataset]:
-    return [i for i in _items(sr) if i.ValueType == "CONTAINER" and _name(i) == MEASUREMENT_GROUP]
+    return [i for i in content_items(sr)
+            if i.ValueType == "CONTAINER" and concept_name(i) == MEASUREMENT_GROUP]
 
 
 def _nums(group: Dataset) -> list[Dataset]:
-    return [i for i in _items(group) if i.ValueType == "NUM"]
+    return [i for i in content_items(group) if i.ValueType == "NUM"]
 
 
 def _num(group: Dataset, code) -> list[tuple[float, tuple[str, str]]]:
     return [(float(i.MeasuredValueSequence[0].NumericValue),
              codes.as_tuple(i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]))
-            for i in _nums(group) if _name(i) == codes.as_tuple(code)]
+            for i in _nums(group) if concept_name(i) == codes.as_tuple(code)]
 
 
 def _code_value(group: Dataset, code) -> list[tuple[str, str]]:
-    return [codes.as_tuple(i.ConceptCodeSequence[0]) for i in _items(group)
-            if i.ValueType == "CODE" and _name(i) == codes.as_tuple(code)]
+    return [codes.as_tuple(i.ConceptCodeSequence[0]) for i in content_items(group)
+            if i.ValueType == "CODE" and concept_name(i) == codes.as_tuple(code)]
 
 
 def _volumetric(sr: Dataset) -> list[Dataset]:
@@ -68,7 +58,7 @@ def _volumetric(sr: Dataset) -> list[Dataset]:
 
 def _segment_refs(group: Dataset) -> list[tuple[str, int]]:
     return [(str(r.ReferencedSOPInstanceUID), int(r.ReferencedSegmentNumber))
-            for i in _items(group) if i.ValueType == "IMAGE"
+            for i in content_items(group) if i.ValueType == "IMAGE"
             for r in i.ReferencedSOPSequence if "ReferencedSegmentNumber" in r]
 
 
@@ -88,12 +78,13 @@ def test_sr_is_valid_and_references_the_seg(plain_case: Case, save) -> None:
     assert "NOT FOR DIAGNOSTIC USE" in ds.SeriesDescription and len(ds.SeriesDescription) <= 64
     assert ds.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99DCMNODE"
     # procedure reported and device observer
-    procedures = [codes.as_tuple(i.ConceptCodeSequence[0]) for i in _items(ds)
-                  if i.ValueType == "CODE" and _name(i) == ("121058", "DCM")]
+    procedures = [codes.as_tuple(i.ConceptCodeSequence[0]) for i in content_items(ds)
+                  if i.ValueType == "CODE" and concept_name(i) == ("121058", "DCM")]
     assert procedures == [("303653007", "SCT")]
-    assert [codes.as_tuple(i.ConceptCodeSequence[0]) for i in _items(ds)
-            if i.ValueType == "CODE" and _name(i) == ("121005", "DCM")] == [("121007", "DCM")]
-    models = [i.TextValue for i in _items(ds) if i.ValueType == "TEXT" and _name(i) == ("121015", "DCM")]
+    assert [codes.as_tuple(i.ConceptCodeSequence[0]) for i in content_items(ds)
+            if i.ValueType == "CODE" and concept_name(i) == ("121005", "DCM")] == [("121007", "DCM")]
+    models = [i.TextValue for i in content_items(ds)
+              if i.ValueType == "TEXT" and concept_name(i) == ("121015", "DCM")]
     assert models == ["ich-unet-test 0.3.1"]
     # one group per finding: ICH, IVH, oedema (all with volume > 0), each referencing its segment
     groups = _volumetric(ds)
@@ -103,7 +94,8 @@ def test_sr_is_valid_and_references_the_seg(plain_case: Case, save) -> None:
         [(seg.SOPInstanceUID, numbers[codes.SEGMENTS[v].label])] for v in (ICH, IVH, OEDEMA)
     ]
     for g, v in zip(groups, (ICH, IVH, OEDEMA), strict=True):
-        uid = [i.UID for i in _items(g) if i.ValueType == "UIDREF" and _name(i) == ("112040", "DCM")]
+        uid = [i.UID for i in content_items(g)
+               if i.ValueType == "UIDREF" and concept_name(i) == ("112040", "DCM")]
         assert uid == [tracking[numbers[codes.SEGMENTS[v].label]]]
         assert _code_value(g, codes.TRAINING_DATA) == [codes.as_tuple(codes.SYNTHETIC_DATA)]
     evidence = {str(i.ReferencedSOPInstanceUID) for s in ds.CurrentRequestedProcedureEvidenceSequence
@@ -134,13 +126,14 @@ def test_volumes_and_ich_details(plain_case: Case) -> None:
     assert _num(ich, codes.HE_RISK) == [(31.0, ("%", "UCUM"))]  # rounded to 0.01 %
     assert _num(ich, codes.PSE_RISK) == [(pytest.approx(12.0), ("%", "UCUM"))]
     assert _num(ich, codes.CAVE_SCORE) == [(2.0, ("{score}", "UCUM"))]
-    names = [i.TextValue for i in _items(ich) if i.ValueType == "TEXT" and _name(i) == ("111001", "DCM")]
+    names = [i.TextValue for i in content_items(ich)
+             if i.ValueType == "TEXT" and concept_name(i) == ("111001", "DCM")]
     assert {"ich-unet-test", "he-logreg", "pse-rf", CAVE_MODEL} <= set(names)
-    he = next(i for i in _nums(ich) if _name(i) == codes.as_tuple(codes.HE_RISK))
-    params = [i.TextValue for i in _items(he) if _name(i) == ("111002", "DCM")]
+    he = next(i for i in _nums(ich) if concept_name(i) == codes.as_tuple(codes.HE_RISK))
+    params = [i.TextValue for i in content_items(he) if concept_name(i) == ("111002", "DCM")]
     assert any("fit on synthetic data" in p for p in params)
-    cave = next(i for i in _nums(ich) if _name(i) == codes.as_tuple(codes.CAVE_SCORE))
-    assert not any("synthetic" in i.TextValue for i in _items(cave) if i.ValueType == "TEXT")
+    cave = next(i for i in _nums(ich) if concept_name(i) == codes.as_tuple(codes.CAVE_SCORE))
+    assert not any("synthetic" in i.TextValue for i in content_items(cave) if i.ValueType == "TEXT")
     # nothing about predictions outside the ICH group
     assert _num(ivh, codes.HE_RISK) == [] and _num(ivh, codes.ABC2_VOLUME) == []
 
@@ -161,9 +154,10 @@ def test_report_says_whether_haemorrhage_was_found(plain_case: Case) -> None:
     def overall(m) -> list[tuple[tuple[str, str], tuple[str, str]]]:  # type: ignore[no-untyped-def]
         sr = build_sr(plain_case.datasets, seg, m, plain_case.labels, version=1)
         (container,) = [i for i in sr.ContentSequence
-                        if _name(i) == codes.as_tuple(codes.QUALITATIVE_EVALUATIONS)]
+                        if concept_name(i) == codes.as_tuple(codes.QUALITATIVE_EVALUATIONS)]
         assert container.RelationshipType == "CONTAINS"
-        return [(_name(i), codes.as_tuple(i.ConceptCodeSequence[0])) for i in container.ContentSequence]
+        return [(concept_name(i), codes.as_tuple(i.ConceptCodeSequence[0]))
+                for i in container.ContentSequence]
 
     seg = _seg(plain_case)
     finding = codes.as_tuple(codes.INTRACRANIAL_HAEMORRHAGE)

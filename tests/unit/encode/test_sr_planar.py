@@ -9,7 +9,6 @@ scan too (ICH at 0 mL, no pixel to outline): docs/viewer.md "The report of a nor
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
 import pydicom
@@ -23,33 +22,23 @@ from dicomnode.encode.sr_planar import key_frames
 from dicomnode.geometry.source_grid import to_source_grid
 from dicomnode.lab.synth import make_study
 from dicomnode.measure.volumes import abc2
-from tests.unit.encode.cases import Case, _case, dciodvfy
+from tests.unit.encode.cases import Case, _case, concept_name, content_items, dciodvfy
 
 GROUP = ("125007", "DCM")
 TRACKING_UID = ("112040", "DCM")
 IMAGE_REGION = ("111030", "DCM")
 
 
-def _items(ds: Dataset) -> Iterator[Dataset]:
-    for item in ds.get("ContentSequence", []):
-        yield item
-        yield from _items(item)
-
-
-def _name(item: Dataset) -> tuple[str, str]:
-    return codes.as_tuple(item.ConceptNameCodeSequence[0])
-
-
 def _groups(sr: Dataset) -> list[Dataset]:
-    return [i for i in _items(sr) if i.ValueType == "CONTAINER" and _name(i) == GROUP]
+    return [i for i in content_items(sr) if i.ValueType == "CONTAINER" and concept_name(i) == GROUP]
 
 
 def _uid(group: Dataset) -> str:
-    return next(str(i.UID) for i in group.ContentSequence if _name(i) == TRACKING_UID)
+    return next(str(i.UID) for i in group.ContentSequence if concept_name(i) == TRACKING_UID)
 
 
 def _identifier(group: Dataset) -> str:
-    return next(str(i.TextValue) for i in group.ContentSequence if _name(i) == ("112039", "DCM"))
+    return next(str(i.TextValue) for i in group.ContentSequence if concept_name(i) == ("112039", "DCM"))
 
 
 def _regions(group: Dataset) -> list[Dataset]:
@@ -106,7 +95,7 @@ def test_outlines_match_the_seg_key_frames(built: tuple[Dataset, Dataset], plain
         number = numbers[label]
         assert _uid(g) == tracking[number]  # the same finding as its volumetric group
         (region,) = _regions(g)
-        assert _name(region) == IMAGE_REGION and region.GraphicType == "POLYLINE"
+        assert concept_name(region) == IMAGE_REGION and region.GraphicType == "POLYLINE"
         pts = np.asarray(region.GraphicData, dtype=float).reshape(-1, 2)  # (column, row)
         assert (pts[0] == pts[-1]).all()
         key = frames[number]
@@ -117,7 +106,7 @@ def test_outlines_match_the_seg_key_frames(built: tuple[Dataset, Dataset], plain
         assert pts[:, 0].min() >= cols.min() and pts[:, 0].max() <= cols.max() + 1
         assert pts[:, 1].min() >= rows.min() and pts[:, 1].max() <= rows.max() + 1
         areas = [_value(n) for n in g.ContentSequence if n.ValueType == "NUM"
-                 and _name(n) == codes.as_tuple(codes.AREA)]
+                 and concept_name(n) == codes.as_tuple(codes.AREA)]
         if label == "Perihaematomal oedema":
             assert areas == []  # a ring: its outline encloses the haematoma
         else:
@@ -140,7 +129,7 @@ def test_abc2_lines_are_the_abc2_a_and_b(built: tuple[Dataset, Dataset], plain_c
     for name, want, code in (("ICH A v1", expected.a_mm, codes.ABC2_A),
                              ("ICH B v1", expected.b_mm, codes.ABC2_B)):
         ((num, scoord),) = lines[name]
-        assert _name(num) == codes.as_tuple(code)
+        assert concept_name(num) == codes.as_tuple(code)
         assert _value(num) == pytest.approx(want, abs=0.01)
         assert scoord.RelationshipType == "INFERRED FROM" and scoord.GraphicType == "POLYLINE"
         pts = np.asarray(scoord.GraphicData, dtype=float).reshape(2, 2)
@@ -188,8 +177,8 @@ def _build(case: Case, measurements: Measurements) -> tuple[Dataset, Dataset]:
 def _overall(sr: Dataset) -> list[tuple[tuple[str, str], tuple[str, str]]]:
     """TID 1500 report-level Qualitative Evaluations: (concept, value) of each CODE item."""
     (container,) = [i for i in sr.ContentSequence
-                    if _name(i) == codes.as_tuple(codes.QUALITATIVE_EVALUATIONS)]
-    return [(_name(i), codes.as_tuple(i.ConceptCodeSequence[0])) for i in container.ContentSequence]
+                    if concept_name(i) == codes.as_tuple(codes.QUALITATIVE_EVALUATIONS)]
+    return [(concept_name(i), codes.as_tuple(i.ConceptCodeSequence[0])) for i in container.ContentSequence]
 
 
 def _middle_headers(case: Case) -> list[Dataset]:
@@ -211,11 +200,11 @@ def test_normal_scan_report_is_drawable_and_says_absent(normal_case: Case, save)
     volumetric, read = [g for g in _groups(sr) if _uid(g) == str(seg.SegmentSequence[0].TrackingUID)][::-1]
     # the 0 mL ICH group is still there (ICH always), referencing the SEG's (empty) ICH segment
     volume = [_value(n) for n in volumetric.ContentSequence if n.ValueType == "NUM"
-              and _name(n) == codes.as_tuple(codes.VOLUME)]
+              and concept_name(n) == codes.as_tuple(codes.VOLUME)]
     assert volume == [0.0] and any(i.ValueType == "IMAGE" for i in volumetric.ContentSequence)
     assert _identifier(read) == "ICH v1" and not _regions(read)  # TID 1501: OHIF shows its Comment
     ((area, scoord),) = _inferred(read)
-    assert _name(area) == codes.as_tuple(codes.AREA) and _value(area) == 0.0
+    assert concept_name(area) == codes.as_tuple(codes.AREA) and _value(area) == 0.0
     middle = _middle_headers(normal_case)
     rows, cols = int(middle[0].Rows), int(middle[0].Columns)
     assert np.asarray(scoord.GraphicData, float).reshape(-1, 2).tolist() == \
@@ -223,8 +212,8 @@ def test_normal_scan_report_is_drawable_and_says_absent(normal_case: Case, save)
     ref = scoord.ContentSequence[0].ReferencedSOPSequence[0]
     assert ref.ReferencedSOPInstanceUID in {h.SOPInstanceUID for h in middle}
     assert [codes.as_tuple(i.ConceptCodeSequence[0]) for i in read.ContentSequence
-            if _name(i) == codes.as_tuple(codes.PRESENCE)] == [codes.as_tuple(codes.ABSENT)]
-    assert [i.TextValue for i in read.ContentSequence if _name(i) == COMMENT] == ["No ICH detected"]
+            if concept_name(i) == codes.as_tuple(codes.PRESENCE)] == [codes.as_tuple(codes.ABSENT)]
+    assert [i.TextValue for i in read.ContentSequence if concept_name(i) == COMMENT] == ["No ICH detected"]
     assert len(_groups(sr)) == 2
 
 
@@ -235,9 +224,9 @@ def test_finding_with_volume_but_no_pixel_is_not_called_absent(normal_case: Case
     assert _overall(sr) == [(codes.as_tuple(codes.INTRACRANIAL_HAEMORRHAGE), codes.as_tuple(codes.PRESENT))]
     read = [g for g in _groups(sr) if _identifier(g) == "IVH v1" and _inferred(g)]
     (group,) = read
-    assert [i.TextValue for i in group.ContentSequence if _name(i) == COMMENT] == \
+    assert [i.TextValue for i in group.ContentSequence if concept_name(i) == COMMENT] == \
         ["IVH 0.20 ml: no pixel on the source images"]
-    assert not [i for i in group.ContentSequence if _name(i) == codes.as_tuple(codes.PRESENCE)]
+    assert not [i for i in group.ContentSequence if concept_name(i) == codes.as_tuple(codes.PRESENCE)]
 
 
 def test_ich_absent_beside_ivh_is_read_on_a_seg_frame(plain_case: Case) -> None:
@@ -256,5 +245,5 @@ def test_ich_absent_beside_ivh_is_read_on_a_seg_frame(plain_case: Case) -> None:
     seg_sources = {str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
                    for f in seg.PerFrameFunctionalGroupsSequence}
     assert str(scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) in seg_sources
-    assert [i.TextValue for i in read.ContentSequence if _name(i) == COMMENT] == ["No ICH detected"]
+    assert [i.TextValue for i in read.ContentSequence if concept_name(i) == COMMENT] == ["No ICH detected"]
     assert not [g for g in _groups(sr) if _identifier(g) in ("ICH A v1", "ICH B v1")]
