@@ -103,8 +103,7 @@ def series_reason(series: SeriesMatch, study: Sequence[SeriesMatch],
 def _peer(pacs: Destination, settings: Settings) -> Peer:
     return Peer(pacs.ae_title, pacs.host, pacs.port,
                 calling_ae_title=settings.delivery.calling_ae_title,
-                timeout_s=settings.delivery.timeout_s, tls=pacs.tls,
-                tls_ca_certificates=pacs.tls_ca_certificates)
+                timeout_s=settings.delivery.timeout_s, ssl_context=pacs.client_ssl_context())
 
 
 def _still_coming(state: RetrievalState, wait_max_s: float) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -253,6 +254,15 @@ class Destination:
     def address(self) -> str:
         """Where it sends, for logs and messages (never a secret)."""
         return self.url if self.kind == "dicomweb" else f"{self.ae_title}@{self.host}:{self.port}"
+
+    def client_ssl_context(self) -> ssl.SSLContext | None:
+        """The DICOM TLS client context for associations we open to it (C-STORE, C-FIND,
+        C-MOVE): the peer's certificate verified against ``tls_ca_certificates`` or the system's
+        CAs; None without ``tls``."""
+        if not self.tls:
+            return None
+        cafile = str(self.tls_ca_certificates) if self.tls_ca_certificates else None
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
 
 
 @dataclass(frozen=True)

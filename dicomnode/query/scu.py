@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -47,15 +46,15 @@ SERIES_KEYS = {"Modality": "modality", "SeriesDescription": "series_description"
 
 @dataclass(frozen=True)
 class Peer:
-    """The PACS queried: its AE title and address, our calling AE title, DICOM TLS."""
+    """The PACS queried: its AE title and address, our calling AE title, and the DICOM TLS
+    client context (None: no TLS)."""
 
     ae_title: str
     host: str
     port: int
     calling_ae_title: str = "DICOMNODE"
     timeout_s: float = 30.0
-    tls: bool = False
-    tls_ca_certificates: Path | None = None
+    ssl_context: ssl.SSLContext | None = None
 
     @property
     def address(self) -> str:
@@ -98,10 +97,8 @@ def _association(peer: Peer, model: str) -> Iterator[Association]:
     ae.connection_timeout = peer.timeout_s
     ae.add_requested_context(model)
     kwargs: dict[str, Any] = {"ae_title": peer.ae_title}
-    if peer.tls:
-        cafile = str(peer.tls_ca_certificates) if peer.tls_ca_certificates else None
-        kwargs["tls_args"] = (ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile),
-                              peer.host)
+    if peer.ssl_context is not None:
+        kwargs["tls_args"] = (peer.ssl_context, peer.host)
     try:
         assoc = ae.associate(peer.host, peer.port, **kwargs)
     except (OSError, RuntimeError) as exc:

@@ -16,7 +16,6 @@ the same UIDs, which the PACS stores once.
 from __future__ import annotations
 
 import logging
-import ssl
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -80,13 +79,6 @@ def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
     return float(min(max_s, base_s * 2 ** max(0, attempts - 1)))
 
 
-def _ssl_context(dest: Destination) -> ssl.SSLContext | None:
-    if not dest.tls:
-        return None
-    cafile = str(dest.tls_ca_certificates) if dest.tls_ca_certificates else None
-    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
-
-
 def claim_due(sessions: SessionFactory, sender: str, lease_s: float, *,
               now: datetime | None = None) -> tuple[str, list[OutboxItem]]:
     """Claim up to a batch of due items for ``sender``; returns (token, items)."""
@@ -148,7 +140,7 @@ def _deliver(sessions: SessionFactory, settings: Settings, due: list[OutboxItem]
                     outcomes = store_items(batch, dest.ae_title, dest.host, dest.port,
                                            calling_aet=settings.delivery.calling_ae_title,
                                            timeout_s=settings.delivery.timeout_s,
-                                           ssl_context=_ssl_context(dest))
+                                           ssl_context=dest.client_ssl_context())
             except Exception as exc:  # noqa: BLE001 - one destination must not stop the others
                 log.exception("delivery to %s failed unexpectedly", name)
                 outcomes = {i.sop_instance_uid: ItemOutcome("transient", f"{type(exc).__name__}: "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ssl
 from pathlib import Path
 
 import pytest
 
 from dicomnode.cli import _settings
-from dicomnode.config import load_settings
+from dicomnode.config import Destination, load_settings
 from dicomnode.errors import ConfigError
 
 
@@ -79,3 +80,11 @@ def test_forward_takes_dicomweb_urls_and_dicom_peers(tmp_path: Path) -> None:
     args.forward = ["https://user:pw@pacs/dicom-web"]
     with pytest.raises(ConfigError, match="no credentials"):
         _settings(args)
+
+
+def test_client_tls_context_only_with_tls_and_always_verifying() -> None:
+    plain = Destination(name="pacs", ae_title="PACS", host="pacs.example", port=104)
+    assert plain.client_ssl_context() is None
+    ctx = Destination(name="pacs", ae_title="PACS", host="pacs.example", port=2762,
+                      tls=True).client_ssl_context()
+    assert ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
